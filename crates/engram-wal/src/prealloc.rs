@@ -1,0 +1,164 @@
+//! Segments are prepared ahead of use, off the append path: a temporary file is zero-filled to
+//! full size, synced, renamed to its segment name, and the directory is synced. Writing zeros
+//! (rather than only reserving space) means later fdatasyncs never have to journal an extent or
+//! size change. A prepared segment has an all-zero header until it is started.
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::segment_file_name;
+use crate::storage::{OpenMode, Storage, StorageFile};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// How many prepared segments the background thread keeps ready.
+const READY_TARGET: usize = 1;
+
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub id: u64,
+    pub path: PathBuf,
+    pub file: Arc<dyn StorageFile>,
+}
+
+/// Creates one zero-filled segment file, durable under its final name.
+pub(crate) fn prepare_segment(storage: &dyn Storage, dir: &Path, id: u64, segment_bytes: u64) -> Result<Prepared> {
+    let path = dir.join(segment_file_name(id));
+    let tmp = dir.join(format!("{}.tmp", segment_file_name(id)));
+    let what = || format!("preparing segment {}", path.display());
+    let file = storage.open(&tmp, OpenMode::CreateNew).context(what)?;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < segment_bytes {
+        let n = ((segment_bytes - at) as usize).min(ZERO_CHUNK_BYTES);
+        file.write_all_at(&zeros[..n], at).context(what)?;
+        at += n as u64;
+    }
+    file.sync_data().context(what)?;
+    storage.rename(&tmp, &path).context(what)?;
+    storage.sync_dir(dir).context(what)?;
+    Ok(Prepared { id, path, file })
+}
+
+#[derive(Default)]
+struct PoolState {
+    ready: VecDeque<Prepared>,
+    next_id: u64,
+    /// The last background failure; reported to the appender that needed a segment.
+    failure: Option<Error>,
+    shutdown: bool,
+}
+
+/// The pool of prepared segments, refilled by a background thread or on demand.
+pub(crate) struct Preparer {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    segment_bytes: u64,
+    background: bool,
+    state: Mutex<PoolState>,
+    changed: Condvar,
+}
+
+impl Preparer {
+    pub fn new(storage: Arc<dyn Storage>, dir: PathBuf, segment_bytes: u64, background: bool, adopted: Vec<Prepared>, next_id: u64) -> Arc<Self> {
+        let state = PoolState { ready: adopted.into(), next_id, ..Default::default() };
+        Arc::new(Preparer { storage, dir, segment_bytes, background, state: Mutex::new(state), changed: Condvar::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn spawn(self: &Arc<Self>) -> Option<JoinHandle<()>> {
+        if !self.background {
+            return None;
+        }
+        let me = self.clone();
+        Some(std::thread::Builder::new().name("engram-wal-prealloc".into()).spawn(move || me.run()).expect("spawning the preallocation thread"))
+    }
+
+    fn run(&self) {
+        let mut st = self.lock();
+        loop {
+            while !st.shutdown && (st.ready.len() >= READY_TARGET || st.failure.is_some()) {
+                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.shutdown {
+                return;
+            }
+            let id = st.next_id;
+            drop(st);
+            let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes);
+            st = self.lock();
+            match result {
+                Ok(p) => {
+                    st.next_id = id + 1;
+                    st.ready.push_back(p);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not prepare a log segment");
+                    self.remove_leftover(id);
+                    st.failure = Some(e);
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    fn remove_leftover(&self, id: u64) {
+        let tmp = self.dir.join(format!("{}.tmp", segment_file_name(id)));
+        let _ = self.storage.remove(&tmp);
+    }
+
+    /// A prepared segment without waiting, if one is ready.
+    pub fn try_take(&self) -> Option<Prepared> {
+        let p = self.lock().ready.pop_front();
+        if p.is_some() {
+            self.changed.notify_all();
+        }
+        p
+    }
+
+    /// Makes sure a prepared segment is ready: waits for the background thread, or prepares
+    /// one on the calling thread. Never called with the append lock held.
+    pub fn ensure_ready(&self) -> Result<()> {
+        let mut st = self.lock();
+        if !self.background {
+            if !st.ready.is_empty() {
+                return Ok(());
+            }
+            let id = st.next_id;
+            drop(st);
+            let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes);
+            if result.is_err() {
+                self.remove_leftover(id);
+            }
+            let p = result?;
+            let mut st = self.lock();
+            st.next_id = id + 1;
+            st.ready.push_back(p);
+            return Ok(());
+        }
+        // A failure is reported once; the next demand retries.
+        if st.ready.is_empty() {
+            if let Some(e) = st.failure.take() {
+                self.changed.notify_all();
+                return Err(e);
+            }
+        }
+        while st.ready.is_empty() && st.failure.is_none() && !st.shutdown {
+            self.changed.notify_all();
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.ready.is_empty() {
+            return Err(st.failure.take().unwrap_or(Error::Closed));
+        }
+        Ok(())
+    }
+
+    pub fn shutdown(&self) {
+        self.lock().shutdown = true;
+        self.changed.notify_all();
+    }
+}

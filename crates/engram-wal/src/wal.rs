@@ -1,0 +1,686 @@
+//! The log: open (with recovery), appends with group commit, rotation, sync, truncation.
+//!
+//! Appenders encode their records into a shared queue under the state lock, in LSN order. One
+//! of them becomes the leader: it takes the queue, writes it with the lock released, issues one
+//! fdatasync for everyone, publishes the new durable LSN and wakes the others. No I/O happens
+//! under the state lock on the append path (suffix truncation, a rare administrative call,
+//! holds it on purpose).
+
+use crate::error::{Error, IoContext, Lsn, Result};
+use crate::format::{encode_record, framed_bytes, SegmentHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::options::{SyncPolicy, WalOptions};
+use crate::prealloc::{Prepared, Preparer};
+use crate::reader::WalReader;
+use crate::recovery::{recover, RecoveryReport};
+use crate::segment::{Segment, SegmentCursor, Step, OPEN_ENDED};
+use crate::stats::{Counters, WalStats};
+use crate::storage::{LockGuard, StdStorage, Storage};
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// Bytes queued for one segment at one offset, written by a leader in one call.
+struct Chunk {
+    segment: Arc<Segment>,
+    offset: u64,
+    bytes: Vec<u8>,
+    /// LSN of the last record in the chunk (for a segment start: the previous segment's last).
+    last_lsn: Lsn,
+    records: u64,
+    /// The header of a new segment; `previous` must be synced before it is written, and the
+    /// header is synced before any record goes into the segment.
+    start_after: Option<Arc<Segment>>,
+}
+
+struct State {
+    next_lsn: Lsn,
+    last_crc: u32,
+    active: Arc<Segment>,
+    active_offset: u64,
+    pending: VecDeque<Chunk>,
+    leader_active: bool,
+    written_lsn: Lsn,
+    durable_lsn: Lsn,
+    last_written_segment: Arc<Segment>,
+    /// The highest LSN some caller is waiting to see durable.
+    sync_wanted_upto: Lsn,
+    /// When appends with `SyncPolicy::Interval` need the background syncer to run.
+    sync_deadline: Option<Instant>,
+    poisoned: Option<String>,
+    closed: bool,
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub options: WalOptions,
+    state: Mutex<State>,
+    /// Signalled when a leader finishes a round (appenders and leaders wait here).
+    progress: Condvar,
+    /// Signalled for the background syncer.
+    syncer_wakeup: Condvar,
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    durable_lsn: AtomicU64,
+    durable_lock: Mutex<()>,
+    durable_changed: Condvar,
+    preparer: Arc<Preparer>,
+    pub counters: Counters,
+    truncation: Mutex<()>,
+    _dir_lock: Box<dyn LockGuard>,
+}
+
+/// A write-ahead log in one directory. Share it between threads with `Arc` or scoped threads.
+pub struct Wal {
+    inner: Arc<Inner>,
+    recovery: RecoveryReport,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn random_salt(segment_id: u64) -> u32 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(segment_id);
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish() as u32
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` on the real file system, running recovery.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        Self::open_with_storage(Arc::new(StdStorage), dir, options)
+    }
+
+    pub fn open_with_storage(storage: Arc<dyn Storage>, dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        match storage.kind_of(&dir).context(|| format!("inspecting {}", dir.display()))? {
+            Some(false) => return Err(Error::NotADirectory { path: dir }),
+            Some(true) => {}
+            None => storage.create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?,
+        }
+        let dir_lock = storage
+            .try_lock(&dir.join(LOCK_FILE_NAME))
+            .context(|| format!("locking {}", dir.display()))?
+            .ok_or_else(|| Error::Locked { path: dir.clone() })?;
+
+        let recovered = recover(&*storage, &dir, &options)?;
+        let counters = Counters::default();
+        let preparer = Preparer::new(
+            storage.clone(),
+            dir.clone(),
+            options.segment_bytes,
+            options.background_preallocation,
+            recovered.prepared,
+            recovered.next_segment_id,
+        );
+        let mut segments = recovered.segments;
+        let mut active_offset = recovered.active_end_offset;
+        if segments.is_empty() {
+            preparer.ensure_ready()?;
+            let prepared = preparer.try_take().expect("a segment was just prepared");
+            let header = SegmentHeader { salt: random_salt(prepared.id), segment_id: prepared.id, prev_last_lsn: 0, prev_last_crc: 0, segment_bytes: options.segment_bytes };
+            segments.push(start_segment(prepared, header, &counters)?);
+            active_offset = SEGMENT_HEADER_BYTES as u64;
+        }
+        let active = segments.last().expect("at least one segment").clone();
+        let last_lsn = recovered.last_lsn.max(active.header.prev_last_lsn);
+        let state = State {
+            next_lsn: last_lsn + 1,
+            last_crc: if recovered.last_lsn == last_lsn { recovered.last_crc } else { active.header.prev_last_crc },
+            active: active.clone(),
+            active_offset,
+            pending: VecDeque::new(),
+            leader_active: false,
+            written_lsn: last_lsn,
+            durable_lsn: last_lsn,
+            last_written_segment: active,
+            sync_wanted_upto: 0,
+            sync_deadline: None,
+            poisoned: None,
+            closed: false,
+        };
+        let inner = Arc::new(Inner {
+            dir,
+            storage,
+            options,
+            state: Mutex::new(state),
+            progress: Condvar::new(),
+            syncer_wakeup: Condvar::new(),
+            segments: RwLock::new(segments),
+            durable_lsn: AtomicU64::new(last_lsn),
+            durable_lock: Mutex::new(()),
+            durable_changed: Condvar::new(),
+            preparer: preparer.clone(),
+            counters,
+            truncation: Mutex::new(()),
+            _dir_lock: dir_lock,
+        });
+        let mut threads = Vec::new();
+        threads.extend(preparer.spawn());
+        let syncer = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("engram-wal-syncer".into())
+                .spawn(move || syncer.run_syncer())
+                .map_err(|e| Error::io("starting the syncer thread", e))?,
+        );
+        Ok(Wal { inner, recovery: recovered.report, threads })
+    }
+
+    /// What recovery found when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn options(&self) -> &WalOptions {
+        &self.inner.options
+    }
+
+    /// Appends one record with the log's sync policy; returns its LSN once the policy is met.
+    pub fn append(&self, kind: u8, payload: &[u8]) -> Result<Lsn> {
+        self.append_with(kind, payload, self.inner.options.sync_policy)
+    }
+
+    pub fn append_with(&self, kind: u8, payload: &[u8], policy: SyncPolicy) -> Result<Lsn> {
+        Ok(*self.append_batch(&[(kind, payload)], policy)?.end())
+    }
+
+    /// Appends records with consecutive LSNs (no other append interleaves) and one wait.
+    /// The batch must fit in one segment.
+    pub fn append_batch(&self, records: &[(u8, &[u8])], policy: SyncPolicy) -> Result<RangeInclusive<Lsn>> {
+        self.inner.append_batch(records, policy)
+    }
+
+    /// Makes every record appended so far durable; returns the durable LSN.
+    pub fn sync(&self) -> Result<Lsn> {
+        self.inner.sync()
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn()
+    }
+
+    /// LSN of the last record appended (durable or not).
+    pub fn last_lsn(&self) -> Lsn {
+        self.inner.lock_state().next_lsn - 1
+    }
+
+    /// The oldest retained LSN (prefix truncation moves it forward).
+    pub fn first_lsn(&self) -> Lsn {
+        self.inner.first_lsn()
+    }
+
+    /// A reader positioned at `from`; it returns durable records only.
+    pub fn reader(&self, from: Lsn) -> Result<WalReader> {
+        WalReader::new(self.inner.clone(), from)
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let mut s = self.inner.counters.snapshot();
+        s.first_lsn = self.first_lsn();
+        s.last_lsn = self.last_lsn();
+        s.durable_lsn = self.durable_lsn();
+        s.segments = self.inner.segments.read().unwrap_or_else(|p| p.into_inner()).len();
+        s
+    }
+
+    /// Removes whole segments whose records all lie below `keep_from` (and are durable). The
+    /// active segment is never removed. Returns how many segments were removed.
+    pub fn truncate_prefix(&self, keep_from: Lsn) -> Result<usize> {
+        self.inner.truncate_prefix(keep_from)
+    }
+
+    /// Drops every record after `last_kept` (a Raft follower discarding conflicting entries).
+    /// The next append gets LSN `last_kept + 1`.
+    pub fn truncate_suffix(&self, last_kept: Lsn) -> Result<()> {
+        self.inner.truncate_suffix(last_kept)
+    }
+
+    /// Syncs what was written and stops the background threads.
+    pub fn close(mut self) -> Result<()> {
+        let result = self.inner.sync().map(|_| ());
+        self.shutdown();
+        result
+    }
+
+    fn shutdown(&mut self) {
+        self.inner.lock_state().closed = true;
+        self.inner.syncer_wakeup.notify_all();
+        self.inner.progress.notify_all();
+        self.inner.durable_changed.notify_all();
+        self.inner.preparer.shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            // Appends with Interval policy were promised a sync; keep the promise on a clean drop.
+            let needs_sync = {
+                let st = self.inner.lock_state();
+                st.poisoned.is_none() && st.written_lsn > st.durable_lsn && st.sync_deadline.is_some()
+            };
+            if needs_sync {
+                let _ = self.inner.sync();
+            }
+            self.shutdown();
+        }
+    }
+}
+
+/// Writes a new segment's header and makes it durable before any record goes in.
+fn start_segment(prepared: Prepared, header: SegmentHeader, counters: &Counters) -> Result<Arc<Segment>> {
+    let what = || format!("starting segment {}", prepared.path.display());
+    prepared.file.write_all_at(&header.encode(), 0).context(what)?;
+    let t = Instant::now();
+    prepared.file.sync_data().context(what)?;
+    counters.sync_latency.record(t.elapsed());
+    counters.syncs.fetch_add(1, Ordering::Relaxed);
+    Ok(Arc::new(Segment::new(prepared.path, prepared.file, header, OPEN_ENDED)))
+}
+
+impl Inner {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn first_lsn(&self) -> Lsn {
+        self.segments.read().unwrap_or_else(|p| p.into_inner())[0].first_lsn()
+    }
+
+    pub fn check_open(&self) -> Result<()> {
+        let st = self.lock_state();
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Blocks until the durable LSN reaches `lsn`, the timeout passes, or the log stops.
+    pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.durable_lsn() >= lsn {
+                return Ok(true);
+            }
+            self.check_open()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Bounded waits: a close or poisoning between the check and the wait is still seen.
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            guard = self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    fn publish_durable(&self, lsn: Lsn) {
+        let _g = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.durable_lsn.store(lsn, Ordering::Release);
+        self.durable_changed.notify_all();
+    }
+
+    fn append_batch(&self, records: &[(u8, &[u8])], policy: SyncPolicy) -> Result<RangeInclusive<Lsn>> {
+        let max = self.options.max_record_bytes;
+        let mut batch_bytes = 0usize;
+        for (kind, payload) in records {
+            if *kind == 0 {
+                return Err(Error::ReservedKind);
+            }
+            if payload.len() > max {
+                return Err(Error::RecordTooLarge { size_bytes: payload.len(), max_bytes: max });
+            }
+            batch_bytes += framed_bytes(payload.len());
+        }
+        let room = (self.options.segment_bytes - SEGMENT_HEADER_BYTES as u64) as usize;
+        if batch_bytes > room {
+            return Err(Error::RecordTooLarge { size_bytes: batch_bytes, max_bytes: room - RECORD_HEADER_BYTES });
+        }
+        if records.is_empty() {
+            let lsn = self.lock_state().next_lsn - 1;
+            return Ok(lsn + 1..=lsn);
+        }
+        let mut st = loop {
+            let st = self.lock_state();
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if st.active_offset + batch_bytes as u64 <= self.options.segment_bytes {
+                break st;
+            }
+            if let Some(prepared) = self.preparer.try_take() {
+                let mut st = st;
+                self.rotate(&mut st, prepared);
+                break st;
+            }
+            drop(st);
+            self.counters.rotation_waits.fetch_add(1, Ordering::Relaxed);
+            self.preparer.ensure_ready()?;
+        };
+        let first = st.next_lsn;
+        for (kind, payload) in records {
+            self.enqueue(&mut st, *kind, payload);
+        }
+        let last = st.next_lsn - 1;
+        self.counters.appends.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.counters.appended_bytes.fetch_add(records.iter().map(|r| r.1.len() as u64).sum(), Ordering::Relaxed);
+        let durable = match policy {
+            SyncPolicy::Always => {
+                st.sync_wanted_upto = st.sync_wanted_upto.max(last);
+                true
+            }
+            SyncPolicy::Interval { ms } => {
+                let due = Instant::now() + Duration::from_millis(ms);
+                st.sync_deadline = Some(st.sync_deadline.map_or(due, |d| d.min(due)));
+                self.syncer_wakeup.notify_one();
+                false
+            }
+            SyncPolicy::Never => false,
+        };
+        drop(self.drive(st, last, durable)?);
+        Ok(first..=last)
+    }
+
+    fn enqueue(&self, st: &mut State, kind: u8, payload: &[u8]) {
+        let lsn = st.next_lsn;
+        let offset = st.active_offset;
+        let reuse = st.pending.back().is_some_and(|c| {
+            c.start_after.is_none()
+                && Arc::ptr_eq(&c.segment, &st.active)
+                && c.offset + c.bytes.len() as u64 == offset
+                && c.bytes.len() < self.options.max_group_bytes
+        });
+        if !reuse {
+            st.pending.push_back(Chunk { segment: st.active.clone(), offset, bytes: Vec::new(), last_lsn: lsn, records: 0, start_after: None });
+        }
+        let salt = st.active.header.salt;
+        let chunk = st.pending.back_mut().expect("a chunk was just ensured");
+        let crc = encode_record(&mut chunk.bytes, salt, lsn, kind, payload);
+        chunk.last_lsn = lsn;
+        chunk.records += 1;
+        st.last_crc = crc;
+        st.next_lsn = lsn + 1;
+        st.active_offset = offset + framed_bytes(payload.len()) as u64;
+    }
+
+    /// Switches appends to `prepared`. Only bookkeeping happens here; the leader that takes the
+    /// resulting chunk syncs the old segment and writes and syncs the new header.
+    fn rotate(&self, st: &mut State, prepared: Prepared) {
+        let last = st.next_lsn - 1;
+        let old = st.active.clone();
+        old.seal(last);
+        let header = SegmentHeader {
+            salt: random_salt(prepared.id),
+            segment_id: prepared.id,
+            prev_last_lsn: last,
+            prev_last_crc: st.last_crc,
+            segment_bytes: self.options.segment_bytes,
+        };
+        let segment = Arc::new(Segment::new(prepared.path, prepared.file, header, OPEN_ENDED));
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(segment.clone());
+        st.pending.push_back(Chunk { segment: segment.clone(), offset: 0, bytes: header.encode().to_vec(), last_lsn: last, records: 0, start_after: Some(old) });
+        st.active = segment;
+        st.active_offset = SEGMENT_HEADER_BYTES as u64;
+        self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until `target` is written (or durable), leading write rounds when no one else is.
+    fn drive<'a>(&'a self, mut st: MutexGuard<'a, State>, target: Lsn, durable: bool) -> Result<MutexGuard<'a, State>> {
+        loop {
+            if let Some(cause) = &st.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
+            }
+            let reached = if durable { st.durable_lsn } else { st.written_lsn };
+            if reached >= target {
+                return Ok(st);
+            }
+            if st.leader_active {
+                st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.leader_active = true;
+            let mut group = Vec::new();
+            let mut group_bytes = 0;
+            while let Some(c) = st.pending.front() {
+                if group_bytes > 0 && group_bytes + c.bytes.len() > self.options.max_group_bytes {
+                    break;
+                }
+                group_bytes += c.bytes.len();
+                group.push(st.pending.pop_front().expect("front exists"));
+            }
+            let group_last = group.last().map_or(st.written_lsn, |c| c.last_lsn);
+            let sync = st.sync_wanted_upto > st.durable_lsn || durable;
+            let sync_segment = group.last().map_or_else(|| st.last_written_segment.clone(), |c| c.segment.clone());
+            drop(st);
+            let result = self.write_group(&group, sync.then_some(&sync_segment));
+            st = self.lock_state();
+            st.leader_active = false;
+            match result {
+                Ok(durable_upto) => {
+                    if let Some(last) = group.last() {
+                        st.written_lsn = st.written_lsn.max(last.last_lsn);
+                        st.last_written_segment = last.segment.clone();
+                    }
+                    let newly_durable = durable_upto.map_or(st.durable_lsn, |d| d.min(group_last)).max(st.durable_lsn);
+                    if newly_durable > st.durable_lsn {
+                        self.counters.records_synced.fetch_add(newly_durable - st.durable_lsn, Ordering::Relaxed);
+                        st.durable_lsn = newly_durable;
+                        self.publish_durable(newly_durable);
+                    }
+                    self.counters.groups.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "log write failed; the log is stopped until reopened");
+                    st.poisoned = Some(e.to_string());
+                    self.durable_changed.notify_all();
+                }
+            }
+            self.progress.notify_all();
+        }
+    }
+
+    fn sync_file(&self, segment: &Segment) -> Result<()> {
+        let t = Instant::now();
+        segment.file.sync_data().context(|| format!("fdatasync of {}", segment.path.display()))?;
+        self.counters.sync_latency.record(t.elapsed());
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes a group and syncs as needed; returns the LSN known durable afterwards, if any.
+    fn write_group(&self, group: &[Chunk], sync_segment: Option<&Arc<Segment>>) -> Result<Option<Lsn>> {
+        let mut durable_upto = None;
+        let mut last_written = None;
+        for chunk in group {
+            if let Some(previous) = &chunk.start_after {
+                // Nothing may reach a new segment before the old one is durable: recovery relies
+                // on every segment but the last being complete.
+                self.sync_file(previous)?;
+                durable_upto = Some(chunk.last_lsn);
+            }
+            chunk.segment.file.write_all_at(&chunk.bytes, chunk.offset).context(|| format!("writing {}", chunk.segment.path.display()))?;
+            if chunk.start_after.is_some() {
+                self.sync_file(&chunk.segment)?;
+            }
+            last_written = Some(chunk.last_lsn);
+        }
+        if let Some(segment) = sync_segment {
+            self.sync_file(segment)?;
+            durable_upto = Some(last_written.unwrap_or(Lsn::MAX));
+        }
+        Ok(durable_upto)
+    }
+
+    fn sync(&self) -> Result<Lsn> {
+        let mut st = self.lock_state();
+        let target = st.next_lsn - 1;
+        st.sync_wanted_upto = st.sync_wanted_upto.max(target);
+        drop(self.drive(st, target, true)?);
+        Ok(target)
+    }
+
+    fn run_syncer(&self) {
+        let mut st = self.lock_state();
+        loop {
+            if st.closed || st.poisoned.is_some() {
+                return;
+            }
+            match st.sync_deadline {
+                Some(due) if Instant::now() >= due => {
+                    st.sync_deadline = None;
+                    let target = st.next_lsn - 1;
+                    st.sync_wanted_upto = st.sync_wanted_upto.max(target);
+                    st = match self.drive(st, target, true) {
+                        Ok(st) => st,
+                        Err(_) => return,
+                    };
+                }
+                Some(due) => {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    st = self.syncer_wakeup.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                None => st = self.syncer_wakeup.wait(st).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+
+    fn truncate_prefix(&self, keep_from: Lsn) -> Result<usize> {
+        let _serial = self.truncation.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_open()?;
+        let bound = keep_from.min(self.durable_lsn() + 1);
+        let removed: Vec<Arc<Segment>> = {
+            let mut table = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let n = table.iter().take(table.len() - 1).take_while(|s| s.last_lsn() < bound).count();
+            table.drain(..n).collect()
+        };
+        for s in &removed {
+            self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
+        }
+        if !removed.is_empty() {
+            self.storage.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;
+        }
+        Ok(removed.len())
+    }
+
+    fn truncate_suffix(&self, last_kept: Lsn) -> Result<()> {
+        let _serial = self.truncation.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            self.preparer.ensure_ready()?;
+            let mut st = self.lock_state();
+            // Quiesce: everything queued is written and durable, and no leader is running. The
+            // state lock is then held to the end, so no append can start meanwhile.
+            loop {
+                if let Some(cause) = &st.poisoned {
+                    return Err(Error::Poisoned { cause: cause.clone() });
+                }
+                if st.leader_active {
+                    st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+                } else if !st.pending.is_empty() || st.durable_lsn < st.next_lsn - 1 {
+                    let target = st.next_lsn - 1;
+                    st.sync_wanted_upto = st.sync_wanted_upto.max(target);
+                    st = self.drive(st, target, true)?;
+                } else {
+                    break;
+                }
+            }
+            let last = st.next_lsn - 1;
+            let first = self.first_lsn();
+            if last_kept >= last {
+                if last_kept > last {
+                    return Err(Error::LsnOutOfRange { lsn: last_kept, first, last });
+                }
+                return Ok(());
+            }
+            if last_kept + 1 < first {
+                return Err(Error::LsnOutOfRange { lsn: last_kept, first, last });
+            }
+            let Some(prepared) = self.preparer.try_take() else { continue };
+            let result = self.cut_after(&mut st, last_kept, prepared);
+            if let Err(e) = &result {
+                st.poisoned = Some(e.to_string());
+                self.progress.notify_all();
+            }
+            return result;
+        }
+    }
+
+    /// Suffix truncation proper. The new segment's header, naming `last_kept` as the previous
+    /// record, is the durable marker of the cut: recovery cuts the segment before it there.
+    fn cut_after(&self, st: &mut State, last_kept: Lsn, prepared: Prepared) -> Result<()> {
+        let mut table = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let idx = table.iter().rposition(|s| s.first_lsn() <= last_kept + 1).expect("range checked");
+        let target = table[idx].clone();
+        let crc = if last_kept >= target.first_lsn() {
+            record_crc_at(&target, last_kept, self.options.max_record_bytes)?
+        } else {
+            target.header.prev_last_crc
+        };
+        let later: Vec<Arc<Segment>> = table.drain(idx + 1..).collect();
+        for s in later.iter().rev() {
+            self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
+        }
+        if !later.is_empty() {
+            self.storage.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;
+        }
+        let header = SegmentHeader { salt: random_salt(prepared.id), segment_id: prepared.id, prev_last_lsn: last_kept, prev_last_crc: crc, segment_bytes: self.options.segment_bytes };
+        let segment = start_segment(prepared, header, &self.counters)?;
+        if last_kept < target.first_lsn() {
+            table.pop();
+            self.storage.remove(&target.path).context(|| format!("removing {}", target.path.display()))?;
+            self.storage.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;
+        } else {
+            target.seal(last_kept);
+        }
+        table.push(segment.clone());
+        st.active = segment.clone();
+        st.last_written_segment = segment;
+        st.active_offset = SEGMENT_HEADER_BYTES as u64;
+        st.next_lsn = last_kept + 1;
+        st.last_crc = crc;
+        st.written_lsn = last_kept;
+        st.durable_lsn = last_kept;
+        st.sync_wanted_upto = st.sync_wanted_upto.min(last_kept);
+        self.publish_durable(last_kept);
+        Ok(())
+    }
+}
+
+fn record_crc_at(segment: &Segment, lsn: Lsn, max_record_bytes: usize) -> Result<u32> {
+    let file_bytes = segment.file.len().context(|| format!("reading the size of {}", segment.path.display()))?;
+    let mut cursor = SegmentCursor::new(segment.file.clone(), segment.header.salt, file_bytes, max_record_bytes);
+    for expected in segment.first_lsn()..=lsn {
+        match cursor.step(expected, Lsn::MAX).context(|| format!("reading {}", segment.path.display()))? {
+            Step::Record(h) if h.lsn == lsn => return Ok(h.crc),
+            Step::Record(_) => {}
+            Step::End(end) => {
+                return Err(Error::Corruption { file: segment.path.clone(), offset: end.offset(), lsn: expected, reason: "record missing while truncating".into() })
+            }
+        }
+    }
+    unreachable!("the loop returns at lsn")
+}

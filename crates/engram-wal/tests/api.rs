@@ -1,0 +1,206 @@
+//! The public contract of the log, one property per test.
+
+use engram_wal::storage::{CrashMode, FaultStorage};
+use engram_wal::{Error, Record, SyncPolicy, Wal, WalOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn small() -> WalOptions {
+    WalOptions { segment_bytes: 16 * 1024, max_record_bytes: 4 * 1024, background_preallocation: false, ..Default::default() }
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    let len = (i * 37 % 700) as usize;
+    (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+}
+
+fn read_all(wal: &Wal, from: u64) -> Vec<Record> {
+    wal.reader(from).unwrap().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn appended_records_read_back_in_order_across_segments_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path(), small()).unwrap();
+        for i in 1..=200u64 {
+            assert_eq!(wal.append((i % 255 + 1) as u8, &payload(i)).unwrap(), i);
+        }
+        assert!(wal.stats().segments > 3, "the workload must span several segments");
+        assert_eq!(wal.durable_lsn(), 200);
+    }
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    let records = read_all(&wal, 1);
+    assert_eq!(records.len(), 200);
+    for (i, r) in records.iter().enumerate() {
+        let lsn = i as u64 + 1;
+        assert_eq!((r.lsn, r.kind, &r.payload), (lsn, (lsn % 255 + 1) as u8, &payload(lsn)));
+    }
+    assert_eq!(read_all(&wal, 150).first().map(|r| r.lsn), Some(150));
+    assert_eq!(wal.append(1, b"after reopen").unwrap(), 201);
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_get_unique_dense_lsns() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 20, max_record_bytes: 4096, ..Default::default() }).unwrap();
+    let mut lsns: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let wal = &wal;
+                s.spawn(move || (0..50).map(|i| wal.append(1, format!("t{t} i{i}").as_bytes()).unwrap()).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    lsns.sort_unstable();
+    assert_eq!(lsns, (1..=800).collect::<Vec<_>>());
+    let stats = wal.stats();
+    assert_eq!(stats.appends, 800);
+    assert!(stats.syncs < 800, "group commit must share fsyncs: {stats:?}");
+}
+
+#[test]
+fn readers_see_only_durable_records() {
+    let fs = FaultStorage::new();
+    let wal = Wal::open_with_storage(Arc::new(fs), "/db", small()).unwrap();
+    wal.append_with(1, b"durable", SyncPolicy::Always).unwrap();
+    wal.append_with(1, b"written only", SyncPolicy::Never).unwrap();
+    assert_eq!(wal.last_lsn(), 2);
+    assert_eq!(wal.durable_lsn(), 1);
+    assert_eq!(read_all(&wal, 1).len(), 1);
+    wal.sync().unwrap();
+    assert_eq!(read_all(&wal, 1).len(), 2);
+}
+
+#[test]
+fn a_follower_wakes_for_new_durable_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    let mut follower = wal.reader(1).unwrap();
+    assert_eq!(follower.next_blocking(Duration::from_millis(10)).unwrap(), None);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(30));
+            wal.append(9, b"news").unwrap();
+        });
+        let r = follower.next_blocking(Duration::from_secs(10)).unwrap().expect("woken by the append");
+        assert_eq!((r.lsn, r.kind, r.payload.as_slice()), (1, 9, &b"news"[..]));
+    });
+}
+
+#[test]
+fn interval_policy_syncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions { sync_policy: SyncPolicy::Interval { ms: 5 }, ..small() }).unwrap();
+    let lsn = wal.append(1, b"soon durable").unwrap();
+    let mut reader = wal.reader(1).unwrap();
+    assert_eq!(reader.next_blocking(Duration::from_secs(10)).unwrap().map(|r| r.lsn), Some(lsn));
+    assert_eq!(wal.durable_lsn(), lsn);
+}
+
+#[test]
+fn unsynced_appends_may_be_lost_on_power_loss_but_synced_ones_survive() {
+    let fs = FaultStorage::new();
+    {
+        let wal = Wal::open_with_storage(Arc::new(fs.clone()), "/db", small()).unwrap();
+        for i in 1..=20 {
+            wal.append(1, &payload(i)).unwrap();
+        }
+        for i in 21..=30 {
+            wal.append_with(1, &payload(i), SyncPolicy::Never).unwrap();
+        }
+        fs.crash(CrashMode::DropUnsynced);
+    }
+    let wal = Wal::open_with_storage(Arc::new(fs), "/db", small()).unwrap();
+    let records = read_all(&wal, 1);
+    assert_eq!(records.len(), 20);
+    assert_eq!(wal.append(1, b"next").unwrap(), 21);
+}
+
+#[test]
+fn prefix_truncation_removes_whole_old_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    for i in 1..=300 {
+        wal.append(1, &payload(i)).unwrap();
+    }
+    let before = wal.stats().segments;
+    let removed = wal.truncate_prefix(150).unwrap();
+    assert!(removed > 0 && removed < before);
+    let first = wal.first_lsn();
+    assert!(first > 1 && first <= 150, "records from 150 on are kept (first = {first})");
+    assert!(matches!(wal.reader(1), Err(Error::LsnOutOfRange { .. })));
+    assert_eq!(read_all(&wal, 150).len(), 151);
+    drop(wal);
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    assert_eq!(wal.first_lsn(), first);
+    assert_eq!(read_all(&wal, first).last().map(|r| r.lsn), Some(300));
+}
+
+#[test]
+fn suffix_truncation_drops_later_records_durably() {
+    for cut in [0u64, 1, 37, 120, 199, 200] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path(), small()).unwrap();
+            for i in 1..=200 {
+                wal.append(1, &payload(i)).unwrap();
+            }
+            wal.truncate_suffix(cut).unwrap();
+            assert_eq!(wal.last_lsn(), cut);
+            assert_eq!(wal.append(2, b"replacement").unwrap(), cut + 1);
+        }
+        let wal = Wal::open(dir.path(), small()).unwrap();
+        let records = read_all(&wal, 1);
+        assert_eq!(records.len() as u64, cut + 1, "cut at {cut}");
+        for r in &records[..cut as usize] {
+            assert_eq!(r.payload, payload(r.lsn));
+        }
+        assert_eq!(records.last().unwrap().payload, b"replacement");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_typed_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(Wal::open(&file, small()), Err(Error::NotADirectory { .. })));
+
+    let wal = Wal::open(dir.path().join("log"), small()).unwrap();
+    assert!(matches!(Wal::open(dir.path().join("log"), small()), Err(Error::Locked { .. })));
+    assert!(matches!(wal.append(1, &vec![0; 4097]), Err(Error::RecordTooLarge { .. })));
+    assert!(matches!(wal.append(0, b"x"), Err(Error::ReservedKind)));
+    assert_eq!(wal.last_lsn(), 0, "rejected appends consume no LSN");
+    assert!(matches!(Wal::open(dir.path().join("other"), WalOptions { segment_bytes: 1000, ..small() }), Err(Error::InvalidOptions(_))));
+}
+
+#[test]
+fn another_format_version_is_refused_without_modification() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path(), small()).unwrap();
+        wal.append(1, b"v1").unwrap();
+    }
+    let seg = first_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8] = 9;
+    std::fs::write(&seg, &bytes).unwrap();
+    let listing = |p: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = listing(dir.path());
+    assert!(matches!(Wal::open(dir.path(), small()), Err(Error::UnsupportedVersion { found: 9, .. })));
+    assert_eq!(listing(dir.path()), before);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+}
+
+fn first_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
+    segs.sort();
+    segs.remove(0)
+}
