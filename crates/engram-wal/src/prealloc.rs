@@ -123,23 +123,10 @@ impl Preparer {
     /// Makes sure a prepared segment is ready: waits for the background thread, or prepares
     /// one on the calling thread. Never called with the append lock held.
     pub fn ensure_ready(&self) -> Result<()> {
-        let mut st = self.lock();
         if !self.background {
-            if !st.ready.is_empty() {
-                return Ok(());
-            }
-            let id = st.next_id;
-            drop(st);
-            let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes);
-            if result.is_err() {
-                self.remove_leftover(id);
-            }
-            let p = result?;
-            let mut st = self.lock();
-            st.next_id = id + 1;
-            st.ready.push_back(p);
-            return Ok(());
+            return self.prepare_inline();
         }
+        let mut st = self.lock();
         // A failure is reported once; the next demand retries.
         if st.ready.is_empty() {
             if let Some(e) = st.failure.take() {
@@ -154,6 +141,26 @@ impl Preparer {
         if st.ready.is_empty() {
             return Err(st.failure.take().unwrap_or(Error::Closed));
         }
+        Ok(())
+    }
+
+    /// Prepares a segment on the calling thread unless one is ready (used when there is no
+    /// background thread, and at open before the thread starts).
+    pub fn prepare_inline(&self) -> Result<()> {
+        let st = self.lock();
+        if !st.ready.is_empty() {
+            return Ok(());
+        }
+        let id = st.next_id;
+        drop(st);
+        let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes);
+        if result.is_err() {
+            self.remove_leftover(id);
+        }
+        let p = result?;
+        let mut st = self.lock();
+        st.next_id = id + 1;
+        st.ready.push_back(p);
         Ok(())
     }
 

@@ -123,7 +123,7 @@ impl Wal {
         let mut segments = recovered.segments;
         let mut active_offset = recovered.active_end_offset;
         if segments.is_empty() {
-            preparer.ensure_ready()?;
+            preparer.prepare_inline()?;
             let prepared = preparer.try_take().expect("a segment was just prepared");
             let header = SegmentHeader { salt: random_salt(prepared.id), segment_id: prepared.id, prev_last_lsn: 0, prev_last_crc: 0, segment_bytes: options.segment_bytes };
             segments.push(start_segment(prepared, header, &counters)?);
@@ -320,19 +320,23 @@ impl Inner {
     /// Blocks until the durable LSN reaches `lsn`, the timeout passes, or the log stops.
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
-        let mut guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if self.durable_lsn() >= lsn {
                 return Ok(true);
             }
+            // Not under `durable_lock`: leaders take the state lock first, then that one.
             self.check_open()?;
+            let guard = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if self.durable_lsn() >= lsn {
+                return Ok(true);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(false);
             }
-            // Bounded waits: a close or poisoning between the check and the wait is still seen.
+            // Bounded waits: a close or poisoning is noticed even without a notification.
             let wait = (deadline - now).min(Duration::from_millis(50));
-            guard = self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0;
+            drop(self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()));
         }
     }
 
