@@ -28,7 +28,12 @@ pub enum Error {
     InvalidOptions(String),
 
     #[error("corrupt log: {file} at offset {offset} (near LSN {lsn}): {reason}")]
-    Corruption { file: PathBuf, offset: u64, lsn: Lsn, reason: String },
+    Corruption {
+        file: PathBuf,
+        offset: u64,
+        lsn: Lsn,
+        reason: String,
+    },
 
     #[error("torn write at the end of the log: {file} at offset {offset} (LSN {lsn}); recovery mode Absolute refuses to truncate it")]
     TornTail { file: PathBuf, offset: u64, lsn: Lsn },
@@ -48,7 +53,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source: Arc::new(source) }
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
     }
 
     /// True for errors that describe damaged log contents (as opposed to usage or I/O problems).

@@ -59,7 +59,7 @@ impl Default for WalOptions {
 
 impl WalOptions {
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 8192 {
+        if !self.segment_bytes.is_multiple_of(4096) || self.segment_bytes < 8192 {
             return Err(Error::InvalidOptions(format!(
                 "segment_bytes must be a multiple of 4096 and at least 8192 (got {})",
                 self.segment_bytes

@@ -61,9 +61,27 @@ pub(crate) struct Preparer {
 }
 
 impl Preparer {
-    pub fn new(storage: Arc<dyn Storage>, dir: PathBuf, segment_bytes: u64, background: bool, adopted: Vec<Prepared>, next_id: u64) -> Arc<Self> {
-        let state = PoolState { ready: adopted.into(), next_id, ..Default::default() };
-        Arc::new(Preparer { storage, dir, segment_bytes, background, state: Mutex::new(state), changed: Condvar::new() })
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+        segment_bytes: u64,
+        background: bool,
+        adopted: Vec<Prepared>,
+        next_id: u64,
+    ) -> Arc<Self> {
+        let state = PoolState {
+            ready: adopted.into(),
+            next_id,
+            ..Default::default()
+        };
+        Arc::new(Preparer {
+            storage,
+            dir,
+            segment_bytes,
+            background,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -75,7 +93,12 @@ impl Preparer {
             return None;
         }
         let me = self.clone();
-        Some(std::thread::Builder::new().name("engram-wal-prealloc".into()).spawn(move || me.run()).expect("spawning the preallocation thread"))
+        Some(
+            std::thread::Builder::new()
+                .name("engram-wal-prealloc".into())
+                .spawn(move || me.run())
+                .expect("spawning the preallocation thread"),
+        )
     }
 
     fn run(&self) {

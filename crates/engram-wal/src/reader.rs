@@ -30,7 +30,11 @@ impl WalReader {
             let last = inner.durable_lsn();
             return Err(Error::LsnOutOfRange { lsn: from, first, last });
         }
-        Ok(WalReader { inner, next_lsn: from, position: None })
+        Ok(WalReader {
+            inner,
+            next_lsn: from,
+            position: None,
+        })
     }
 
     /// The LSN the next record will have.
@@ -53,17 +57,29 @@ impl WalReader {
         }
         let (segment, cursor) = self.position.as_mut().expect("positioned above");
         let lsn = self.next_lsn;
-        match cursor.step(lsn, durable).context(|| format!("reading {}", segment.path.display()))? {
+        match cursor
+            .step(lsn, durable)
+            .context(|| format!("reading {}", segment.path.display()))?
+        {
             Step::Record(h) => {
                 self.next_lsn += 1;
-                Ok(Some(Record { lsn, kind: h.kind, payload: cursor.payload().to_vec() }))
+                Ok(Some(Record {
+                    lsn,
+                    kind: h.kind,
+                    payload: cursor.payload().to_vec(),
+                }))
             }
             Step::End(end) => {
                 let reason = match end {
                     crate::segment::End::Bad { reason, .. } => reason,
                     crate::segment::End::Clean { .. } => "a durable record is missing".to_string(),
                 };
-                Err(Error::Corruption { file: segment.path.clone(), offset: end_offset(&self.position), lsn, reason })
+                Err(Error::Corruption {
+                    file: segment.path.clone(),
+                    offset: end_offset(&self.position),
+                    lsn,
+                    reason,
+                })
             }
         }
     }
@@ -89,11 +105,27 @@ impl WalReader {
                 None => return Err(Error::LsnOutOfRange { lsn, first, last: durable }),
             }
         };
-        let file_bytes = segment.file.len().context(|| format!("reading the size of {}", segment.path.display()))?;
-        let mut cursor = SegmentCursor::new(segment.file.clone(), segment.header.salt, file_bytes, self.inner.options.max_record_bytes);
+        let file_bytes = segment
+            .file
+            .size_bytes()
+            .context(|| format!("reading the size of {}", segment.path.display()))?;
+        let mut cursor = SegmentCursor::new(
+            segment.file.clone(),
+            segment.header.salt,
+            file_bytes,
+            self.inner.options.max_record_bytes,
+        );
         for skip in segment.first_lsn()..lsn {
-            if let Step::End(end) = cursor.step(skip, durable).context(|| format!("reading {}", segment.path.display()))? {
-                return Err(Error::Corruption { file: segment.path.clone(), offset: end.offset(), lsn: skip, reason: "record missing while seeking".into() });
+            if let Step::End(end) = cursor
+                .step(skip, durable)
+                .context(|| format!("reading {}", segment.path.display()))?
+            {
+                return Err(Error::Corruption {
+                    file: segment.path.clone(),
+                    offset: end.offset(),
+                    lsn: skip,
+                    reason: "record missing while seeking".into(),
+                });
             }
         }
         Ok((segment, cursor))

@@ -55,7 +55,12 @@ struct Scanned {
 }
 
 fn corruption(path: &Path, offset: u64, lsn: Lsn, reason: impl Into<String>) -> Error {
-    Error::Corruption { file: path.to_path_buf(), offset, lsn, reason: reason.into() }
+    Error::Corruption {
+        file: path.to_path_buf(),
+        offset,
+        lsn,
+        reason: reason.into(),
+    }
 }
 
 pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -> Result<Recovered> {
@@ -68,8 +73,10 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
     let mut candidates = Vec::with_capacity(ids.len());
     for &id in &ids {
         let path = dir.join(crate::format::segment_file_name(id));
-        let file = storage.open(&path, OpenMode::ReadWrite).context(|| format!("opening {}", path.display()))?;
-        let file_bytes = file.len().context(|| format!("reading the size of {}", path.display()))?;
+        let file = storage
+            .open(&path, OpenMode::ReadWrite)
+            .context(|| format!("opening {}", path.display()))?;
+        let file_bytes = file.size_bytes().context(|| format!("reading the size of {}", path.display()))?;
         let header = if file_bytes < SEGMENT_HEADER_BYTES as u64 {
             HeaderState::Invalid("file shorter than a segment header")
         } else {
@@ -81,19 +88,36 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
             }
         };
         if let HeaderState::OtherVersion(found) = header {
-            return Err(Error::UnsupportedVersion { file: path, found, supported: crate::format::FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                file: path,
+                found,
+                supported: crate::format::FORMAT_VERSION,
+            });
         }
-        candidates.push(Candidate { id, path, file, file_bytes, header });
+        candidates.push(Candidate {
+            id,
+            path,
+            file,
+            file_bytes,
+            header,
+        });
     }
 
-    let started_count = candidates.iter().rposition(|c| matches!(c.header, HeaderState::Valid(_))).map_or(0, |i| i + 1);
+    let started_count = candidates
+        .iter()
+        .rposition(|c| matches!(c.header, HeaderState::Valid(_)))
+        .map_or(0, |i| i + 1);
     let unstarted = candidates.split_off(started_count);
     let mut to_delete: Vec<PathBuf> = leftovers;
     let mut prepared = Vec::new();
     for c in unstarted {
         match c.header {
             HeaderState::Zero if c.file_bytes == options.segment_bytes => {
-                prepared.push(Prepared { id: c.id, path: c.path, file: c.file });
+                prepared.push(Prepared {
+                    id: c.id,
+                    path: c.path,
+                    file: c.file,
+                });
             }
             HeaderState::Zero => to_delete.push(c.path),
             _ => {
@@ -102,12 +126,18 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
                 let mut slot = [0u8; RECORD_HEADER_BYTES];
                 let slot_zero = c.file_bytes < (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64
                     || (read_exact_at(&*c.file, &mut slot, SEGMENT_HEADER_BYTES as u64).is_ok() && is_zero(&slot));
-                let HeaderState::Invalid(why) = c.header else { unreachable!("only invalid headers remain") };
+                let HeaderState::Invalid(why) = c.header else {
+                    unreachable!("only invalid headers remain")
+                };
                 if !slot_zero {
                     return Err(corruption(&c.path, 0, 0, format!("{why}, and the segment holds data")));
                 }
                 if options.recovery_mode == RecoveryMode::Absolute {
-                    return Err(Error::TornTail { file: c.path, offset: 0, lsn: 0 });
+                    return Err(Error::TornTail {
+                        file: c.path,
+                        offset: 0,
+                        lsn: 0,
+                    });
                 }
                 to_delete.push(c.path);
             }
@@ -139,14 +169,21 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
     }
 
     let next_segment_id = ids.last().map_or(1, |id| id + 1);
-    let mut report = RecoveryReport { bytes_scanned, ..Default::default() };
+    let mut report = RecoveryReport {
+        bytes_scanned,
+        ..Default::default()
+    };
     let (active_end_offset, last_lsn, last_crc) = match scanned.last() {
         None => (SEGMENT_HEADER_BYTES as u64, 0, 0),
         Some(last) => {
             let repair = check_tail(last, options)?;
             if let Some((from, to)) = repair {
-                zero_range(&*last.segment.file, from, to).context(|| format!("zeroing the torn tail of {}", last.segment.path.display()))?;
-                last.segment.file.sync_data().context(|| format!("syncing {}", last.segment.path.display()))?;
+                zero_range(&*last.segment.file, from, to)
+                    .context(|| format!("zeroing the torn tail of {}", last.segment.path.display()))?;
+                last.segment
+                    .file
+                    .sync_data()
+                    .context(|| format!("syncing {}", last.segment.path.display()))?;
                 tracing::warn!(file = %last.segment.path.display(), offset = from, "zeroed a torn write at the end of the log");
                 report.torn_tail_repaired = Some((last.segment.path.clone(), from));
             }
@@ -175,7 +212,15 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
             Arc::new(Segment::new(s.segment.path, s.segment.file, s.header, last))
         })
         .collect();
-    Ok(Recovered { segments, active_end_offset, last_lsn, last_crc, prepared, next_segment_id, report })
+    Ok(Recovered {
+        segments,
+        active_end_offset,
+        last_lsn,
+        last_crc,
+        prepared,
+        next_segment_id,
+        report,
+    })
 }
 
 fn scan_segment(c: Candidate, header: SegmentHeader, max_record_bytes: usize) -> Result<Scanned> {
@@ -184,7 +229,9 @@ fn scan_segment(c: Candidate, header: SegmentHeader, max_record_bytes: usize) ->
     let mut last_crc = header.prev_last_crc;
     let mut records = 0;
     let end = loop {
-        let step = cursor.step(last_lsn + 1, Lsn::MAX).context(|| format!("reading {}", c.path.display()))?;
+        let step = cursor
+            .step(last_lsn + 1, Lsn::MAX)
+            .context(|| format!("reading {}", c.path.display()))?;
         match step {
             Step::Record(h) => {
                 last_lsn = h.lsn;
@@ -194,7 +241,14 @@ fn scan_segment(c: Candidate, header: SegmentHeader, max_record_bytes: usize) ->
             Step::End(end) => break end,
         }
     };
-    Ok(Scanned { segment: c, header, last_lsn, last_crc, end, records })
+    Ok(Scanned {
+        segment: c,
+        header,
+        last_lsn,
+        last_crc,
+        end,
+        records,
+    })
 }
 
 /// Checks that `next` continues `prev`. A next segment that starts inside `prev` marks a suffix
@@ -208,12 +262,21 @@ fn link(prev: &mut Scanned, next: &SegmentHeader, next_path: &Path, options: &Wa
                 &prev.segment.path,
                 *offset,
                 prev.last_lsn + 1,
-                format!("records {}..={p} are missing: {} continues from LSN {p}", prev.last_lsn + 1, next_path.display()),
+                format!(
+                    "records {}..={p} are missing: {} continues from LSN {p}",
+                    prev.last_lsn + 1,
+                    next_path.display()
+                ),
             ),
         });
     }
     if p + 1 < prev.header.first_lsn() {
-        return Err(corruption(next_path, 0, p, format!("header continues from LSN {p}, before the previous segment starts")));
+        return Err(corruption(
+            next_path,
+            0,
+            p,
+            format!("header continues from LSN {p}, before the previous segment starts"),
+        ));
     }
     if p < prev.last_lsn {
         let (crc, end_offset) = locate_cut(prev, p, options)?;
@@ -224,19 +287,42 @@ fn link(prev: &mut Scanned, next: &SegmentHeader, next_path: &Path, options: &Wa
         tracing::warn!(file = %prev.segment.path.display(), offset, reason, "ignoring damaged bytes after the last record of a sealed segment");
     }
     if next.prev_last_crc != prev.last_crc {
-        return Err(corruption(next_path, 0, p, format!("header names checksum {:#010x} for LSN {p}, the log has {:#010x}", next.prev_last_crc, prev.last_crc)));
+        return Err(corruption(
+            next_path,
+            0,
+            p,
+            format!(
+                "header names checksum {:#010x} for LSN {p}, the log has {:#010x}",
+                next.prev_last_crc, prev.last_crc
+            ),
+        ));
     }
     Ok(())
 }
 
 /// Finds the checksum of record `lsn` in `s` and the offset after it.
 fn locate_cut(s: &Scanned, lsn: Lsn, options: &WalOptions) -> Result<(u32, u64)> {
-    let mut cursor = SegmentCursor::new(s.segment.file.clone(), s.header.salt, s.segment.file_bytes, options.max_record_bytes);
+    let mut cursor = SegmentCursor::new(
+        s.segment.file.clone(),
+        s.header.salt,
+        s.segment.file_bytes,
+        options.max_record_bytes,
+    );
     let mut crc = s.header.prev_last_crc;
     for expected in s.header.first_lsn()..=lsn {
-        match cursor.step(expected, Lsn::MAX).context(|| format!("reading {}", s.segment.path.display()))? {
+        match cursor
+            .step(expected, Lsn::MAX)
+            .context(|| format!("reading {}", s.segment.path.display()))?
+        {
             Step::Record(h) => crc = h.crc,
-            Step::End(end) => return Err(corruption(&s.segment.path, end.offset(), expected, "record vanished during recovery")),
+            Step::End(end) => {
+                return Err(corruption(
+                    &s.segment.path,
+                    end.offset(),
+                    expected,
+                    "record vanished during recovery",
+                ))
+            }
         }
     }
     Ok((crc, cursor.offset))
@@ -260,7 +346,11 @@ fn check_tail(last: &Scanned, options: &WalOptions) -> Result<Option<(u64, u64)>
         return Ok(None);
     }
     if options.recovery_mode == RecoveryMode::Absolute {
-        return Err(Error::TornTail { file: seg.path.clone(), offset: end_offset, lsn: next_lsn });
+        return Err(Error::TornTail {
+            file: seg.path.clone(),
+            offset: end_offset,
+            lsn: next_lsn,
+        });
     }
     Ok(Some((end_offset, rest.nonzero_end)))
 }

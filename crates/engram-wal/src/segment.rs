@@ -26,7 +26,12 @@ pub(crate) struct Segment {
 
 impl Segment {
     pub fn new(path: PathBuf, file: Arc<dyn StorageFile>, header: SegmentHeader, last_lsn: Lsn) -> Self {
-        Segment { path, file, header, last_lsn: AtomicU64::new(last_lsn) }
+        Segment {
+            path,
+            file,
+            header,
+            last_lsn: AtomicU64::new(last_lsn),
+        }
     }
 
     pub fn first_lsn(&self) -> Lsn {
@@ -140,7 +145,10 @@ impl SegmentCursor {
             return bad(format!("record carries LSN {} where {expected_lsn} was expected", header.lsn));
         }
         if header.payload_bytes as usize > self.max_record_bytes {
-            return bad(format!("record length {} exceeds the maximum {}", header.payload_bytes, self.max_record_bytes));
+            return bad(format!(
+                "record length {} exceeds the maximum {}",
+                header.payload_bytes, self.max_record_bytes
+            ));
         }
         let framed = header.framed_bytes();
         if !self.ensure(at, framed, durable_lsn)? {
@@ -171,14 +179,27 @@ pub(crate) struct Remainder {
 }
 
 /// Scans `[from, file end)` for records that validate under `salt` and for non-zero bytes.
-pub(crate) fn scan_remainder(file: &dyn StorageFile, salt: u32, from: u64, file_bytes: u64, max_record_bytes: usize) -> io::Result<Remainder> {
-    let mut result = Remainder { valid_record_at: None, nonzero_end: from };
+pub(crate) fn scan_remainder(
+    file: &dyn StorageFile,
+    salt: u32,
+    from: u64,
+    file_bytes: u64,
+    max_record_bytes: usize,
+) -> io::Result<Remainder> {
+    let mut result = Remainder {
+        valid_record_at: None,
+        nonzero_end: from,
+    };
     let mut chunk_start = from - from % 8;
     let mut buf = vec![0u8; READ_CHUNK_BYTES + RECORD_HEADER_BYTES];
     while chunk_start < file_bytes {
         let len = ((READ_CHUNK_BYTES + RECORD_HEADER_BYTES) as u64).min(file_bytes - chunk_start) as usize;
         read_exact_at(file, &mut buf[..len], chunk_start)?;
         let scan_len = len.min(READ_CHUNK_BYTES);
+        if is_zero(&buf[..len]) {
+            chunk_start += scan_len as u64;
+            continue;
+        }
         if let Some(last) = buf[..scan_len].iter().rposition(|&b| b != 0) {
             result.nonzero_end = result.nonzero_end.max(chunk_start + last as u64 + 1);
         }

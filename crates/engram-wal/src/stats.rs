@@ -15,7 +15,11 @@ pub(crate) struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), total_ns: AtomicU64::new(0), max_ns: AtomicU64::new(0) }
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            total_ns: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+        }
     }
 }
 
@@ -94,8 +98,16 @@ impl Counters {
             appended_bytes: self.appended_bytes.load(Relaxed),
             groups: self.groups.load(Relaxed),
             syncs,
-            records_per_sync: if syncs == 0 { 0.0 } else { self.records_synced.load(Relaxed) as f64 / syncs as f64 },
-            sync_latency_avg_us: if syncs == 0 { 0.0 } else { h.total_ns.load(Relaxed) as f64 / syncs as f64 / 1000.0 },
+            records_per_sync: if syncs == 0 {
+                0.0
+            } else {
+                self.records_synced.load(Relaxed) as f64 / syncs as f64
+            },
+            sync_latency_avg_us: if syncs == 0 {
+                0.0
+            } else {
+                h.total_ns.load(Relaxed) as f64 / syncs as f64 / 1000.0
+            },
             sync_latency_p50_us: h.quantile_us(0.5),
             sync_latency_p99_us: h.quantile_us(0.99),
             sync_latency_max_us: h.max_ns.load(Relaxed) as f64 / 1000.0,

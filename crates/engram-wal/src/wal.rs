@@ -87,7 +87,12 @@ pub struct Wal {
 fn random_salt(segment_id: u64) -> u32 {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(segment_id);
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish() as u32
 }
 
@@ -125,7 +130,13 @@ impl Wal {
         if segments.is_empty() {
             preparer.prepare_inline()?;
             let prepared = preparer.try_take().expect("a segment was just prepared");
-            let header = SegmentHeader { salt: random_salt(prepared.id), segment_id: prepared.id, prev_last_lsn: 0, prev_last_crc: 0, segment_bytes: options.segment_bytes };
+            let header = SegmentHeader {
+                salt: random_salt(prepared.id),
+                segment_id: prepared.id,
+                prev_last_lsn: 0,
+                prev_last_crc: 0,
+                segment_bytes: options.segment_bytes,
+            };
             segments.push(start_segment(prepared, header, &counters)?);
             active_offset = SEGMENT_HEADER_BYTES as u64;
         }
@@ -133,7 +144,11 @@ impl Wal {
         let last_lsn = recovered.last_lsn.max(active.header.prev_last_lsn);
         let state = State {
             next_lsn: last_lsn + 1,
-            last_crc: if recovered.last_lsn == last_lsn { recovered.last_crc } else { active.header.prev_last_crc },
+            last_crc: if recovered.last_lsn == last_lsn {
+                recovered.last_crc
+            } else {
+                active.header.prev_last_crc
+            },
             active: active.clone(),
             active_offset,
             pending: VecDeque::new(),
@@ -171,7 +186,11 @@ impl Wal {
                 .spawn(move || syncer.run_syncer())
                 .map_err(|e| Error::io("starting the syncer thread", e))?,
         );
-        Ok(Wal { inner, recovery: recovered.report, threads })
+        Ok(Wal {
+            inner,
+            recovery: recovered.report,
+            threads,
+        })
     }
 
     /// What recovery found when this log was opened.
@@ -354,13 +373,19 @@ impl Inner {
                 return Err(Error::ReservedKind);
             }
             if payload.len() > max {
-                return Err(Error::RecordTooLarge { size_bytes: payload.len(), max_bytes: max });
+                return Err(Error::RecordTooLarge {
+                    size_bytes: payload.len(),
+                    max_bytes: max,
+                });
             }
             batch_bytes += framed_bytes(payload.len());
         }
         let room = (self.options.segment_bytes - SEGMENT_HEADER_BYTES as u64) as usize;
         if batch_bytes > room {
-            return Err(Error::RecordTooLarge { size_bytes: batch_bytes, max_bytes: room - RECORD_HEADER_BYTES });
+            return Err(Error::RecordTooLarge {
+                size_bytes: batch_bytes,
+                max_bytes: room - RECORD_HEADER_BYTES,
+            });
         }
         if records.is_empty() {
             let lsn = self.lock_state().next_lsn - 1;
@@ -392,7 +417,9 @@ impl Inner {
         }
         let last = st.next_lsn - 1;
         self.counters.appends.fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.counters.appended_bytes.fetch_add(records.iter().map(|r| r.1.len() as u64).sum(), Ordering::Relaxed);
+        self.counters
+            .appended_bytes
+            .fetch_add(records.iter().map(|r| r.1.len() as u64).sum(), Ordering::Relaxed);
         let durable = match policy {
             SyncPolicy::Always => {
                 st.sync_wanted_upto = st.sync_wanted_upto.max(last);
@@ -420,7 +447,14 @@ impl Inner {
                 && c.bytes.len() < self.options.max_group_bytes
         });
         if !reuse {
-            st.pending.push_back(Chunk { segment: st.active.clone(), offset, bytes: Vec::new(), last_lsn: lsn, records: 0, start_after: None });
+            st.pending.push_back(Chunk {
+                segment: st.active.clone(),
+                offset,
+                bytes: Vec::new(),
+                last_lsn: lsn,
+                records: 0,
+                start_after: None,
+            });
         }
         let salt = st.active.header.salt;
         let chunk = st.pending.back_mut().expect("a chunk was just ensured");
@@ -447,7 +481,14 @@ impl Inner {
         };
         let segment = Arc::new(Segment::new(prepared.path, prepared.file, header, OPEN_ENDED));
         self.segments.write().unwrap_or_else(|p| p.into_inner()).push(segment.clone());
-        st.pending.push_back(Chunk { segment: segment.clone(), offset: 0, bytes: header.encode().to_vec(), last_lsn: last, records: 0, start_after: Some(old) });
+        st.pending.push_back(Chunk {
+            segment: segment.clone(),
+            offset: 0,
+            bytes: header.encode().to_vec(),
+            last_lsn: last,
+            records: 0,
+            start_after: Some(old),
+        });
         st.active = segment;
         st.active_offset = SEGMENT_HEADER_BYTES as u64;
         self.counters.rotations.fetch_add(1, Ordering::Relaxed);
@@ -492,7 +533,9 @@ impl Inner {
                     }
                     let newly_durable = durable_upto.map_or(st.durable_lsn, |d| d.min(group_last)).max(st.durable_lsn);
                     if newly_durable > st.durable_lsn {
-                        self.counters.records_synced.fetch_add(newly_durable - st.durable_lsn, Ordering::Relaxed);
+                        self.counters
+                            .records_synced
+                            .fetch_add(newly_durable - st.durable_lsn, Ordering::Relaxed);
                         st.durable_lsn = newly_durable;
                         self.publish_durable(newly_durable);
                     }
@@ -510,7 +553,10 @@ impl Inner {
 
     fn sync_file(&self, segment: &Segment) -> Result<()> {
         let t = Instant::now();
-        segment.file.sync_data().context(|| format!("fdatasync of {}", segment.path.display()))?;
+        segment
+            .file
+            .sync_data()
+            .context(|| format!("fdatasync of {}", segment.path.display()))?;
         self.counters.sync_latency.record(t.elapsed());
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -527,7 +573,11 @@ impl Inner {
                 self.sync_file(previous)?;
                 durable_upto = Some(chunk.last_lsn);
             }
-            chunk.segment.file.write_all_at(&chunk.bytes, chunk.offset).context(|| format!("writing {}", chunk.segment.path.display()))?;
+            chunk
+                .segment
+                .file
+                .write_all_at(&chunk.bytes, chunk.offset)
+                .context(|| format!("writing {}", chunk.segment.path.display()))?;
             if chunk.start_after.is_some() {
                 self.sync_file(&chunk.segment)?;
             }
@@ -586,7 +636,9 @@ impl Inner {
             self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
         }
         if !removed.is_empty() {
-            self.storage.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;
+            self.storage
+                .sync_dir(&self.dir)
+                .context(|| format!("syncing directory {}", self.dir.display()))?;
         }
         Ok(removed.len())
     }
@@ -616,12 +668,20 @@ impl Inner {
             let first = self.first_lsn();
             if last_kept >= last {
                 if last_kept > last {
-                    return Err(Error::LsnOutOfRange { lsn: last_kept, first, last });
+                    return Err(Error::LsnOutOfRange {
+                        lsn: last_kept,
+                        first,
+                        last,
+                    });
                 }
                 return Ok(());
             }
             if last_kept + 1 < first {
-                return Err(Error::LsnOutOfRange { lsn: last_kept, first, last });
+                return Err(Error::LsnOutOfRange {
+                    lsn: last_kept,
+                    first,
+                    last,
+                });
             }
             let Some(prepared) = self.preparer.try_take() else { continue };
             let result = self.cut_after(&mut st, last_kept, prepared);
@@ -649,14 +709,26 @@ impl Inner {
             self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
         }
         if !later.is_empty() {
-            self.storage.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;
+            self.storage
+                .sync_dir(&self.dir)
+                .context(|| format!("syncing directory {}", self.dir.display()))?;
         }
-        let header = SegmentHeader { salt: random_salt(prepared.id), segment_id: prepared.id, prev_last_lsn: last_kept, prev_last_crc: crc, segment_bytes: self.options.segment_bytes };
+        let header = SegmentHeader {
+            salt: random_salt(prepared.id),
+            segment_id: prepared.id,
+            prev_last_lsn: last_kept,
+            prev_last_crc: crc,
+            segment_bytes: self.options.segment_bytes,
+        };
         let segment = start_segment(prepared, header, &self.counters)?;
         if last_kept < target.first_lsn() {
             table.pop();
-            self.storage.remove(&target.path).context(|| format!("removing {}", target.path.display()))?;
-            self.storage.sync_dir(&self.dir).context(|| format!("syncing directory {}", self.dir.display()))?;
+            self.storage
+                .remove(&target.path)
+                .context(|| format!("removing {}", target.path.display()))?;
+            self.storage
+                .sync_dir(&self.dir)
+                .context(|| format!("syncing directory {}", self.dir.display()))?;
         } else {
             target.seal(last_kept);
         }
@@ -675,14 +747,25 @@ impl Inner {
 }
 
 fn record_crc_at(segment: &Segment, lsn: Lsn, max_record_bytes: usize) -> Result<u32> {
-    let file_bytes = segment.file.len().context(|| format!("reading the size of {}", segment.path.display()))?;
+    let file_bytes = segment
+        .file
+        .size_bytes()
+        .context(|| format!("reading the size of {}", segment.path.display()))?;
     let mut cursor = SegmentCursor::new(segment.file.clone(), segment.header.salt, file_bytes, max_record_bytes);
     for expected in segment.first_lsn()..=lsn {
-        match cursor.step(expected, Lsn::MAX).context(|| format!("reading {}", segment.path.display()))? {
+        match cursor
+            .step(expected, Lsn::MAX)
+            .context(|| format!("reading {}", segment.path.display()))?
+        {
             Step::Record(h) if h.lsn == lsn => return Ok(h.crc),
             Step::Record(_) => {}
             Step::End(end) => {
-                return Err(Error::Corruption { file: segment.path.clone(), offset: end.offset(), lsn: expected, reason: "record missing while truncating".into() })
+                return Err(Error::Corruption {
+                    file: segment.path.clone(),
+                    offset: end.offset(),
+                    lsn: expected,
+                    reason: "record missing while truncating".into(),
+                })
             }
         }
     }

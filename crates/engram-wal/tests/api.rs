@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn small() -> WalOptions {
-    WalOptions { segment_bytes: 16 * 1024, max_record_bytes: 4 * 1024, background_preallocation: false, ..Default::default() }
+    WalOptions {
+        segment_bytes: 16 * 1024,
+        max_record_bytes: 4 * 1024,
+        background_preallocation: false,
+        ..Default::default()
+    }
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -44,12 +49,24 @@ fn appended_records_read_back_in_order_across_segments_and_reopen() {
 #[test]
 fn concurrent_appenders_share_fsyncs_and_get_unique_dense_lsns() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 20, max_record_bytes: 4096, ..Default::default() }).unwrap();
+    let wal = Wal::open(
+        dir.path(),
+        WalOptions {
+            segment_bytes: 1 << 20,
+            max_record_bytes: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut lsns: Vec<u64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
             .map(|t| {
                 let wal = &wal;
-                s.spawn(move || (0..50).map(|i| wal.append(1, format!("t{t} i{i}").as_bytes()).unwrap()).collect::<Vec<_>>())
+                s.spawn(move || {
+                    (0..50)
+                        .map(|i| wal.append(1, format!("t{t} i{i}").as_bytes()).unwrap())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
@@ -85,7 +102,10 @@ fn a_follower_wakes_for_new_durable_records() {
             std::thread::sleep(Duration::from_millis(30));
             wal.append(9, b"news").unwrap();
         });
-        let r = follower.next_blocking(Duration::from_secs(10)).unwrap().expect("woken by the append");
+        let r = follower
+            .next_blocking(Duration::from_secs(10))
+            .unwrap()
+            .expect("woken by the append");
         assert_eq!((r.lsn, r.kind, r.payload.as_slice()), (1, 9, &b"news"[..]));
     });
 }
@@ -93,7 +113,14 @@ fn a_follower_wakes_for_new_durable_records() {
 #[test]
 fn interval_policy_syncs_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), WalOptions { sync_policy: SyncPolicy::Interval { ms: 5 }, ..small() }).unwrap();
+    let wal = Wal::open(
+        dir.path(),
+        WalOptions {
+            sync_policy: SyncPolicy::Interval { ms: 5 },
+            ..small()
+        },
+    )
+    .unwrap();
     let lsn = wal.append(1, b"soon durable").unwrap();
     let mut reader = wal.reader(1).unwrap();
     assert_eq!(reader.next_blocking(Duration::from_secs(10)).unwrap().map(|r| r.lsn), Some(lsn));
@@ -174,7 +201,16 @@ fn bad_input_gets_a_typed_error_and_changes_nothing() {
     assert!(matches!(wal.append(1, &vec![0; 4097]), Err(Error::RecordTooLarge { .. })));
     assert!(matches!(wal.append(0, b"x"), Err(Error::ReservedKind)));
     assert_eq!(wal.last_lsn(), 0, "rejected appends consume no LSN");
-    assert!(matches!(Wal::open(dir.path().join("other"), WalOptions { segment_bytes: 1000, ..small() }), Err(Error::InvalidOptions(_))));
+    assert!(matches!(
+        Wal::open(
+            dir.path().join("other"),
+            WalOptions {
+                segment_bytes: 1000,
+                ..small()
+            }
+        ),
+        Err(Error::InvalidOptions(_))
+    ));
 }
 
 #[test]
@@ -194,13 +230,20 @@ fn another_format_version_is_refused_without_modification() {
         v
     };
     let before = listing(dir.path());
-    assert!(matches!(Wal::open(dir.path(), small()), Err(Error::UnsupportedVersion { found: 9, .. })));
+    assert!(matches!(
+        Wal::open(dir.path(), small()),
+        Err(Error::UnsupportedVersion { found: 9, .. })
+    ));
     assert_eq!(listing(dir.path()), before);
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
 }
 
 fn first_segment(dir: &Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
     segs.sort();
     segs.remove(0)
 }

@@ -16,7 +16,13 @@ use std::sync::Arc;
 const DIR: &str = "/db";
 
 fn options(mode: RecoveryMode) -> WalOptions {
-    WalOptions { segment_bytes: 8192, max_record_bytes: 1024, background_preallocation: false, recovery_mode: mode, ..Default::default() }
+    WalOptions {
+        segment_bytes: 8192,
+        max_record_bytes: 1024,
+        background_preallocation: false,
+        recovery_mode: mode,
+        ..Default::default()
+    }
 }
 
 struct Reference {
@@ -33,16 +39,29 @@ fn build_reference() -> Reference {
     for i in 0..230u64 {
         let payload: Vec<u8> = (0..(i * 13 % 150) as usize).map(|j| (i * 7 + j as u64) as u8).collect();
         let lsn = wal.append((i % 200 + 1) as u8, &payload).unwrap();
-        records.push(Record { lsn, kind: (i % 200 + 1) as u8, payload });
+        records.push(Record {
+            lsn,
+            kind: (i % 200 + 1) as u8,
+            payload,
+        });
     }
     assert!(wal.stats().segments >= 3, "the reference log spans several segments");
     wal.close().unwrap();
-    let files: Vec<(PathBuf, Vec<u8>)> = fs.files().into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).map(|p| (p.clone(), fs.read_file(&p).unwrap())).collect();
+    let files: Vec<(PathBuf, Vec<u8>)> = fs
+        .files()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .map(|p| (p.clone(), fs.read_file(&p).unwrap()))
+        .collect();
     let last = records.last().unwrap();
     let framed = engram_wal::layout::framed_bytes(last.payload.len()) as u64;
     let (last_path, last_bytes) = files.iter().rev().find(|(_, b)| b[..64].iter().any(|&x| x != 0)).unwrap();
     let end = find_record_end(last_bytes, last.lsn);
-    Reference { last_record: (last_path.clone(), end - framed, end), files, records }
+    Reference {
+        last_record: (last_path.clone(), end - framed, end),
+        files,
+        records,
+    }
 }
 
 /// Offset just past the record with `lsn` in a segment image (walking the framing).
@@ -106,9 +125,14 @@ fn trial(reference: &Reference, file_index: usize, offset: usize, damage: &Damag
     let place = format!("{} offset {offset} ({:?})", path.display(), mode);
     let outcome = outcome.unwrap_or_else(|_| panic!("open or read panicked after damaging {place}"));
     match outcome {
-        Err(Error::Corruption { file, offset: reported, .. }) => {
+        Err(Error::Corruption {
+            file, offset: reported, ..
+        }) => {
             assert_eq!(file, path, "the error names the damaged file ({place})");
-            assert!(reported <= offset as u64, "the error points at or before the damage ({place}): {reported}");
+            assert!(
+                reported <= offset as u64,
+                "the error points at or before the damage ({place}): {reported}"
+            );
             tally.detected += 1;
         }
         Err(Error::TornTail { file, .. }) => {
@@ -123,12 +147,23 @@ fn trial(reference: &Reference, file_index: usize, offset: usize, damage: &Damag
         Err(other) => panic!("unexpected error after damaging {place}: {other}"),
         Ok(records) => {
             assert!(records.len() <= reference.records.len(), "{place}");
-            assert_eq!(records[..], reference.records[..records.len()], "served records differ from what was appended ({place})");
+            assert_eq!(
+                records[..],
+                reference.records[..records.len()],
+                "served records differ from what was appended ({place})"
+            );
             if records.len() < reference.records.len() {
                 let (last_path, start, end) = &reference.last_record;
                 assert_eq!(mode, RecoveryMode::TolerateTornTail, "Absolute never drops records ({place})");
-                assert_eq!(records.len() + 1, reference.records.len(), "only the last record may be dropped ({place})");
-                assert!(&path == last_path && (*start..*end).contains(&(offset as u64)), "records dropped for damage outside the last record ({place})");
+                assert_eq!(
+                    records.len() + 1,
+                    reference.records.len(),
+                    "only the last record may be dropped ({place})"
+                );
+                assert!(
+                    &path == last_path && (*start..*end).contains(&(offset as u64)),
+                    "records dropped for damage outside the last record ({place})"
+                );
                 tally.torn_tail_truncated += 1;
             } else {
                 tally.unchanged += 1;
@@ -144,7 +179,14 @@ fn sweep(mode: RecoveryMode) -> Tally {
     for file_index in 0..reference.files.len() {
         let len = reference.files[file_index].1.len();
         for offset in 0..len {
-            trial(&reference, file_index, offset, &Damage::FlipBit((offset % 8) as u8), mode, &mut tally);
+            trial(
+                &reference,
+                file_index,
+                offset,
+                &Damage::FlipBit((offset % 8) as u8),
+                mode,
+                &mut tally,
+            );
             trial(&reference, file_index, offset, &Damage::Zero, mode, &mut tally);
             if offset % 5 == 0 {
                 random ^= random << 13;

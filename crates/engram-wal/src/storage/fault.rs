@@ -34,7 +34,10 @@ pub enum OpKind {
 impl OpKind {
     /// Calls that change what is (or will be) on disk; crash points are counted over these.
     pub fn is_mutation(self) -> bool {
-        matches!(self, OpKind::Create | OpKind::Write | OpKind::Sync | OpKind::SyncDir | OpKind::Rename | OpKind::Remove)
+        matches!(
+            self,
+            OpKind::Create | OpKind::Write | OpKind::Sync | OpKind::SyncDir | OpKind::Rename | OpKind::Remove
+        )
     }
 }
 
@@ -145,7 +148,7 @@ fn injected(fault: FaultKind, what: &str) -> io::Error {
 }
 
 fn crashed_error() -> io::Error {
-    io::Error::new(io::ErrorKind::Other, "simulated power loss: the machine is down")
+    io::Error::other("simulated power loss: the machine is down")
 }
 
 impl FaultStorage {
@@ -179,7 +182,14 @@ impl FaultStorage {
     /// Fails the `nth` (1-based) future call of `kind` (any kind when `None`), and every later
     /// one too when `persistent`.
     pub fn fail(&self, kind: Option<OpKind>, nth: u64, persistent: bool, fault: FaultKind) {
-        self.lock().rules.push(Rule { kind, path_contains: None, nth, persistent, fault, seen: 0 });
+        self.lock().rules.push(Rule {
+            kind,
+            path_contains: None,
+            nth,
+            persistent,
+            fault,
+            seen: 0,
+        });
     }
 
     /// As [`fail`](Self::fail), counting only calls on paths that contain `path_part`.
@@ -206,7 +216,11 @@ impl FaultStorage {
             (CrashMode::TearLastWrite { seed }, Some(w)) => Some((seed, w)),
             _ => None,
         };
-        let source = if mode == CrashMode::ProcessOnly { &s.names } else { &s.durable_names };
+        let source = if mode == CrashMode::ProcessOnly {
+            &s.names
+        } else {
+            &s.durable_names
+        };
         let mut rebuilt: BTreeMap<PathBuf, InodeRef> = BTreeMap::new();
         let mut copies: Vec<(InodeRef, InodeRef)> = Vec::new();
         for (path, inode) in source.iter() {
@@ -214,13 +228,20 @@ impl FaultStorage {
                 Some((_, new)) => new.clone(),
                 None => {
                     let old = lock_inode(inode);
-                    let mut bytes = if mode == CrashMode::ProcessOnly { old.written.clone() } else { old.synced.clone() };
+                    let mut bytes = if mode == CrashMode::ProcessOnly {
+                        old.written.clone()
+                    } else {
+                        old.synced.clone()
+                    };
                     if let Some((seed, w)) = &torn {
                         if Arc::ptr_eq(&w.inode, inode) {
                             apply_torn_write(&mut bytes, w, *seed);
                         }
                     }
-                    let new = Arc::new(Mutex::new(Inode { written: bytes.clone(), synced: bytes }));
+                    let new = Arc::new(Mutex::new(Inode {
+                        written: bytes.clone(),
+                        synced: bytes,
+                    }));
                     copies.push((inode.clone(), new.clone()));
                     new
                 }
@@ -265,11 +286,9 @@ impl FaultStorage {
             return Err(crashed_error());
         }
         *s.calls_by_kind.entry(kind).or_default() += 1;
-        if kind.is_mutation() {
-            if s.crash_after_mutations.is_some_and(|n| s.mutations >= n) {
-                s.crashed = true;
-                return Err(crashed_error());
-            }
+        if kind.is_mutation() && s.crash_after_mutations.is_some_and(|n| s.mutations >= n) {
+            s.crashed = true;
+            return Err(crashed_error());
         }
         let path_text = path.to_string_lossy();
         for rule in s.rules.iter_mut() {
@@ -356,7 +375,11 @@ impl Storage for FaultStorage {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
-        let kind = if mode == OpenMode::CreateNew { OpKind::Create } else { OpKind::Open };
+        let kind = if mode == OpenMode::CreateNew {
+            OpKind::Create
+        } else {
+            OpKind::Open
+        };
         let mut s = self.begin(kind, path, None)?;
         let inode = match (mode, s.names.get(path)) {
             (OpenMode::CreateNew, Some(_)) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists")),
@@ -373,26 +396,43 @@ impl Storage for FaultStorage {
         };
         let epoch = s.epoch;
         drop(s);
-        Ok(Arc::new(FaultFile { fs: self.clone(), path: path.to_path_buf(), inode, epoch, writable: mode != OpenMode::Read }))
+        Ok(Arc::new(FaultFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inode,
+            epoch,
+            writable: mode != OpenMode::Read,
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.begin(OpKind::Rename, from, None)?;
-        let inode = s.names.remove(from).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        let inode = s
+            .names
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
         s.names.insert(to.to_path_buf(), inode);
         Ok(())
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut s = self.begin(OpKind::Remove, path, None)?;
-        s.names.remove(path).map(|_| ()).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+        s.names
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.begin(OpKind::SyncDir, dir, None)?;
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);
         s.durable_names.retain(|p, _| !in_dir(p));
-        let now: Vec<(PathBuf, InodeRef)> = s.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), i.clone())).collect();
+        let now: Vec<(PathBuf, InodeRef)> = s
+            .names
+            .iter()
+            .filter(|(p, _)| in_dir(p))
+            .map(|(p, i)| (p.clone(), i.clone()))
+            .collect();
         s.durable_names.extend(now);
         Ok(())
     }
@@ -403,7 +443,11 @@ impl Storage for FaultStorage {
             return Ok(None);
         }
         let epoch = s.epoch;
-        Ok(Some(Box::new(FaultLock { fs: self.clone(), path: path.to_path_buf(), epoch })))
+        Ok(Some(Box::new(FaultLock {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            epoch,
+        })))
     }
 }
 
@@ -428,7 +472,11 @@ impl StorageFile for FaultFile {
             inode.written.resize(end, 0);
         }
         inode.written[offset as usize..end].copy_from_slice(buf);
-        s.last_write = Some(LastWrite { inode: self.inode.clone(), offset, data: buf.to_vec() });
+        s.last_write = Some(LastWrite {
+            inode: self.inode.clone(),
+            offset,
+            data: buf.to_vec(),
+        });
         Ok(())
     }
 
@@ -442,7 +490,7 @@ impl StorageFile for FaultFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size_bytes(&self) -> io::Result<u64> {
         let _s = self.fs.begin(OpKind::Read, &self.path, Some(self.epoch))?;
         Ok(lock_inode(&self.inode).written.len() as u64)
     }

@@ -44,7 +44,7 @@ pub trait StorageFile: Send + Sync + Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// fdatasync: the file's data (and size, if it changed) is durable when this returns Ok.
     fn sync_data(&self) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size_bytes(&self) -> io::Result<u64>;
 }
 
 pub trait LockGuard: Send + Sync + Debug {}
