@@ -155,13 +155,15 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
             };
             return Err(corruption(&c.path, 0, 0, why));
         };
-        if let Some(prev) = scanned.last_mut() {
+        while let Some(prev) = scanned.last_mut() {
             link(prev, &header, &c.path, options)?;
-            if prev.last_lsn < prev.header.first_lsn() {
-                // Cut to nothing by a suffix truncation that stopped before deleting it.
-                let dead = scanned.pop().expect("checked above");
-                to_delete.push(dead.segment.path);
+            if prev.last_lsn >= prev.header.first_lsn() {
+                break;
             }
+            // Cut to nothing by a suffix truncation that stopped before removing it; the new
+            // segment must then continue the one before.
+            let dead = scanned.pop().expect("checked above");
+            to_delete.push(dead.segment.path);
         }
         let s = scan_segment(c, header, options.max_record_bytes)?;
         bytes_scanned += s.end.offset();

@@ -74,7 +74,6 @@ pub(crate) struct Inner {
     preparer: Arc<Preparer>,
     pub counters: Counters,
     truncation: Mutex<()>,
-    _dir_lock: Box<dyn LockGuard>,
 }
 
 /// A write-ahead log in one directory. Share it between threads with `Arc` or scoped threads.
@@ -82,6 +81,8 @@ pub struct Wal {
     inner: Arc<Inner>,
     recovery: RecoveryReport,
     threads: Vec<JoinHandle<()>>,
+    /// Held by the `Wal` (not by readers), so dropping the `Wal` lets the directory be reopened.
+    _dir_lock: Box<dyn LockGuard>,
 }
 
 fn random_salt(segment_id: u64) -> u32 {
@@ -175,7 +176,6 @@ impl Wal {
             preparer: preparer.clone(),
             counters,
             truncation: Mutex::new(()),
-            _dir_lock: dir_lock,
         });
         let mut threads = Vec::new();
         threads.extend(preparer.spawn());
@@ -190,6 +190,7 @@ impl Wal {
             inner,
             recovery: recovered.report,
             threads,
+            _dir_lock: dir_lock,
         })
     }
 
@@ -219,6 +220,21 @@ impl Wal {
     /// The batch must fit in one segment.
     pub fn append_batch(&self, records: &[(u8, &[u8])], policy: SyncPolicy) -> Result<RangeInclusive<Lsn>> {
         self.inner.append_batch(records, policy)
+    }
+
+    /// Queues records and assigns their LSNs without waiting for them to be written. Pair it with
+    /// [`complete`](Self::complete): a caller can take LSNs inside its own critical section (a
+    /// transaction manager ordering commits) and wait for durability outside it, so that
+    /// concurrent committers still share one fdatasync. A submitted record is written by the
+    /// next group even if `complete` is never called, but it is durable only once a `complete`
+    /// or `sync` covering it returns.
+    pub fn submit(&self, records: &[(u8, &[u8])]) -> Result<RangeInclusive<Lsn>> {
+        self.inner.submit(records)
+    }
+
+    /// Waits until `last` and every record before it meet `policy` (written, or durable).
+    pub fn complete(&self, last: Lsn, policy: SyncPolicy) -> Result<()> {
+        self.inner.complete(last, policy)
     }
 
     /// Makes every record appended so far durable; returns the durable LSN.
@@ -366,6 +382,16 @@ impl Inner {
     }
 
     fn append_batch(&self, records: &[(u8, &[u8])], policy: SyncPolicy) -> Result<RangeInclusive<Lsn>> {
+        let (st, range) = self.submit_locked(records)?;
+        if let Some(st) = st {
+            self.complete_locked(st, *range.end(), policy)?;
+        }
+        Ok(range)
+    }
+
+    /// Validates and queues `records`, assigning their LSNs; returns the state lock still held
+    /// (`None` for an empty batch) so that the caller can go on to wait without a second lock.
+    fn submit_locked(&self, records: &[(u8, &[u8])]) -> Result<(Option<MutexGuard<'_, State>>, RangeInclusive<Lsn>)> {
         let max = self.options.max_record_bytes;
         let mut batch_bytes = 0usize;
         for (kind, payload) in records {
@@ -389,7 +415,7 @@ impl Inner {
         }
         if records.is_empty() {
             let lsn = self.lock_state().next_lsn - 1;
-            return Ok(lsn + 1..=lsn);
+            return Ok((None, lsn + 1..=lsn));
         }
         let mut st = loop {
             let st = self.lock_state();
@@ -420,6 +446,19 @@ impl Inner {
         self.counters
             .appended_bytes
             .fetch_add(records.iter().map(|r| r.1.len() as u64).sum(), Ordering::Relaxed);
+        Ok((Some(st), first..=last))
+    }
+
+    pub fn submit(&self, records: &[(u8, &[u8])]) -> Result<RangeInclusive<Lsn>> {
+        Ok(self.submit_locked(records)?.1)
+    }
+
+    pub fn complete(&self, last: Lsn, policy: SyncPolicy) -> Result<()> {
+        self.complete_locked(self.lock_state(), last, policy)
+    }
+
+    /// Waits until the record at `last` (and everything before it) meets `policy`.
+    fn complete_locked(&self, mut st: MutexGuard<'_, State>, last: Lsn, policy: SyncPolicy) -> Result<()> {
         let durable = match policy {
             SyncPolicy::Always => {
                 st.sync_wanted_upto = st.sync_wanted_upto.max(last);
@@ -434,7 +473,7 @@ impl Inner {
             SyncPolicy::Never => false,
         };
         drop(self.drive(st, last, durable)?);
-        Ok(first..=last)
+        Ok(())
     }
 
     fn enqueue(&self, st: &mut State, kind: u8, payload: &[u8]) {

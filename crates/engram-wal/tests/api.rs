@@ -247,3 +247,29 @@ fn first_segment(dir: &Path) -> std::path::PathBuf {
     segs.sort();
     segs.remove(0)
 }
+
+#[test]
+fn a_reader_outliving_its_log_does_not_hold_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    wal.append(1, b"kept").unwrap();
+    let mut reader = wal.reader(1).unwrap();
+    drop(wal);
+    let reopened = Wal::open(dir.path(), small()).expect("the lock goes with the Wal, not its readers");
+    assert_eq!(reader.next_record().unwrap().unwrap().payload, b"kept");
+    assert_eq!(reopened.last_lsn(), 1);
+}
+
+#[test]
+fn submit_assigns_lsns_in_call_order_and_complete_waits_for_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    let first = wal.submit(&[(1, b"a"), (1, b"b")]).unwrap();
+    let second = wal.submit(&[(2, b"c")]).unwrap();
+    assert_eq!((first, second), (1..=2, 3..=3));
+    assert_eq!(wal.durable_lsn(), 0, "submitted is not yet durable");
+    wal.complete(3, SyncPolicy::Always).unwrap();
+    assert_eq!(wal.durable_lsn(), 3);
+    let payloads: Vec<Vec<u8>> = read_all(&wal, 1).into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
