@@ -1,0 +1,286 @@
+//! The database: open (replaying the log), begin transactions, take snapshots, and the commit
+//! pipeline shared by all transactions.
+
+use crate::error::{CoreError, Result};
+use crate::model::Key;
+use crate::record::{CommitRecord, KIND_COMMIT};
+use crate::store::Store;
+use crate::txn::{CommitInfo, Snapshot, Transaction};
+use engram_wal::{Lsn, SyncPolicy, Wal, WalOptions, WalStats};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Directory of the log inside the database directory.
+pub const WAL_DIR: &str = "wal";
+
+/// Reports replay progress at open: (records replayed, last LSN to replay).
+pub type ReplayProgress = Arc<dyn Fn(u64, Lsn) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct DatabaseOptions {
+    pub wal: WalOptions,
+    /// Durability of commits unless a transaction overrides it. The log's own policy is unused.
+    pub durability: SyncPolicy,
+    pub on_replay_progress: Option<ReplayProgress>,
+}
+
+impl Default for DatabaseOptions {
+    fn default() -> Self {
+        DatabaseOptions {
+            wal: WalOptions::default(),
+            durability: SyncPolicy::Always,
+            on_replay_progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseOptions")
+            .field("wal", &self.wal)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State guarded by the commit lock: what is needed to order commits and detect conflicts.
+pub(crate) struct CommitState {
+    /// Keys written by commits that are queued but not yet applied, with their LSN.
+    pending: HashMap<Key, Lsn>,
+    prune_at_len: usize,
+    next_txn_id: u64,
+    last_commit_ts_ms: u64,
+}
+
+impl CommitState {
+    /// LSN of the newest commit (applied or queued) that wrote `key`.
+    pub fn last_write(&self, store: &Store, key: &Key) -> Lsn {
+        self.pending.get(key).copied().unwrap_or(0).max(store.latest_lsn(key))
+    }
+
+    pub fn next_txn_id(&mut self) -> u64 {
+        self.next_txn_id += 1;
+        self.next_txn_id
+    }
+
+    /// Commit times never go backwards, even if the clock does.
+    pub fn next_commit_ts(&mut self) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.last_commit_ts_ms = self.last_commit_ts_ms.max(now);
+        self.last_commit_ts_ms
+    }
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub options: DatabaseOptions,
+    pub wal: Wal,
+    pub store: Store,
+    commit: Mutex<CommitState>,
+    /// Commits queued in the log and not yet applied, in LSN order.
+    apply_queue: Mutex<VecDeque<(Lsn, Arc<CommitRecord>)>>,
+    /// Serialises appliers so that commits reach the store in LSN order.
+    applier: Mutex<()>,
+    /// Every commit at or below this LSN is applied; snapshots are taken here.
+    visible_lsn: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+}
+
+/// An embedded Engram database in one directory. Cheap to clone; share it between threads.
+#[derive(Clone)]
+pub struct Database {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Database {
+    /// Opens (or creates) the database in `dir`: recovers the log and replays every committed
+    /// transaction in it.
+    pub fn open(dir: impl AsRef<Path>, options: DatabaseOptions) -> Result<Database> {
+        let dir = dir.as_ref().to_path_buf();
+        let wal = Wal::open(dir.join(WAL_DIR), options.wal.clone())?;
+        Self::from_wal(dir, wal, options)
+    }
+
+    /// Opens the database on a given storage (tests use `FaultStorage`).
+    pub fn open_with_storage(
+        storage: Arc<dyn engram_wal::storage::Storage>,
+        dir: impl AsRef<Path>,
+        options: DatabaseOptions,
+    ) -> Result<Database> {
+        let dir = dir.as_ref().to_path_buf();
+        let wal = Wal::open_with_storage(storage, dir.join(WAL_DIR), options.wal.clone())?;
+        Self::from_wal(dir, wal, options)
+    }
+
+    fn from_wal(dir: PathBuf, wal: Wal, options: DatabaseOptions) -> Result<Database> {
+        let store = Store::default();
+        let last = wal.durable_lsn();
+        let mut max_txn_id = 0;
+        let mut max_ts = 0;
+        let mut replayed = 0u64;
+        for record in wal.reader(wal.first_lsn())? {
+            let record = record?;
+            if record.kind != KIND_COMMIT {
+                return Err(CoreError::CorruptRecord {
+                    lsn: record.lsn,
+                    reason: format!("unknown record kind {}", record.kind),
+                });
+            }
+            let commit = CommitRecord::decode(record.lsn, &record.payload)?;
+            max_txn_id = max_txn_id.max(commit.txn_id);
+            max_ts = max_ts.max(commit.commit_ts_ms);
+            store.apply(record.lsn, &commit);
+            replayed += 1;
+            if let Some(progress) = &options.on_replay_progress {
+                if replayed.is_multiple_of(10_000) || record.lsn == last {
+                    progress(replayed, last);
+                }
+            }
+        }
+        let shared = Shared {
+            dir,
+            options,
+            wal,
+            store,
+            commit: Mutex::new(CommitState {
+                pending: HashMap::new(),
+                prune_at_len: 1024,
+                next_txn_id: max_txn_id,
+                last_commit_ts_ms: max_ts,
+            }),
+            apply_queue: Mutex::new(VecDeque::new()),
+            applier: Mutex::new(()),
+            visible_lsn: AtomicU64::new(last),
+            poisoned: Mutex::new(None),
+        };
+        Ok(Database { shared: Arc::new(shared) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Starts a read-write transaction on the current snapshot.
+    pub fn begin(&self) -> Transaction {
+        Transaction::new(self.shared.clone(), self.visible_lsn(), self.shared.options.durability)
+    }
+
+    /// A read-only view of everything committed so far.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            db: self.shared.clone(),
+            lsn: self.visible_lsn(),
+        }
+    }
+
+    /// A read-only view as of `lsn` (every commit at or below it).
+    pub fn as_of(&self, lsn: Lsn) -> Result<Snapshot> {
+        let oldest = self.shared.wal.first_lsn().saturating_sub(1);
+        if lsn < oldest {
+            return Err(CoreError::HistoryNotRetained { lsn, oldest });
+        }
+        Ok(Snapshot {
+            db: self.shared.clone(),
+            lsn: lsn.min(self.visible_lsn()),
+        })
+    }
+
+    /// A read-only view as of a wall-clock time (milliseconds since the Unix epoch): every
+    /// commit whose commit time is at or before it.
+    pub fn as_of_time(&self, ts_ms: u64) -> Result<Snapshot> {
+        self.as_of(self.shared.store.lsn_at_time(ts_ms))
+    }
+
+    /// Runs `work` in a transaction and commits it, retrying on write-write conflicts (up to
+    /// `max_attempts`, with a short growing pause). `work` must be safe to run again.
+    pub fn run<T>(&self, max_attempts: u32, mut work: impl FnMut(&mut Transaction) -> Result<T>) -> Result<(T, CommitInfo)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut txn = self.begin();
+            let result = work(&mut txn).and_then(|value| txn.commit().map(|info| (value, info)));
+            match result {
+                Err(e) if e.is_conflict() && attempt < max_attempts => {
+                    std::thread::sleep(Duration::from_micros(50 * u64::from(attempt.min(20))));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every commit at or below this LSN is visible to new snapshots.
+    pub fn visible_lsn(&self) -> Lsn {
+        self.shared.visible_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn wal_stats(&self) -> WalStats {
+        self.shared.wal.stats()
+    }
+
+    pub fn recovery_report(&self) -> &engram_wal::RecoveryReport {
+        self.shared.wal.recovery_report()
+    }
+}
+
+impl Shared {
+    pub fn lock_commit(&self) -> MutexGuard<'_, CommitState> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn check_running(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(cause) => Err(CoreError::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, cause: String) {
+        let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        p.get_or_insert(cause);
+    }
+
+    /// Queues the record in the log (taking its LSN) and for the applier. Called with the
+    /// commit lock held, so LSN order is commit order.
+    pub fn submit(&self, commit: &mut CommitState, record: Arc<CommitRecord>) -> Result<Lsn> {
+        let bytes = record.encode();
+        let lsn = *self.wal.submit(&[(KIND_COMMIT, &bytes)])?.end();
+        let visible = self.visible_lsn.load(Ordering::Acquire);
+        if commit.pending.len() >= commit.prune_at_len {
+            commit.pending.retain(|_, l| *l > visible);
+            commit.prune_at_len = (commit.pending.len() * 2).max(1024);
+        }
+        for op in &record.ops {
+            if let Some(key) = op.key() {
+                commit.pending.insert(key.clone(), lsn);
+            }
+        }
+        self.apply_queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((lsn, record));
+        Ok(lsn)
+    }
+
+    /// Waits for the commit at `lsn` to meet `policy`, then applies every queued commit up to
+    /// it, in LSN order. A failure here stops the database: the log is poisoned.
+    pub fn finish_commit(&self, lsn: Lsn, policy: SyncPolicy) -> Result<()> {
+        if let Err(e) = self.wal.complete(lsn, policy) {
+            self.poison(e.to_string());
+            return Err(e.into());
+        }
+        let _applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
+        if self.visible_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let ready: Vec<(Lsn, Arc<CommitRecord>)> = {
+            let mut queue = self.apply_queue.lock().unwrap_or_else(|p| p.into_inner());
+            let n = queue.iter().take_while(|(l, _)| *l <= lsn).count();
+            queue.drain(..n).collect()
+        };
+        for (record_lsn, record) in &ready {
+            self.store.apply(*record_lsn, record);
+        }
+        self.visible_lsn.store(lsn, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Typed errors of the database. Bad input never changes anything.
+
+use engram_wal::Lsn;
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum CoreError {
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+
+    #[error("{what} is {size_bytes} bytes; the limit is {max_bytes}")]
+    TooLarge {
+        what: &'static str,
+        size_bytes: usize,
+        max_bytes: usize,
+    },
+
+    #[error("embedding has {got} dimensions; namespace {namespace:?} uses {expected}")]
+    DimensionMismatch { namespace: String, expected: usize, got: usize },
+
+    #[error("embedding value at index {index} is {value} (NaN and infinite values are not allowed)")]
+    NonFiniteValue { index: usize, value: f32 },
+
+    #[error("embedding must have between 1 and {max} dimensions (got {got})")]
+    BadDimension { got: usize, max: usize },
+
+    #[error("metadata must be a JSON object, got {got}")]
+    MetadataNotObject { got: &'static str },
+
+    #[error("{what} {id:?} not found in namespace {namespace:?}")]
+    NotFound { what: &'static str, namespace: String, id: String },
+
+    #[error("write-write conflict on {what} {id:?} in namespace {namespace:?}: another transaction committed it first; retry")]
+    Conflict { namespace: String, what: &'static str, id: String },
+
+    #[error("LSN {lsn} is not readable: history before LSN {oldest} is no longer retained")]
+    HistoryNotRetained { lsn: Lsn, oldest: Lsn },
+
+    #[error("log record at LSN {lsn} cannot be decoded: {reason}")]
+    CorruptRecord { lsn: Lsn, reason: String },
+
+    #[error("the database stopped after a failure ({cause}); reopen it to recover")]
+    Poisoned { cause: String },
+
+    #[error(transparent)]
+    Wal(#[from] engram_wal::Error),
+}
+
+impl CoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, CoreError::Conflict { .. })
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;

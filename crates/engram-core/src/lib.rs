@@ -1,0 +1,29 @@
+//! engram-core: the Engram database on top of engram-wal.
+//!
+//! Memories, a knowledge graph, key/value state and outbox events live in namespaces; every
+//! change is a transaction with snapshot isolation whose single commit record is durable in the
+//! log before it is applied or acknowledged. Every version is kept, so every read can be as of a
+//! past LSN or time. See docs/architecture.md.
+
+mod db;
+mod error;
+mod graph;
+mod kv;
+mod memory;
+mod model;
+mod names;
+mod record;
+mod store;
+mod txn;
+
+pub use db::{Database, DatabaseOptions, ReplayProgress, WAL_DIR};
+pub use engram_wal::{Lsn, SyncPolicy, WalOptions};
+pub use error::{CoreError, Result};
+pub use graph::{AddedObservations, GraphReads, KnowledgeGraph};
+pub use kv::KvReads;
+pub use memory::{MemoryPatch, MemoryReads, NewMemory};
+pub use model::{Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Space, Value};
+pub use names::{validate_namespace, MAX_DIMENSION, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
+pub use record::{CommitRecord, Op, KIND_COMMIT};
+pub use store::VersionInfo;
+pub use txn::{CommitInfo, ReadView, Snapshot, Transaction};

@@ -1,0 +1,121 @@
+//! Validation of names and sizes at the API boundary.
+
+use crate::error::{CoreError, Result};
+
+pub const MAX_NAMESPACE_BYTES: usize = 128;
+pub const MAX_NAME_BYTES: usize = 1024;
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
+pub const MAX_DIMENSION: usize = 4096;
+pub const MAX_KEY_BYTES: usize = 4096;
+pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A namespace is an agent, a user or a tenant: 1..=128 bytes of letters, digits, '-', '_', '.',
+/// ':' and '@', not starting with '.', so that it is safe in paths and URLs.
+pub fn validate_namespace(ns: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(CoreError::InvalidName {
+            what: "namespace",
+            value: ns.to_string(),
+            reason,
+        })
+    };
+    if ns.is_empty() {
+        return bad("is empty");
+    }
+    if ns.len() > MAX_NAMESPACE_BYTES {
+        return bad("is longer than 128 bytes");
+    }
+    if ns.starts_with('.') {
+        return bad("starts with '.'");
+    }
+    if !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b)) {
+        return bad("may only hold ASCII letters, digits and - _ . : @");
+    }
+    Ok(())
+}
+
+/// Entity names, entity types, relation types and event topics: non-empty, bounded, no NUL or
+/// other control characters.
+pub fn validate_label(what: &'static str, value: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(CoreError::InvalidName {
+            what,
+            value: value.to_string(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return bad("is empty");
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return bad("is longer than 1024 bytes");
+    }
+    if value.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    Ok(())
+}
+
+pub fn validate_size(what: &'static str, size_bytes: usize, max_bytes: usize) -> Result<()> {
+    if size_bytes > max_bytes {
+        return Err(CoreError::TooLarge {
+            what,
+            size_bytes,
+            max_bytes,
+        });
+    }
+    Ok(())
+}
+
+pub fn validate_embedding(values: &[f32]) -> Result<()> {
+    if values.is_empty() || values.len() > MAX_DIMENSION {
+        return Err(CoreError::BadDimension {
+            got: values.len(),
+            max: MAX_DIMENSION,
+        });
+    }
+    if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(CoreError::NonFiniteValue { index, value });
+    }
+    Ok(())
+}
+
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_path_and_url_safe() {
+        for good in ["agent-1", "user@example.com", "tenant:42", "a.b_c"] {
+            validate_namespace(good).unwrap();
+        }
+        for bad in ["", "..", ".hidden", "a/b", "a\\b", "nul\0", "tab\t", "space here", &"x".repeat(129)] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn embeddings_must_be_finite_and_bounded() {
+        validate_embedding(&[0.5, -1.0]).unwrap();
+        assert!(matches!(validate_embedding(&[]), Err(CoreError::BadDimension { .. })));
+        assert!(matches!(
+            validate_embedding(&[1.0, f32::NAN]),
+            Err(CoreError::NonFiniteValue { index: 1, .. })
+        ));
+        assert!(matches!(
+            validate_embedding(&[f32::INFINITY]),
+            Err(CoreError::NonFiniteValue { index: 0, .. })
+        ));
+    }
+}

@@ -1,0 +1,228 @@
+//! Read-write transactions (snapshot isolation) and read-only snapshots.
+//!
+//! A transaction reads the snapshot taken at `begin` plus its own writes, and buffers its writes.
+//! Commit checks, under the commit lock, that no key it writes was committed by someone else
+//! after its snapshot (first committer wins), queues its one log record (taking its LSN in commit
+//! order), then waits for durability outside the lock, so that concurrent commits share one
+//! fdatasync. The commit is applied to the store in LSN order before `commit` returns.
+
+use crate::db::Shared;
+use crate::error::{CoreError, Result};
+use crate::model::{Key, Space, Value};
+use crate::record::{CommitRecord, Op};
+use crate::store::{CreationOrder, VersionInfo};
+use engram_wal::{Lsn, SyncPolicy};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a successful commit returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The LSN of the commit record: the version stamp of everything it wrote. For a transaction
+    /// that wrote nothing, the snapshot it read.
+    pub lsn: Lsn,
+    pub txn_id: u64,
+    pub commit_ts_ms: u64,
+}
+
+/// Read access shared by snapshots and transactions; the typed reads (memories, graph,
+/// key/value, history) are built on it.
+pub trait ReadView {
+    /// The LSN this view reads at.
+    fn read_lsn(&self) -> Lsn;
+    #[doc(hidden)]
+    fn get_value(&self, key: &Key) -> Option<Value>;
+    #[doc(hidden)]
+    fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)>;
+    #[doc(hidden)]
+    fn scan_value_range(&self, namespace: &str, space: Space, from: &[u8], to: Option<&[u8]>) -> Vec<(Key, Value, CreationOrder)>;
+    /// Every committed version of a key up to this view's LSN, oldest first.
+    #[doc(hidden)]
+    fn key_history(&self, key: &Key) -> Vec<VersionInfo>;
+}
+
+/// A consistent read-only view at one LSN. Never blocks writers and is never blocked.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub(crate) db: Arc<Shared>,
+    pub(crate) lsn: Lsn,
+}
+
+fn unwrap_values(items: Vec<(Key, Arc<Value>, CreationOrder)>) -> Vec<(Key, Value, CreationOrder)> {
+    items.into_iter().map(|(k, v, o)| (k, (*v).clone(), o)).collect()
+}
+
+impl ReadView for Snapshot {
+    fn read_lsn(&self) -> Lsn {
+        self.lsn
+    }
+    fn get_value(&self, key: &Key) -> Option<Value> {
+        self.db.store.get(key, self.lsn).map(|v| (*v).clone())
+    }
+    fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)> {
+        unwrap_values(self.db.store.scan_prefix(namespace, space, prefix, self.lsn))
+    }
+    fn scan_value_range(&self, namespace: &str, space: Space, from: &[u8], to: Option<&[u8]>) -> Vec<(Key, Value, CreationOrder)> {
+        unwrap_values(self.db.store.scan_range(namespace, space, from, to, self.lsn))
+    }
+    fn key_history(&self, key: &Key) -> Vec<VersionInfo> {
+        self.db.store.history(key, self.lsn)
+    }
+}
+
+/// A read-write transaction. Dropping it without `commit` aborts it (nothing was logged).
+pub struct Transaction {
+    pub(crate) db: Arc<Shared>,
+    snapshot: Lsn,
+    /// Buffered writes; `None` deletes. Each remembers when it was first written in this
+    /// transaction, so that items created together keep their order.
+    writes: BTreeMap<Key, (Option<Value>, u32)>,
+    events: Vec<Op>,
+    write_count: u32,
+    durability: SyncPolicy,
+}
+
+impl Transaction {
+    pub(crate) fn new(db: Arc<Shared>, snapshot: Lsn, durability: SyncPolicy) -> Self {
+        Transaction {
+            db,
+            snapshot,
+            writes: BTreeMap::new(),
+            events: Vec::new(),
+            write_count: 0,
+            durability,
+        }
+    }
+
+    /// Overrides the database's durability for this commit (e.g. `SyncPolicy::Never` for a bulk
+    /// load); `Always` acknowledges only after fdatasync.
+    pub fn set_durability(&mut self, policy: SyncPolicy) {
+        self.durability = policy;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.events.is_empty()
+    }
+
+    pub(crate) fn put(&mut self, key: Key, value: Value) {
+        self.write(key, Some(value));
+    }
+
+    pub(crate) fn remove(&mut self, key: Key) {
+        self.write(key, None);
+    }
+
+    fn write(&mut self, key: Key, value: Option<Value>) {
+        let order = self.writes.get(&key).map_or(self.write_count, |(_, o)| *o);
+        self.write_count += 1;
+        self.writes.insert(key, (value, order));
+    }
+
+    pub(crate) fn push_event(&mut self, event: Op) {
+        self.events.push(event);
+    }
+
+    /// Commits atomically: every write and event, or none.
+    pub fn commit(self) -> Result<CommitInfo> {
+        let db = self.db.clone();
+        db.check_running()?;
+        if self.is_empty() {
+            return Ok(CommitInfo {
+                lsn: self.snapshot,
+                txn_id: 0,
+                commit_ts_ms: db.store.commit_time(self.snapshot),
+            });
+        }
+        let (info, record) = {
+            let mut commit = db.lock_commit();
+            for key in self.writes.keys() {
+                if commit.last_write(&db.store, key) > self.snapshot {
+                    return Err(CoreError::Conflict {
+                        namespace: key.namespace.clone(),
+                        what: space_name(key.space),
+                        id: key.id_text(),
+                    });
+                }
+            }
+            let mut ops = Vec::with_capacity(self.writes.len() + self.events.len());
+            let mut writes: Vec<(Key, Option<Value>, u32)> = self.writes.into_iter().map(|(k, (v, o))| (k, v, o)).collect();
+            writes.sort_by_key(|(_, _, order)| *order);
+            for (key, after, _) in writes {
+                let before = db.store.get(&key, Lsn::MAX).map(|v| (*v).clone());
+                match (after, before) {
+                    (Some(after), before) => ops.push(Op::Put { key, before, after }),
+                    (None, Some(before)) => ops.push(Op::Delete { key, before }),
+                    (None, None) => {} // deleting what does not exist changes nothing
+                }
+            }
+            ops.extend(self.events);
+            let txn_id = commit.next_txn_id();
+            let commit_ts_ms = commit.next_commit_ts();
+            let record = Arc::new(CommitRecord { txn_id, commit_ts_ms, ops });
+            let lsn = db.submit(&mut commit, record.clone())?;
+            (CommitInfo { lsn, txn_id, commit_ts_ms }, record)
+        };
+        drop(record);
+        db.finish_commit(info.lsn, self.durability)?;
+        Ok(info)
+    }
+}
+
+impl ReadView for Transaction {
+    fn read_lsn(&self) -> Lsn {
+        self.snapshot
+    }
+
+    fn get_value(&self, key: &Key) -> Option<Value> {
+        match self.writes.get(key) {
+            Some((value, _)) => value.clone(),
+            None => self.db.store.get(key, self.snapshot).map(|v| (*v).clone()),
+        }
+    }
+
+    fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)> {
+        let base = unwrap_values(self.db.store.scan_prefix(namespace, space, prefix, self.snapshot));
+        self.overlay(base, |k| k.namespace == namespace && k.space == space && k.id.starts_with(prefix))
+    }
+
+    fn scan_value_range(&self, namespace: &str, space: Space, from: &[u8], to: Option<&[u8]>) -> Vec<(Key, Value, CreationOrder)> {
+        let base = unwrap_values(self.db.store.scan_range(namespace, space, from, to, self.snapshot));
+        self.overlay(base, |k| {
+            k.namespace == namespace && k.space == space && k.id.as_slice() >= from && to.is_none_or(|t| k.id.as_slice() < t)
+        })
+    }
+
+    fn key_history(&self, key: &Key) -> Vec<VersionInfo> {
+        self.db.store.history(key, self.snapshot)
+    }
+}
+
+impl Transaction {
+    /// Merges this transaction's own writes into a scan of its snapshot (key order kept).
+    fn overlay(&self, base: Vec<(Key, Value, CreationOrder)>, within: impl Fn(&Key) -> bool) -> Vec<(Key, Value, CreationOrder)> {
+        let mut merged: BTreeMap<Key, (Value, CreationOrder)> = base.into_iter().map(|(k, v, o)| (k, (v, o))).collect();
+        for (key, (value, order)) in self.writes.iter().filter(|(k, _)| within(k)) {
+            match value {
+                Some(v) => {
+                    // A key first written here sorts after everything committed before.
+                    let created = merged.get(key).map_or((Lsn::MAX, *order), |(_, o)| *o);
+                    merged.insert(key.clone(), (v.clone(), created));
+                }
+                None => {
+                    merged.remove(key);
+                }
+            }
+        }
+        merged.into_iter().map(|(k, (v, o))| (k, v, o)).collect()
+    }
+}
+
+pub(crate) fn space_name(space: Space) -> &'static str {
+    match space {
+        Space::Meta => "namespace settings",
+        Space::Memory => "memory",
+        Space::Entity => "entity",
+        Space::Relation => "relation",
+        Space::Kv => "key",
+    }
+}

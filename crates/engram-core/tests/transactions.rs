@@ -1,0 +1,264 @@
+//! The transaction contract: atomic, isolated (snapshot isolation), durable, and readable as of
+//! any past LSN.
+
+use engram_core::*;
+use engram_wal::storage::{CrashMode, FaultStorage};
+use serde_json::json;
+use std::sync::Arc;
+
+fn options() -> DatabaseOptions {
+    DatabaseOptions {
+        wal: WalOptions {
+            segment_bytes: 64 * 1024,
+            max_record_bytes: 32 * 1024,
+            background_preallocation: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn note(text: &str) -> NewMemory {
+    NewMemory {
+        text: text.into(),
+        embedding: None,
+        metadata: json!({"source": "test"}),
+    }
+}
+
+#[test]
+fn a_commit_is_atomic_across_memories_graph_kv_and_events_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, info) = {
+        let db = Database::open(dir.path(), options()).unwrap();
+        let mut txn = db.begin();
+        let id = txn
+            .insert_memory(
+                "agent",
+                NewMemory {
+                    embedding: Some(vec![0.1, 0.2, 0.3]),
+                    ..note("likes tea")
+                },
+            )
+            .unwrap();
+        txn.create_entities(
+            "agent",
+            &[Entity {
+                name: "Ada".into(),
+                entity_type: "person".into(),
+                observations: vec!["likes tea".into()],
+            }],
+        )
+        .unwrap();
+        txn.kv_put("agent", b"state/step", KvValue::Json(json!(3))).unwrap();
+        txn.emit_event("agent", "memory.added", json!({"id": id})).unwrap();
+        let info = txn.commit().unwrap();
+        assert!(info.lsn > 0 && info.txn_id > 0);
+        (id, info)
+    };
+    let db = Database::open(dir.path(), options()).unwrap();
+    let snap = db.snapshot();
+    assert_eq!(snap.read_lsn(), info.lsn);
+    assert_eq!(snap.get_memory("agent", &id).unwrap().unwrap().text, "likes tea");
+    assert_eq!(snap.dimension("agent"), Some(3));
+    assert_eq!(snap.read_graph("agent").unwrap().entities.len(), 1);
+    assert_eq!(snap.kv_get("agent", b"state/step").unwrap(), Some(KvValue::Json(json!(3))));
+}
+
+#[test]
+fn a_dropped_transaction_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut txn = db.begin();
+    txn.kv_put("ns", b"k", KvValue::Bytes(b"v".to_vec())).unwrap();
+    drop(txn);
+    assert_eq!(db.snapshot().kv_get("ns", b"k").unwrap(), None);
+    assert_eq!(db.visible_lsn(), 0, "nothing was logged");
+}
+
+#[test]
+fn first_committer_wins_and_the_loser_gets_a_typed_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut a = db.begin();
+    let mut b = db.begin();
+    a.kv_put("ns", b"counter", KvValue::Json(json!(1))).unwrap();
+    b.kv_put("ns", b"counter", KvValue::Json(json!(2))).unwrap();
+    a.commit().unwrap();
+    let err = b.commit().unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(db.snapshot().kv_get("ns", b"counter").unwrap(), Some(KvValue::Json(json!(1))));
+}
+
+#[test]
+fn the_retry_helper_makes_concurrent_increments_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let db = db.clone();
+            s.spawn(move || {
+                for _ in 0..25 {
+                    db.run(1000, |txn| {
+                        let n = match txn.kv_get("ns", b"counter")? {
+                            Some(KvValue::Json(v)) => v.as_i64().unwrap(),
+                            _ => 0,
+                        };
+                        txn.kv_put("ns", b"counter", KvValue::Json(json!(n + 1)))
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(db.snapshot().kv_get("ns", b"counter").unwrap(), Some(KvValue::Json(json!(200))));
+}
+
+#[test]
+fn snapshots_are_repeatable_and_never_see_later_or_uncommitted_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    db.run(1, |t| t.kv_put("ns", b"k", KvValue::Json(json!("v1")))).unwrap();
+    let snap = db.snapshot();
+    let mut writer = db.begin();
+    writer.kv_put("ns", b"k", KvValue::Json(json!("uncommitted"))).unwrap();
+    assert_eq!(snap.kv_get("ns", b"k").unwrap(), Some(KvValue::Json(json!("v1"))), "no dirty read");
+    writer.commit().unwrap();
+    assert_eq!(
+        snap.kv_get("ns", b"k").unwrap(),
+        Some(KvValue::Json(json!("v1"))),
+        "repeatable read"
+    );
+    assert_eq!(db.snapshot().kv_get("ns", b"k").unwrap(), Some(KvValue::Json(json!("uncommitted"))));
+}
+
+#[test]
+fn write_skew_is_allowed_under_snapshot_isolation() {
+    // Two transactions read both keys and each writes a different one: no write-write conflict,
+    // so both commit. This is the documented anomaly of snapshot isolation.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut a = db.begin();
+    let mut b = db.begin();
+    assert_eq!(a.kv_get("ns", b"x").unwrap(), None);
+    assert_eq!(b.kv_get("ns", b"y").unwrap(), None);
+    a.kv_put("ns", b"y", KvValue::Json(json!(1))).unwrap();
+    b.kv_put("ns", b"x", KvValue::Json(json!(1))).unwrap();
+    a.commit().unwrap();
+    b.commit().unwrap();
+}
+
+#[test]
+fn every_read_can_be_as_of_a_past_lsn_or_time_and_history_lists_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let (id, created) = db.run(1, |t| t.insert_memory("ns", note("first"))).unwrap();
+    let (_, updated) = db
+        .run(1, |t| {
+            t.update_memory(
+                "ns",
+                &id,
+                MemoryPatch {
+                    text: Some("second".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap();
+    let (_, deleted) = db.run(1, |t| t.delete_memory("ns", &id)).unwrap();
+    let text_at = |lsn| db.as_of(lsn).unwrap().get_memory("ns", &id).unwrap().map(|m| m.text);
+    assert_eq!(text_at(created.lsn - 1), None);
+    assert_eq!(text_at(created.lsn).as_deref(), Some("first"));
+    assert_eq!(text_at(updated.lsn).as_deref(), Some("second"));
+    assert_eq!(text_at(deleted.lsn), None);
+    assert_eq!(
+        db.as_of_time(created.commit_ts_ms - 1).unwrap().read_lsn(),
+        0,
+        "before the first commit time nothing is visible"
+    );
+    let at_update_time = db.as_of_time(updated.commit_ts_ms).unwrap().read_lsn();
+    assert!(at_update_time >= updated.lsn, "a time covers every commit made at or before it");
+    assert_eq!(db.as_of_time(u64::MAX).unwrap().read_lsn(), deleted.lsn);
+    let history = db.snapshot().memory_history("ns", &id).unwrap();
+    assert_eq!(
+        history.iter().map(|v| v.lsn).collect::<Vec<_>>(),
+        [created.lsn, updated.lsn, deleted.lsn]
+    );
+    assert!(history[2].value.is_none(), "the last version is the deletion");
+}
+
+#[test]
+fn acknowledged_commits_survive_power_loss_and_unacknowledged_ones_vanish_whole() {
+    let fs = FaultStorage::new();
+    let acked = {
+        let db = Database::open_with_storage(Arc::new(fs.clone()), "/db", options()).unwrap();
+        let acked = db.run(1, |t| t.kv_put("ns", b"a", KvValue::Json(json!(1)))).unwrap().1;
+        let mut relaxed = db.begin();
+        relaxed.set_durability(SyncPolicy::Never);
+        relaxed.kv_put("ns", b"b", KvValue::Json(json!(2))).unwrap();
+        relaxed.kv_put("ns", b"c", KvValue::Json(json!(3))).unwrap();
+        relaxed.commit().unwrap();
+        fs.crash(CrashMode::DropUnsynced);
+        acked
+    };
+    let db = Database::open_with_storage(Arc::new(fs), "/db", options()).unwrap();
+    let snap = db.snapshot();
+    assert_eq!(snap.read_lsn(), acked.lsn);
+    assert_eq!(snap.kv_get("ns", b"a").unwrap(), Some(KvValue::Json(json!(1))));
+    assert_eq!((snap.kv_get("ns", b"b").unwrap(), snap.kv_get("ns", b"c").unwrap()), (None, None));
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut t = db.begin();
+    assert!(matches!(t.insert_memory("bad/ns", note("x")), Err(CoreError::InvalidName { .. })));
+    assert!(matches!(
+        t.insert_memory(
+            "ns",
+            NewMemory {
+                metadata: json!([1]),
+                ..note("x")
+            }
+        ),
+        Err(CoreError::MetadataNotObject { got: "an array" })
+    ));
+    assert!(matches!(
+        t.insert_memory(
+            "ns",
+            NewMemory {
+                embedding: Some(vec![f32::NAN]),
+                ..note("x")
+            }
+        ),
+        Err(CoreError::NonFiniteValue { .. })
+    ));
+    t.insert_memory(
+        "ns",
+        NewMemory {
+            embedding: Some(vec![1.0, 2.0]),
+            ..note("x")
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        t.insert_memory(
+            "ns",
+            NewMemory {
+                embedding: Some(vec![1.0]),
+                ..note("x")
+            }
+        ),
+        Err(CoreError::DimensionMismatch { expected: 2, got: 1, .. })
+    ));
+    assert!(matches!(
+        t.update_memory("ns", "01NOSUCHID", MemoryPatch::default()),
+        Err(CoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        t.kv_put("ns", b"", KvValue::Bytes(vec![])),
+        Err(CoreError::InvalidName { .. })
+    ));
+    assert!(matches!(t.emit_event("ns", "", json!(null)), Err(CoreError::InvalidName { .. })));
+}
