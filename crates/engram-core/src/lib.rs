@@ -5,6 +5,7 @@
 //! log before it is applied or acknowledged. Every version is kept, so every read can be as of a
 //! past LSN or time. See docs/architecture.md.
 
+mod cursors;
 mod db;
 mod error;
 mod graph;

@@ -262,3 +262,22 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     ));
     assert!(matches!(t.emit_event("ns", "", json!(null)), Err(CoreError::InvalidName { .. })));
 }
+
+#[test]
+fn durable_cursors_survive_reopen_and_report_the_truncation_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open(dir.path(), options()).unwrap();
+        assert_eq!(db.cursor_floor(), None);
+        db.advance_cursor("indexer", 5).unwrap();
+        db.advance_cursor("replica-1", 2).unwrap();
+        db.advance_cursor("indexer", 7).unwrap();
+        assert!(matches!(db.advance_cursor("", 1), Err(CoreError::InvalidName { .. })));
+    }
+    let db = Database::open(dir.path(), options()).unwrap();
+    assert_eq!(db.cursors(), vec![("indexer".to_string(), 7), ("replica-1".to_string(), 2)]);
+    assert_eq!(db.cursor_floor(), Some(3), "records after LSN 2 are still needed by replica-1");
+    assert!(db.delete_cursor("replica-1").unwrap());
+    assert_eq!(db.cursor_floor(), Some(8));
+    assert_eq!(db.cursor("replica-1").unwrap(), None);
+}
