@@ -1,0 +1,173 @@
+//! Durable one-memory transactions from many writers, against engram-wal appends of records of
+//! the same size, in the same run; then get-by-id throughput while writers commit.
+//!
+//! `cargo bench -p engram-core --bench commit` (ENGRAM_BENCH_QUICK=1 for a short run).
+
+use engram_core::{Database, DatabaseOptions, MemoryReads, NewMemory, SyncPolicy};
+use engram_wal::{Wal, WalOptions};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const DIMENSION: usize = 384;
+const TEXT_BYTES: usize = 300;
+
+fn run_duration() -> Duration {
+    if std::env::var_os("ENGRAM_BENCH_QUICK").is_some() {
+        Duration::from_millis(700)
+    } else {
+        Duration::from_secs(4)
+    }
+}
+
+fn memory(writer: usize, i: u64) -> NewMemory {
+    let mut text = format!("writer {writer} memory {i}: ");
+    while text.len() < TEXT_BYTES {
+        text.push_str("the agent noted something worth remembering. ");
+    }
+    text.truncate(TEXT_BYTES);
+    let embedding = (0..DIMENSION).map(|d| ((d as u64 * 31 + i) % 97) as f32 / 97.0).collect();
+    NewMemory {
+        text,
+        embedding: Some(embedding),
+        metadata: serde_json::json!({"writer": writer, "kind": "note"}),
+    }
+}
+
+struct Figures {
+    per_second: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
+}
+
+/// Runs `op` from `writers` threads for the run duration; returns throughput and latencies.
+fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (stop, op) = (&stop, &op);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        op(w, i);
+                        mine.push(t.elapsed());
+                        i += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        std::thread::sleep(run_duration());
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Figures {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: percentile_us(&latencies, 0.5),
+        p99_us: percentile_us(&latencies, 0.99),
+    }
+}
+
+fn main() {
+    let base = std::env::current_dir().unwrap();
+    let writers = 64;
+    // Size of one commit record, measured by committing one and reading the log's counter.
+    let record_bytes = {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+        db.run(1, |t| t.insert_memory("bench", memory(0, 0))).unwrap();
+        db.wal_stats().appended_bytes as usize
+    };
+    println!("one-memory transaction: {TEXT_BYTES} B text, {DIMENSION}-dim embedding, small metadata = {record_bytes} B log record");
+
+    let wal_dir = tempfile::tempdir_in(&base).unwrap();
+    let wal = Wal::open(wal_dir.path(), WalOptions::default()).unwrap();
+    let payload = vec![7u8; record_bytes];
+    let wal_figures = drive(writers, |_, _| {
+        wal.append_with(1, &payload, SyncPolicy::Always).unwrap();
+    });
+    drop(wal);
+
+    let db_dir = tempfile::tempdir_in(&base).unwrap();
+    let db = Database::open(db_dir.path(), DatabaseOptions::default()).unwrap();
+    let db_figures = drive(writers, |w, i| {
+        db.run(10, |t| t.insert_memory("bench", memory(w, i))).unwrap();
+    });
+
+    // Reads while writing: 2 reader threads do get-by-id on known ids while 64 writers commit.
+    let ids: Vec<String> = db
+        .snapshot()
+        .list_memories("bench")
+        .unwrap()
+        .into_iter()
+        .take(10_000)
+        .map(|m| m.id)
+        .collect();
+    let reads = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let read_started = Instant::now();
+    let writes_during_reads = std::thread::scope(|s| {
+        for r in 0..2 {
+            let (db, ids, reads, stop) = (&db, &ids, &reads, &stop);
+            s.spawn(move || {
+                let mut i = r * 7919;
+                let mut local = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = db.snapshot();
+                    for _ in 0..100 {
+                        i = (i + 104_729) % ids.len();
+                        assert!(snap.get_memory("bench", &ids[i]).unwrap().is_some());
+                        local += 1;
+                    }
+                }
+                reads.fetch_add(local, Ordering::Relaxed);
+            });
+        }
+        let f = drive(writers, |w, i| {
+            db.run(10, |t| t.insert_memory("bench", memory(w + 1000, i))).unwrap();
+        });
+        stop.store(true, Ordering::Relaxed);
+        f
+    });
+    let reads_per_second = reads.load(Ordering::Relaxed) as f64 / read_started.elapsed().as_secs_f64();
+
+    println!();
+    println!("| workload ({writers} writers, durable) | ops/s | p50 µs | p99 µs |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| engram-wal append of {record_bytes} B | {:.0} | {:.0} | {:.0} |",
+        wal_figures.per_second, wal_figures.p50_us, wal_figures.p99_us
+    );
+    println!(
+        "| engram-core one-memory transaction | {:.0} | {:.0} | {:.0} |",
+        db_figures.per_second, db_figures.p50_us, db_figures.p99_us
+    );
+    println!(
+        "| engram-core commits while 2 threads read | {:.0} | {:.0} | {:.0} |",
+        writes_during_reads.per_second, writes_during_reads.p50_us, writes_during_reads.p99_us
+    );
+    println!();
+    let ratio = db_figures.per_second / wal_figures.per_second;
+    println!(
+        "transactions / raw log appends: {:.2} (target >= 0.70: {})",
+        ratio,
+        if ratio >= 0.7 { "met" } else { "NOT met" }
+    );
+    println!(
+        "get-by-id from 2 threads while 64 writers commit: {:.0} reads/s (target >= 1,000,000: {})",
+        reads_per_second,
+        if reads_per_second >= 1e6 { "met" } else { "NOT met" }
+    );
+}
