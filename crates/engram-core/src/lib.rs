@@ -8,6 +8,7 @@
 mod cursors;
 mod db;
 mod error;
+mod feed;
 mod graph;
 mod kv;
 mod memory;
@@ -20,6 +21,7 @@ mod txn;
 pub use db::{Database, DatabaseOptions, ReplayProgress, WAL_DIR};
 pub use engram_wal::{Lsn, SyncPolicy, WalOptions};
 pub use error::{CoreError, Result};
+pub use feed::{ChangeEvent, ChangeFeed, ChangeKind, ChangeOp, KeyEncoding};
 pub use graph::{AddedObservations, GraphReads, KnowledgeGraph};
 pub use kv::KvReads;
 pub use memory::{MemoryPatch, MemoryReads, NewMemory};

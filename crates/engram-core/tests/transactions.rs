@@ -281,3 +281,13 @@ fn durable_cursors_survive_reopen_and_report_the_truncation_floor() {
     assert_eq!(db.cursor_floor(), Some(8));
     assert_eq!(db.cursor("replica-1").unwrap(), None);
 }
+
+#[test]
+fn a_transaction_that_changes_nothing_logs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let (existed, info) = db.run(1, |t| t.kv_delete("ns", b"absent")).unwrap();
+    assert!(!existed);
+    assert_eq!((info.lsn, info.txn_id), (0, 0));
+    assert_eq!(db.wal_stats().appends, 0);
+}

@@ -20,6 +20,8 @@ pub struct WalReader {
     inner: Arc<Inner>,
     next_lsn: Lsn,
     position: Option<(Arc<Segment>, SegmentCursor)>,
+    /// Set once the iterator has returned an error: it then ends.
+    failed: bool,
 }
 
 impl WalReader {
@@ -34,6 +36,7 @@ impl WalReader {
             inner,
             next_lsn: from,
             position: None,
+            failed: false,
         })
     }
 
@@ -141,6 +144,11 @@ impl Iterator for WalReader {
 
     /// Yields durable records until the reader catches up; stops after an error.
     fn next(&mut self) -> Option<Result<Record>> {
-        self.next_record().transpose()
+        if self.failed {
+            return None;
+        }
+        let item = self.next_record().transpose();
+        self.failed = matches!(item, Some(Err(_)));
+        item
     }
 }

@@ -354,7 +354,8 @@ impl Inner {
 
     /// Blocks until the durable LSN reaches `lsn`, the timeout passes, or the log stops.
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too large to add (Duration::MAX) means no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if self.durable_lsn() >= lsn {
                 return Ok(true);
@@ -366,11 +367,11 @@ impl Inner {
                 return Ok(true);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return Ok(false);
             }
             // Bounded waits: a close or poisoning is noticed even without a notification.
-            let wait = (deadline - now).min(Duration::from_millis(50));
+            let wait = deadline.map_or(Duration::MAX, |d| d - now).min(Duration::from_millis(50));
             drop(self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()));
         }
     }

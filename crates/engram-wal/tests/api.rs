@@ -273,3 +273,17 @@ fn submit_assigns_lsns_in_call_order_and_complete_waits_for_durability() {
     let payloads: Vec<Vec<u8>> = read_all(&wal, 1).into_iter().map(|r| r.payload).collect();
     assert_eq!(payloads, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
 }
+
+#[test]
+fn a_follower_may_wait_without_a_deadline_and_iteration_ends_after_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            wal.append(1, b"x").unwrap();
+        });
+        let mut follower = wal.reader(1).unwrap();
+        assert_eq!(follower.next_blocking(Duration::MAX).unwrap().map(|r| r.lsn), Some(1));
+    });
+}
