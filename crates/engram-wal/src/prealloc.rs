@@ -58,6 +58,9 @@ pub(crate) struct Preparer {
     background: bool,
     state: Mutex<PoolState>,
     changed: Condvar,
+    /// Held while a segment is prepared on the calling thread: appenders that need a segment at
+    /// the same moment would otherwise prepare the same id and destroy each other's files.
+    inline: Mutex<()>,
 }
 
 impl Preparer {
@@ -81,6 +84,7 @@ impl Preparer {
             background,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            inline: Mutex::new(()),
         })
     }
 
@@ -150,12 +154,10 @@ impl Preparer {
             return self.prepare_inline();
         }
         let mut st = self.lock();
-        // A failure is reported once; the next demand retries.
-        if st.ready.is_empty() {
-            if let Some(e) = st.failure.take() {
-                self.changed.notify_all();
-                return Err(e);
-            }
+        // A failure recorded before this demand is stale (the disk may have room again): drop it
+        // and wait for the outcome of a new attempt.
+        if st.ready.is_empty() && st.failure.take().is_some() {
+            self.changed.notify_all();
         }
         while st.ready.is_empty() && st.failure.is_none() && !st.shutdown {
             self.changed.notify_all();
@@ -170,6 +172,7 @@ impl Preparer {
     /// Prepares a segment on the calling thread unless one is ready (used when there is no
     /// background thread, and at open before the thread starts).
     pub fn prepare_inline(&self) -> Result<()> {
+        let _one_at_a_time = self.inline.lock().unwrap_or_else(|p| p.into_inner());
         let st = self.lock();
         if !st.ready.is_empty() {
             return Ok(());

@@ -124,8 +124,11 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
                 // A header that was being written when the machine stopped: records are written
                 // only after the header is durable, so the first record slot must still be zero.
                 let mut slot = [0u8; RECORD_HEADER_BYTES];
-                let slot_zero = c.file_bytes < (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64
-                    || (read_exact_at(&*c.file, &mut slot, SEGMENT_HEADER_BYTES as u64).is_ok() && is_zero(&slot));
+                let slot_zero = c.file_bytes < (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64 || {
+                    read_exact_at(&*c.file, &mut slot, SEGMENT_HEADER_BYTES as u64)
+                        .context(|| format!("reading the first record slot of {}", c.path.display()))?;
+                    is_zero(&slot)
+                };
                 let HeaderState::Invalid(why) = c.header else {
                     unreachable!("only invalid headers remain")
                 };
@@ -156,6 +159,13 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
             return Err(corruption(&c.path, 0, 0, why));
         };
         while let Some(prev) = scanned.last_mut() {
+            if header.prev_last_lsn + 1 < prev.header.first_lsn() {
+                // Superseded by a suffix truncation whose header this is and which stopped
+                // before removing it.
+                let dead = scanned.pop().expect("checked above");
+                to_delete.push(dead.segment.path);
+                continue;
+            }
             link(prev, &header, &c.path, options)?;
             if prev.last_lsn >= prev.header.first_lsn() {
                 break;
@@ -182,13 +192,15 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
             if let Some((from, to)) = repair {
                 zero_range(&*last.segment.file, from, to)
                     .context(|| format!("zeroing the torn tail of {}", last.segment.path.display()))?;
-                last.segment
-                    .file
-                    .sync_data()
-                    .context(|| format!("syncing {}", last.segment.path.display()))?;
                 tracing::warn!(file = %last.segment.path.display(), offset = from, "zeroed a torn write at the end of the log");
                 report.torn_tail_repaired = Some((last.segment.path.clone(), from));
             }
+            // A process that stopped without syncing may have left records in the page cache
+            // only; they are reported durable from now on, so make them so.
+            last.segment
+                .file
+                .sync_data()
+                .context(|| format!("syncing {}", last.segment.path.display()))?;
             (last.end.offset(), last.last_lsn, last.last_crc)
         }
     };
@@ -337,7 +349,10 @@ fn check_tail(last: &Scanned, options: &WalOptions) -> Result<Option<(u64, u64)>
     let rest = scan_remainder(&*seg.file, last.header.salt, end_offset, seg.file_bytes, options.max_record_bytes)
         .context(|| format!("reading {}", seg.path.display()))?;
     let next_lsn = last.last_lsn + 1;
-    if let Some(at) = rest.valid_record_at {
+    if let Some(at) = rest
+        .valid_record_at
+        .filter(|&at| !lost_unsynced_writes_before(last, at).unwrap_or(false))
+    {
         let reason = match &last.end {
             End::Bad { reason, .. } => format!("{reason}, yet a valid record follows at offset {at}"),
             End::Clean { .. } => format!("a valid record at offset {at} lies beyond the end of the written log"),
@@ -366,4 +381,16 @@ pub(crate) fn zero_range(file: &dyn StorageFile, from: u64, to: u64) -> std::io:
         at += n as u64;
     }
     Ok(())
+}
+
+/// True when the log ends at a zero record header and the valid record at `at` beyond it
+/// carries a later LSN than the next expected one: earlier unsynced writes were lost while a
+/// later one (never acknowledged: a sync would have covered the lost ones) reached the disk.
+fn lost_unsynced_writes_before(last: &Scanned, at: u64) -> std::io::Result<bool> {
+    if !matches!(last.end, End::Clean { .. }) {
+        return Ok(false);
+    }
+    let mut head = [0u8; RECORD_HEADER_BYTES];
+    read_exact_at(&*last.segment.file, &mut head, at)?;
+    Ok(crate::format::RecordHeader::parse(&head).is_some_and(|h| h.lsn > last.last_lsn + 1))
 }

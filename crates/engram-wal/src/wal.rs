@@ -585,6 +585,9 @@ impl Inner {
                     tracing::error!(error = %e, "log write failed; the log is stopped until reopened");
                     st.poisoned = Some(e.to_string());
                     self.durable_changed.notify_all();
+                    self.progress.notify_all();
+                    // The leader reports the I/O error itself; everyone else gets Poisoned.
+                    return Err(e);
                 }
             }
             self.progress.notify_all();
@@ -744,15 +747,6 @@ impl Inner {
         } else {
             target.header.prev_last_crc
         };
-        let later: Vec<Arc<Segment>> = table.drain(idx + 1..).collect();
-        for s in later.iter().rev() {
-            self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
-        }
-        if !later.is_empty() {
-            self.storage
-                .sync_dir(&self.dir)
-                .context(|| format!("syncing directory {}", self.dir.display()))?;
-        }
         let header = SegmentHeader {
             salt: random_salt(prepared.id),
             segment_id: prepared.id,
@@ -760,17 +754,24 @@ impl Inner {
             prev_last_crc: crc,
             segment_bytes: self.options.segment_bytes,
         };
+        // The durable header is the cut: once it is synced, recovery ignores whatever it
+        // supersedes, so the files below can be removed in any order, and a crash before that
+        // leaves either the whole log or the cut one.
         let segment = start_segment(prepared, header, &self.counters)?;
+        let mut doomed: Vec<Arc<Segment>> = table.drain(idx + 1..).collect();
         if last_kept < target.first_lsn() {
             table.pop();
-            self.storage
-                .remove(&target.path)
-                .context(|| format!("removing {}", target.path.display()))?;
+            doomed.push(target.clone());
+        } else {
+            target.seal(last_kept);
+        }
+        for s in doomed.iter().rev() {
+            self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
+        }
+        if !doomed.is_empty() {
             self.storage
                 .sync_dir(&self.dir)
                 .context(|| format!("syncing directory {}", self.dir.display()))?;
-        } else {
-            target.seal(last_kept);
         }
         table.push(segment.clone());
         st.active = segment.clone();

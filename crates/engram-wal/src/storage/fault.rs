@@ -212,15 +212,22 @@ impl FaultStorage {
     /// locks from before the crash are dead. Faults and the crash trigger are cleared.
     pub fn crash(&self, mode: CrashMode) {
         let mut s = self.lock();
+        if mode == CrashMode::ProcessOnly {
+            // The machine keeps running: the page cache keeps unsynced data (still unsynced,
+            // so a later power loss can take it) and unsynced names. Only the process's
+            // handles and locks die.
+            s.epoch += 1;
+            s.locks.clear();
+            s.crashed = false;
+            s.crash_after_mutations = None;
+            s.rules.clear();
+            return;
+        }
         let torn = match (mode, s.last_write.take()) {
             (CrashMode::TearLastWrite { seed }, Some(w)) => Some((seed, w)),
             _ => None,
         };
-        let source = if mode == CrashMode::ProcessOnly {
-            &s.names
-        } else {
-            &s.durable_names
-        };
+        let source = &s.durable_names;
         let mut rebuilt: BTreeMap<PathBuf, InodeRef> = BTreeMap::new();
         let mut copies: Vec<(InodeRef, InodeRef)> = Vec::new();
         for (path, inode) in source.iter() {
@@ -228,11 +235,7 @@ impl FaultStorage {
                 Some((_, new)) => new.clone(),
                 None => {
                     let old = lock_inode(inode);
-                    let mut bytes = if mode == CrashMode::ProcessOnly {
-                        old.written.clone()
-                    } else {
-                        old.synced.clone()
-                    };
+                    let mut bytes = old.synced.clone();
                     if let Some((seed, w)) = &torn {
                         if Arc::ptr_eq(&w.inode, inode) {
                             apply_torn_write(&mut bytes, w, *seed);
