@@ -1,11 +1,13 @@
-//! The database: open (replaying the log), begin transactions, take snapshots, and the commit
-//! pipeline shared by all transactions.
+//! The database: open (the newest checkpoint, then the log after it), begin transactions, take
+//! snapshots, and the commit pipeline shared by all transactions.
 
+use crate::checkpoint::{self, Background, CheckpointOptions, CheckpointState, OpenReport, Trigger, CHECKPOINT_DIR};
 use crate::error::{CoreError, Result};
 use crate::model::Key;
 use crate::record::{CommitRecord, KIND_COMMIT};
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
+use engram_wal::storage::{StdStorage, Storage};
 use engram_wal::{Lsn, SyncPolicy, Wal, WalOptions, WalStats};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,8 @@ pub struct DatabaseOptions {
     /// Durability of commits unless a transaction overrides it. The log's own policy is unused.
     pub durability: SyncPolicy,
     pub on_replay_progress: Option<ReplayProgress>,
+    /// Background checkpoint triggers and log retention.
+    pub checkpoint: CheckpointOptions,
 }
 
 impl Default for DatabaseOptions {
@@ -33,6 +37,7 @@ impl Default for DatabaseOptions {
             wal: WalOptions::default(),
             durability: SyncPolicy::Always,
             on_replay_progress: None,
+            checkpoint: CheckpointOptions::default(),
         }
     }
 }
@@ -42,6 +47,7 @@ impl std::fmt::Debug for DatabaseOptions {
         f.debug_struct("DatabaseOptions")
             .field("wal", &self.wal)
             .field("durability", &self.durability)
+            .field("checkpoint", &self.checkpoint)
             .finish_non_exhaustive()
     }
 }
@@ -77,11 +83,20 @@ impl CommitState {
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub options: DatabaseOptions,
+    /// Where the log and the checkpoints live (a `FaultStorage` in crash tests).
+    pub storage: Arc<dyn Storage>,
     pub wal: Wal,
     pub store: Store,
+    /// Serialises checkpoint runs; commits and reads never take it.
+    pub checkpoints: Mutex<CheckpointState>,
+    pub last_checkpoint_lsn: AtomicU64,
+    /// Log payload bytes committed since the last checkpoint (the byte trigger).
+    pub log_bytes_since_checkpoint: AtomicU64,
+    pub trigger: Trigger,
+    pub open_report: OpenReport,
     commit: Mutex<CommitState>,
-    /// Commits queued in the log and not yet applied, in LSN order.
-    apply_queue: Mutex<VecDeque<(Lsn, Arc<CommitRecord>)>>,
+    /// Commits queued in the log and not yet applied, in LSN order, with their log bytes.
+    apply_queue: Mutex<VecDeque<(Lsn, Arc<CommitRecord>, u64)>>,
     /// Serialises appliers so that commits reach the store in LSN order.
     applier: Mutex<()>,
     /// Every commit at or below this LSN is applied; snapshots are taken here.
@@ -93,15 +108,16 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct Database {
     pub(crate) shared: Arc<Shared>,
+    /// The background checkpointer, stopped when the last handle owning it drops (`None` for
+    /// the checkpointer's own handle, so that it never waits for itself).
+    pub(crate) _background: Option<Arc<Background>>,
 }
 
 impl Database {
-    /// Opens (or creates) the database in `dir`: recovers the log and replays every committed
-    /// transaction in it.
+    /// Opens (or creates) the database in `dir`: recovers the log, loads the newest checkpoint
+    /// that verifies, and replays every committed transaction in the log after it.
     pub fn open(dir: impl AsRef<Path>, options: DatabaseOptions) -> Result<Database> {
-        let dir = dir.as_ref().to_path_buf();
-        let wal = Wal::open(dir.join(WAL_DIR), options.wal.clone())?;
-        Self::from_wal(dir, wal, options)
+        Self::open_with_storage(Arc::new(StdStorage), dir, options)
     }
 
     /// Opens the database on a given storage (tests use `FaultStorage`).
@@ -111,17 +127,27 @@ impl Database {
         options: DatabaseOptions,
     ) -> Result<Database> {
         let dir = dir.as_ref().to_path_buf();
-        let wal = Wal::open_with_storage(storage, dir.join(WAL_DIR), options.wal.clone())?;
-        Self::from_wal(dir, wal, options)
+        let wal = Wal::open_with_storage(storage.clone(), dir.join(WAL_DIR), options.wal.clone())?;
+        Self::from_wal(storage, dir, wal, options)
     }
 
-    fn from_wal(dir: PathBuf, wal: Wal, options: DatabaseOptions) -> Result<Database> {
-        let store = Store::default();
+    fn from_wal(storage: Arc<dyn Storage>, dir: PathBuf, wal: Wal, options: DatabaseOptions) -> Result<Database> {
         let last = wal.durable_lsn();
-        let mut max_txn_id = 0;
-        let mut max_ts = 0;
+        let checkpoint_dir = dir.join(CHECKPOINT_DIR);
+        let (loaded, rejected_checkpoints) = checkpoint::load_newest(&*storage, &checkpoint_dir, wal.first_lsn(), last)?;
+        let (store, checkpoint_file, mut max_txn_id, mut max_ts) = match loaded {
+            Some(c) => (
+                Store::from_checkpoint(c.chains, c.commit_times),
+                Some(c.file),
+                c.header.txn_id_floor,
+                c.header.commit_ts_floor_ms,
+            ),
+            None => (Store::default(), None, 0, 0),
+        };
+        let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
         let mut replayed = 0u64;
-        for record in wal.reader(wal.first_lsn())? {
+        let mut replayed_bytes = 0u64;
+        for record in wal.reader(checkpoint_lsn + 1)? {
             let record = record?;
             if record.kind != KIND_COMMIT {
                 return Err(CoreError::CorruptRecord {
@@ -134,17 +160,31 @@ impl Database {
             max_ts = max_ts.max(commit.commit_ts_ms);
             store.apply(record.lsn, &commit);
             replayed += 1;
+            replayed_bytes += record.payload.len() as u64;
             if let Some(progress) = &options.on_replay_progress {
                 if replayed.is_multiple_of(10_000) || record.lsn == last {
                     progress(replayed, last);
                 }
             }
         }
+        let open_report = OpenReport {
+            checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),
+            rejected_checkpoints,
+            replayed_records: replayed,
+        };
         let shared = Shared {
             dir,
             options,
+            storage,
             wal,
             store,
+            checkpoints: Mutex::new(CheckpointState::new(checkpoint_dir, checkpoint_file)),
+            last_checkpoint_lsn: AtomicU64::new(checkpoint_lsn),
+            // The replayed tail counts toward the byte trigger, so a database that keeps
+            // crashing before its first checkpoint still gets one.
+            log_bytes_since_checkpoint: AtomicU64::new(replayed_bytes),
+            trigger: Trigger::default(),
+            open_report,
             commit: Mutex::new(CommitState {
                 pending: HashMap::new(),
                 prune_at_len: 1024,
@@ -156,7 +196,12 @@ impl Database {
             visible_lsn: AtomicU64::new(last),
             poisoned: Mutex::new(None),
         };
-        Ok(Database { shared: Arc::new(shared) })
+        let shared = Arc::new(shared);
+        let background = checkpoint::spawn_background(&shared)?;
+        Ok(Database {
+            shared,
+            _background: background,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -176,12 +221,10 @@ impl Database {
         }
     }
 
-    /// A read-only view as of `lsn` (every commit at or below it).
+    /// A read-only view as of `lsn` (every commit at or below it). Any LSN is readable: the store
+    /// keeps every version, and checkpoints carry them all, so history survives the truncation
+    /// of the log below a checkpoint. An LSN beyond the visible one reads at the visible one.
     pub fn as_of(&self, lsn: Lsn) -> Result<Snapshot> {
-        let oldest = self.shared.wal.first_lsn().saturating_sub(1);
-        if lsn < oldest {
-            return Err(CoreError::HistoryNotRetained { lsn, oldest });
-        }
         Ok(Snapshot {
             db: self.shared.clone(),
             lsn: lsn.min(self.visible_lsn()),
@@ -230,6 +273,13 @@ impl Shared {
         self.commit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// (transaction id, commit time) counters: at least those of every commit submitted so far,
+    /// so at least those of every commit a checkpoint taken now contains.
+    pub fn counter_floors(&self) -> (u64, u64) {
+        let commit = self.lock_commit();
+        (commit.next_txn_id, commit.last_commit_ts_ms)
+    }
+
     pub fn check_running(&self) -> Result<()> {
         match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(cause) => Err(CoreError::Poisoned { cause: cause.clone() }),
@@ -257,7 +307,10 @@ impl Shared {
                 commit.pending.insert(key.clone(), lsn);
             }
         }
-        self.apply_queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((lsn, record));
+        self.apply_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((lsn, record, bytes.len() as u64));
         Ok(lsn)
     }
 
@@ -272,15 +325,18 @@ impl Shared {
         if self.visible_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        let ready: Vec<(Lsn, Arc<CommitRecord>)> = {
+        let ready: Vec<(Lsn, Arc<CommitRecord>, u64)> = {
             let mut queue = self.apply_queue.lock().unwrap_or_else(|p| p.into_inner());
-            let n = queue.iter().take_while(|(l, _)| *l <= lsn).count();
+            let n = queue.iter().take_while(|(l, _, _)| *l <= lsn).count();
             queue.drain(..n).collect()
         };
-        for (record_lsn, record) in &ready {
+        for (record_lsn, record, _) in &ready {
             self.store.apply(*record_lsn, record);
         }
         self.visible_lsn.store(lsn, Ordering::Release);
+        // Counted once visible: a checkpoint covers only visible commits, so bytes counted
+        // earlier could be cleared by a checkpoint that does not contain them.
+        self.note_logged_bytes(ready.iter().map(|(_, _, bytes)| bytes).sum());
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! Typed errors of the database. Bad input never changes anything.
 
 use engram_wal::Lsn;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum CoreError {
@@ -41,6 +43,15 @@ pub enum CoreError {
 
     #[error("log record at LSN {lsn} cannot be decoded: {reason}")]
     CorruptRecord { lsn: Lsn, reason: String },
+
+    #[error("checkpoint {file} is not usable: {reason}")]
+    CorruptCheckpoint { file: PathBuf, reason: String },
+
+    #[error("the log starts at LSN {first_lsn} but no usable checkpoint covers the LSNs before it ({reason})")]
+    MissingCheckpoint { first_lsn: Lsn, reason: String },
+
+    #[error("I/O error during {context}: {source}")]
+    Io { context: String, source: Arc<std::io::Error> },
 
     #[error("the database stopped after a failure ({cause}); reopen it to recover")]
     Poisoned { cause: String },

@@ -5,6 +5,7 @@
 //! log before it is applied or acknowledged. Every version is kept, so every read can be as of a
 //! past LSN or time. See docs/architecture.md.
 
+mod checkpoint;
 mod cursors;
 mod db;
 mod error;
@@ -18,6 +19,7 @@ mod record;
 mod store;
 mod txn;
 
+pub use checkpoint::{CheckpointOptions, CheckpointReport, OpenReport, RejectedCheckpoint, CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION};
 pub use db::{Database, DatabaseOptions, ReplayProgress, WAL_DIR};
 pub use engram_wal::{Lsn, SyncPolicy, WalOptions};
 pub use error::{CoreError, Result};

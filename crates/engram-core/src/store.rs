@@ -28,6 +28,13 @@ pub struct VersionInfo {
     pub value: Option<Value>,
 }
 
+/// One piece of a checkpoint export (see [`Store::export_chunk`]).
+pub(crate) struct ExportChunk {
+    pub chains: Vec<(Key, Vec<Version>)>,
+    /// The key to continue after; `None` when the export reached the last key.
+    pub resume_after: Option<Key>,
+}
+
 /// Where an item's current incarnation was created: orders graph items by insertion.
 pub(crate) type CreationOrder = (Lsn, u32);
 
@@ -129,6 +136,45 @@ impl Store {
 
     pub fn commit_time(&self, lsn: Lsn) -> u64 {
         commit_time(&self.commit_times.read().unwrap_or_else(|p| p.into_inner()), lsn)
+    }
+
+    /// Up to `max_keys` keys after `after` (from the start when `None`), in key order, each with
+    /// its versions at or below `at`; keys with none are left out. Versions at or below a
+    /// visible LSN never change, so successive chunks, each taken under its own short read lock,
+    /// add up to one consistent export while the applier keeps appending between them.
+    pub fn export_chunk(&self, after: Option<&Key>, at: Lsn, max_keys: usize) -> ExportChunk {
+        let map = self.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut chains = Vec::new();
+        let mut last_seen = None;
+        for (key, chain) in map.range::<Key, _>((start, Bound::Unbounded)).take(max_keys) {
+            last_seen = Some(key);
+            let n = chain.partition_point(|v| v.lsn <= at);
+            if n > 0 {
+                chains.push((key.clone(), chain[..n].to_vec()));
+            }
+        }
+        let resume_after = match last_seen {
+            Some(key) if map.range::<Key, _>((Bound::Excluded(key), Bound::Unbounded)).next().is_some() => Some(key.clone()),
+            _ => None,
+        };
+        ExportChunk { chains, resume_after }
+    }
+
+    /// (LSN, commit time) of every commit at or below `at`, in LSN order.
+    pub fn commit_times_upto(&self, at: Lsn) -> Vec<(Lsn, u64)> {
+        let times = self.commit_times.read().unwrap_or_else(|p| p.into_inner());
+        let n = times.partition_point(|(l, _)| *l <= at);
+        times[..n].to_vec()
+    }
+
+    /// A store holding exactly what a checkpoint holds: `chains` in key order, each oldest first,
+    /// and the commit times in LSN order. The log after the checkpoint is then applied on top.
+    pub fn from_checkpoint(chains: Vec<(Key, Vec<Version>)>, commit_times: Vec<(Lsn, u64)>) -> Store {
+        Store {
+            versions: RwLock::new(chains.into_iter().collect()),
+            commit_times: RwLock::new(commit_times),
+        }
     }
 
     /// Adds the versions written by the commit at `lsn`. Commits are applied in LSN order.

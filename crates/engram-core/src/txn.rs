@@ -158,7 +158,11 @@ impl Transaction {
             ops.extend(self.events);
             if ops.is_empty() {
                 // Only deletions of absent keys: nothing to log, like a read-only transaction.
-                return Ok(CommitInfo { lsn: self.snapshot, txn_id: 0, commit_ts_ms: db.store.commit_time(self.snapshot) });
+                return Ok(CommitInfo {
+                    lsn: self.snapshot,
+                    txn_id: 0,
+                    commit_ts_ms: db.store.commit_time(self.snapshot),
+                });
             }
             let txn_id = commit.next_txn_id();
             let commit_ts_ms = commit.next_commit_ts();

@@ -1,0 +1,1103 @@
+//! Checkpoints: the whole multi-version store at one LSN, in one checksummed file, so that open
+//! replays only the log after it and the log below it can be truncated.
+//!
+//! A checkpoint at LSN L holds every version with an LSN at or below L (history included: as-of
+//! reads keep working after the log below L is gone), the commit times up to L, and floors for
+//! the transaction-id and commit-time counters. It is taken from an MVCC snapshot: the export
+//! copies (shares) versions under short read locks, one chunk of keys at a time, and all file I/O
+//! happens without the commit lock, so commits and readers keep going.
+//!
+//! Write protocol: `ckpt-<L>.tmp`, fdatasync, rename to `ckpt-<L>.ckpt`, fsync the directory,
+//! read the file back and verify it, and only then delete older checkpoints beyond the newest
+//! two. Open uses the newest checkpoint that verifies and falls back to the one before it; the
+//! log is truncated only below the *older* of the two retained checkpoints, so the fallback
+//! always has the log it needs. docs/checkpoint-format.md describes every byte.
+
+use crate::db::{Database, Shared};
+use crate::error::{CoreError, Result};
+use crate::model::{Key, Value};
+use crate::store::{Store, Version};
+use engram_wal::storage::{read_exact_at, OpenMode, Storage, StorageFile};
+use engram_wal::{Lsn, SyncPolicy};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Directory of the checkpoints inside the database directory.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
+const MAGIC: &[u8; 8] = b"ENGRMCKP";
+/// Version of the checkpoint file format (docs/checkpoint-format.md).
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 80;
+const TRAILER_BYTES: usize = 4;
+const COMMIT_ENTRY_BYTES: usize = 16;
+const ENTRY_LENGTH_BYTES: usize = 4;
+/// Long version chains are split over several entries so that no entry (which is encoded in
+/// memory before it is written, and decoded whole) grows without bound.
+const MAX_VERSIONS_PER_ENTRY: usize = 64;
+/// Keys exported per read lock of the store: bounds how long the applier can wait for it.
+const EXPORT_KEYS_PER_LOCK: usize = 1024;
+/// Bytes buffered before each write, and read per read call.
+const IO_CHUNK_BYTES: usize = 1 << 20;
+/// How long the background thread waits after a failed checkpoint before it tries again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// When checkpoints are taken in the background, and how much log truncation keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// Take a checkpoint once this many log payload bytes were committed since the last one.
+    /// `None`: never for this reason.
+    pub every_log_bytes: Option<u64>,
+    /// Take a checkpoint once this much time passed since the last one, if anything was
+    /// committed meanwhile. `None`: never for this reason.
+    pub every: Option<Duration>,
+    /// Truncation after a checkpoint keeps at least this many of the newest log records (for
+    /// change-feed readers and followers without a durable cursor).
+    pub retain_log_records: u64,
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        CheckpointOptions {
+            every_log_bytes: Some(64 * 1024 * 1024),
+            every: Some(Duration::from_secs(300)),
+            retain_log_records: 0,
+        }
+    }
+}
+
+/// What one `Database::checkpoint` call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// LSN of the newest checkpoint after the call (0 when there is none: nothing was committed).
+    pub lsn: Lsn,
+    /// False when nothing was committed since the newest checkpoint, so no file was written
+    /// (truncation still ran).
+    pub written: bool,
+    /// The newest checkpoint file (`None` when there is none).
+    pub path: Option<PathBuf>,
+    pub file_bytes: u64,
+    /// Distinct keys, versions and commits in the written checkpoint (0 when none was written).
+    pub keys: u64,
+    pub versions: u64,
+    pub commits: u64,
+    /// Older checkpoint files (and leftovers of interrupted runs) deleted.
+    pub removed_files: usize,
+    /// The log was truncated below this LSN (whole segments only, so it may keep more).
+    pub log_kept_from: Lsn,
+    pub log_segments_removed: usize,
+    pub elapsed: Duration,
+}
+
+/// A checkpoint that open skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedCheckpoint {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// How the database was loaded at open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// LSN of the checkpoint the store was loaded from; `None`: replayed from the log's start.
+    pub checkpoint_lsn: Option<Lsn>,
+    /// Newer checkpoints that were not used (a failed checksum, say), newest first.
+    pub rejected_checkpoints: Vec<RejectedCheckpoint>,
+    /// Log records replayed after the checkpoint.
+    pub replayed_records: u64,
+}
+
+pub(crate) fn file_name(lsn: Lsn) -> String {
+    format!("ckpt-{lsn:020}.ckpt")
+}
+
+fn tmp_name(lsn: Lsn) -> String {
+    format!("ckpt-{lsn:020}.tmp")
+}
+
+/// The LSN in a checkpoint file name (`ckpt-<20 digits>.ckpt`).
+fn parse_file_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix("ckpt-")?.strip_suffix(".ckpt")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn io_error(context: String, source: std::io::Error) -> CoreError {
+    CoreError::Io {
+        context,
+        source: Arc::new(source),
+    }
+}
+
+/// The fixed-size start of a checkpoint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub lsn: Lsn,
+    /// Every transaction id at or below `lsn` is at most this.
+    pub txn_id_floor: u64,
+    /// Every commit time at or below `lsn` is at most this.
+    pub commit_ts_floor_ms: u64,
+    pub commit_count: u64,
+    pub key_count: u64,
+    pub entry_count: u64,
+    pub version_count: u64,
+    pub body_bytes: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut b = [0u8; HEADER_BYTES];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
+        // 12..16 stay zero.
+        let fields = [
+            self.lsn,
+            self.txn_id_floor,
+            self.commit_ts_floor_ms,
+            self.commit_count,
+            self.key_count,
+            self.entry_count,
+            self.version_count,
+            self.body_bytes,
+        ];
+        for (i, v) in fields.iter().enumerate() {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    fn decode(b: &[u8; HEADER_BYTES]) -> std::result::Result<Header, String> {
+        if &b[0..8] != MAGIC {
+            return Err("bad magic (not a checkpoint file)".into());
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        if version != CHECKPOINT_FORMAT_VERSION {
+            return Err(format!(
+                "format version {version} is not supported (this build reads version {CHECKPOINT_FORMAT_VERSION})"
+            ));
+        }
+        if b[12..16] != [0; 4] {
+            return Err("reserved header bytes are not zero".into());
+        }
+        let field = |i: usize| u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().expect("8 bytes"));
+        Ok(Header {
+            lsn: field(0),
+            txn_id_floor: field(1),
+            commit_ts_floor_ms: field(2),
+            commit_count: field(3),
+            key_count: field(4),
+            entry_count: field(5),
+            version_count: field(6),
+            body_bytes: field(7),
+        })
+    }
+
+    fn file_bytes(&self) -> u64 {
+        (HEADER_BYTES + TRAILER_BYTES) as u64 + self.body_bytes
+    }
+}
+
+/// One entry of the body as written: a key and a run of its versions, oldest first.
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    key: &'a Key,
+    versions: Vec<VersionOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct VersionOut<'a> {
+    lsn: Lsn,
+    op_index: u32,
+    value: Option<&'a Value>,
+}
+
+/// The same entry as read back (postcard encodes `&T` exactly as `T`).
+#[derive(Deserialize)]
+struct EntryIn {
+    key: Key,
+    versions: Vec<VersionIn>,
+}
+
+#[derive(Deserialize)]
+struct VersionIn {
+    lsn: Lsn,
+    op_index: u32,
+    value: Option<Value>,
+}
+
+/// Buffers sequential writes to a file and checksums what it writes.
+struct FileWriter {
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    offset: u64,
+    crc: u32,
+    buf: Vec<u8>,
+}
+
+impl FileWriter {
+    fn maybe_flush(&mut self) -> Result<()> {
+        if self.buf.len() >= IO_CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buf, self.offset)
+            .map_err(|e| io_error(format!("writing {}", self.path.display()), e))?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Bytes written or buffered so far.
+    fn position(&self) -> u64 {
+        self.offset + self.buf.len() as u64
+    }
+
+    fn put_entry(&mut self, key: &Key, versions: &[Version]) -> Result<()> {
+        let entry = EntryOut {
+            key,
+            versions: versions
+                .iter()
+                .map(|v| VersionOut {
+                    lsn: v.lsn,
+                    op_index: v.op_index,
+                    value: v.value.as_deref(),
+                })
+                .collect(),
+        };
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; ENTRY_LENGTH_BYTES]);
+        self.buf = postcard::to_extend(&entry, std::mem::take(&mut self.buf)).expect("encoding to memory cannot fail");
+        let length = u32::try_from(self.buf.len() - start - ENTRY_LENGTH_BYTES).map_err(|_| CoreError::TooLarge {
+            what: "checkpoint entry",
+            size_bytes: self.buf.len() - start - ENTRY_LENGTH_BYTES,
+            max_bytes: u32::MAX as usize,
+        })?;
+        self.buf[start..start + ENTRY_LENGTH_BYTES].copy_from_slice(&length.to_le_bytes());
+        self.maybe_flush()
+    }
+}
+
+/// A checkpoint file that was written (and verified) or found at open.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointFile {
+    pub lsn: Lsn,
+    pub path: PathBuf,
+    pub file_bytes: u64,
+}
+
+/// Writes the checkpoint of `store` at `lsn` to `dir/ckpt-<lsn>.ckpt` (see the module docs for
+/// the protocol). The caller guarantees that `lsn` is visible and durable in the log.
+fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u64, u64)) -> Result<(CheckpointFile, Header)> {
+    let tmp = dir.join(tmp_name(lsn));
+    let path = dir.join(file_name(lsn));
+    let file = storage
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| io_error(format!("creating {}", tmp.display()), e))?;
+    // The body starts after the header, which is written last, once the counts are known.
+    let mut w = FileWriter {
+        file: file.clone(),
+        path: tmp.clone(),
+        offset: HEADER_BYTES as u64,
+        crc: 0,
+        buf: Vec::with_capacity(IO_CHUNK_BYTES + IO_CHUNK_BYTES / 4),
+    };
+    let commit_times = store.commit_times_upto(lsn);
+    for (commit_lsn, ts_ms) in &commit_times {
+        w.buf.extend_from_slice(&commit_lsn.to_le_bytes());
+        w.buf.extend_from_slice(&ts_ms.to_le_bytes());
+        w.maybe_flush()?;
+    }
+    let (mut key_count, mut entry_count, mut version_count) = (0u64, 0u64, 0u64);
+    let mut after: Option<Key> = None;
+    loop {
+        let chunk = store.export_chunk(after.as_ref(), lsn, EXPORT_KEYS_PER_LOCK);
+        for (key, versions) in &chunk.chains {
+            key_count += 1;
+            version_count += versions.len() as u64;
+            for run in versions.chunks(MAX_VERSIONS_PER_ENTRY) {
+                entry_count += 1;
+                w.put_entry(key, run)?;
+            }
+        }
+        match chunk.resume_after {
+            Some(key) => after = Some(key),
+            None => break,
+        }
+    }
+    let header = Header {
+        lsn,
+        txn_id_floor: floors.0,
+        commit_ts_floor_ms: floors.1,
+        commit_count: commit_times.len() as u64,
+        key_count,
+        entry_count,
+        version_count,
+        body_bytes: w.position() - HEADER_BYTES as u64,
+    };
+    let header_bytes = header.encode();
+    // The trailer checksums header and body in file order; the body's CRC is already known, so
+    // the two are combined rather than the body read again.
+    let body_crc = crc32c::crc32c_append(w.crc, &w.buf);
+    let file_crc = crc32c::crc32c_combine(crc32c::crc32c(&header_bytes), body_crc, header.body_bytes as usize);
+    w.buf.extend_from_slice(&file_crc.to_le_bytes());
+    w.flush()?;
+    let what = |action: &str, p: &Path| format!("{action} {}", p.display());
+    file.write_all_at(&header_bytes, 0)
+        .map_err(|e| io_error(what("writing", &tmp), e))?;
+    file.sync_data().map_err(|e| io_error(what("fdatasync of", &tmp), e))?;
+    storage
+        .rename(&tmp, &path)
+        .map_err(|e| io_error(format!("renaming {} to {}", tmp.display(), path.display()), e))?;
+    storage.sync_dir(dir).map_err(|e| io_error(what("syncing directory", dir), e))?;
+    let file_bytes = header.file_bytes();
+    Ok((CheckpointFile { lsn, path, file_bytes }, header))
+}
+
+/// Reads a file front to back, checksumming everything it hands out.
+struct FileReader {
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    offset: u64,
+    end: u64,
+    crc: u32,
+    buf: Vec<u8>,
+    buf_pos: usize,
+}
+
+impl FileReader {
+    /// Bytes handed out so far (the file offset of the next byte).
+    fn consumed(&self) -> u64 {
+        self.offset - (self.buf.len() - self.buf_pos) as u64
+    }
+
+    fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if self.buf_pos == self.buf.len() {
+                let want = (self.end - self.offset).min(IO_CHUNK_BYTES as u64) as usize;
+                if want == 0 {
+                    return Err(corrupt(&self.path, "the file ends inside its body"));
+                }
+                self.buf.resize(want, 0);
+                read_exact_at(&*self.file, &mut self.buf, self.offset)
+                    .map_err(|e| io_error(format!("reading {}", self.path.display()), e))?;
+                self.offset += want as u64;
+                self.buf_pos = 0;
+            }
+            let m = (n - out.len()).min(self.buf.len() - self.buf_pos);
+            out.extend_from_slice(&self.buf[self.buf_pos..self.buf_pos + m]);
+            self.buf_pos += m;
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &out);
+        Ok(out)
+    }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> CoreError {
+    CoreError::CorruptCheckpoint {
+        file: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// What a checkpoint holds, ready to become a store.
+pub(crate) struct Contents {
+    pub header: Header,
+    pub file: CheckpointFile,
+    pub commit_times: Vec<(Lsn, u64)>,
+    pub chains: Vec<(Key, Vec<Version>)>,
+}
+
+/// Reads and checks a checkpoint file: size, checksum, header, and every entry decoded and
+/// checked for order. With `keep`, the contents are returned; without, only the header (the
+/// read-back verification of a new checkpoint, which then holds one entry at a time).
+fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Option<Contents>)> {
+    let what = |action: &str| format!("{action} {}", path.display());
+    let file = storage.open(path, OpenMode::Read).map_err(|e| io_error(what("opening"), e))?;
+    let size = file.size_bytes().map_err(|e| io_error(what("reading the size of"), e))?;
+    if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
+        return Err(corrupt(path, format!("{size} bytes is too short for a checkpoint")));
+    }
+    let mut r = FileReader {
+        file: file.clone(),
+        path: path.to_path_buf(),
+        offset: 0,
+        end: size - TRAILER_BYTES as u64,
+        crc: 0,
+        buf: Vec::new(),
+        buf_pos: 0,
+    };
+    let header = Header::decode(&r.take(HEADER_BYTES)?.try_into().expect("header size")).map_err(|reason| corrupt(path, reason))?;
+    if header.body_bytes.checked_add((HEADER_BYTES + TRAILER_BYTES) as u64) != Some(size) {
+        return Err(corrupt(
+            path,
+            format!(
+                "the header announces a body of {} bytes but the file has {size} bytes",
+                header.body_bytes
+            ),
+        ));
+    }
+    let parsed = parse_body(&mut r, &header, keep);
+    if let Err(e @ CoreError::Io { .. }) = parsed {
+        return Err(e);
+    }
+    if parsed.is_err() {
+        // Damage usually shows as a malformed table or entry first; read the rest so that the
+        // error says whether the bytes are damaged (checksum) or were written wrong (structure).
+        while r.consumed() < r.end {
+            r.take(((r.end - r.consumed()) as usize).min(IO_CHUNK_BYTES))?;
+        }
+    }
+    let mut trailer = [0u8; TRAILER_BYTES];
+    read_exact_at(&*file, &mut trailer, size - TRAILER_BYTES as u64).map_err(|e| io_error(what("reading"), e))?;
+    if u32::from_le_bytes(trailer) != r.crc {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    let Parsed {
+        commit_times,
+        chains,
+        keys,
+        entries,
+        versions,
+    } = parsed?;
+    if (keys, entries, versions) != (header.key_count, header.entry_count, header.version_count) {
+        return Err(corrupt(
+            path,
+            format!(
+                "the header counts {}/{}/{} keys/entries/versions but the body holds {keys}/{entries}/{versions}",
+                header.key_count, header.entry_count, header.version_count
+            ),
+        ));
+    }
+    let contents = keep.then(|| Contents {
+        header,
+        file: CheckpointFile {
+            lsn: header.lsn,
+            path: path.to_path_buf(),
+            file_bytes: size,
+        },
+        commit_times,
+        chains,
+    });
+    Ok((header, contents))
+}
+
+/// A body, as read by [`parse_body`].
+struct Parsed {
+    commit_times: Vec<(Lsn, u64)>,
+    chains: Vec<(Key, Vec<Version>)>,
+    keys: u64,
+    entries: u64,
+    versions: u64,
+}
+
+/// Decodes the commit table and the entries that fill the rest of the body, checking order.
+fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed> {
+    let path = r.path.clone();
+    let path = path.as_path();
+    let commit_table_bytes = header.commit_count.checked_mul(COMMIT_ENTRY_BYTES as u64);
+    if commit_table_bytes.is_none_or(|b| b > header.body_bytes) {
+        return Err(corrupt(path, "the commit table is larger than the body"));
+    }
+    let mut commit_times = Vec::new();
+    let mut previous_commit = 0;
+    for _ in 0..header.commit_count {
+        let b = r.take(COMMIT_ENTRY_BYTES)?;
+        let lsn = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+        let ts_ms = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        if lsn <= previous_commit || lsn > header.lsn {
+            return Err(corrupt(path, format!("commit LSN {lsn} is out of order or beyond the checkpoint")));
+        }
+        previous_commit = lsn;
+        if keep {
+            commit_times.push((lsn, ts_ms));
+        }
+    }
+    let mut chains: Vec<(Key, Vec<Version>)> = Vec::new();
+    let (mut keys, mut entries, mut versions) = (0u64, 0u64, 0u64);
+    let mut last_key: Option<Key> = None;
+    let mut last_version_lsn = 0;
+    while r.consumed() < r.end {
+        let length = u32::from_le_bytes(r.take(ENTRY_LENGTH_BYTES)?.try_into().expect("4 bytes")) as u64;
+        let remaining = r.end - r.consumed();
+        if length > remaining {
+            return Err(corrupt(path, format!("entry {entries} of {length} bytes runs past the body")));
+        }
+        let bytes = r.take(length as usize)?;
+        let entry: EntryIn = postcard::from_bytes(&bytes).map_err(|e| corrupt(path, format!("entry {entries}: {e}")))?;
+        entries += 1;
+        if entry.versions.is_empty() {
+            return Err(corrupt(path, format!("entry {entries} has no versions")));
+        }
+        let continues = match &last_key {
+            Some(k) if *k == entry.key => true,
+            Some(k) if *k > entry.key => return Err(corrupt(path, format!("entry {entries}: keys out of order"))),
+            _ => false,
+        };
+        if !continues {
+            keys += 1;
+            last_version_lsn = 0;
+        }
+        for v in &entry.versions {
+            if v.lsn <= last_version_lsn || v.lsn > header.lsn {
+                return Err(corrupt(
+                    path,
+                    format!("entry {entries}: version LSN {} is out of order or beyond the checkpoint", v.lsn),
+                ));
+            }
+            last_version_lsn = v.lsn;
+        }
+        versions += entry.versions.len() as u64;
+        if keep {
+            let converted = entry.versions.into_iter().map(|v| Version {
+                lsn: v.lsn,
+                op_index: v.op_index,
+                value: v.value.map(Arc::new),
+            });
+            match chains.last_mut() {
+                Some((_, chain)) if continues => chain.extend(converted),
+                _ => chains.push((entry.key.clone(), converted.collect())),
+            }
+        }
+        last_key = Some(entry.key);
+    }
+    Ok(Parsed {
+        commit_times,
+        chains,
+        keys,
+        entries,
+        versions,
+    })
+}
+
+/// Checkpoint files in `dir` by LSN, newest first (an absent directory holds none).
+fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<(Lsn, PathBuf)>> {
+    let what = || format!("listing {}", dir.display());
+    match storage.kind_of(dir).map_err(|e| io_error(what(), e))? {
+        None => return Ok(Vec::new()),
+        Some(false) => return Err(io_error(what(), std::io::Error::other("not a directory"))),
+        Some(true) => {}
+    }
+    let mut found: Vec<(Lsn, PathBuf)> = storage
+        .list(dir)
+        .map_err(|e| io_error(what(), e))?
+        .into_iter()
+        .filter_map(|name| parse_file_name(&name).map(|lsn| (lsn, dir.join(name))))
+        .collect();
+    found.sort_by_key(|(lsn, _)| std::cmp::Reverse(*lsn));
+    Ok(found)
+}
+
+/// Finds the checkpoint to open from: the newest one that verifies and that the log continues
+/// (the log holds every record after it). Damaged or unusable newer ones are skipped and
+/// reported. Without a usable checkpoint the log must start at LSN 1.
+pub(crate) fn load_newest(
+    storage: &dyn Storage,
+    dir: &Path,
+    log_first_lsn: Lsn,
+    log_last_lsn: Lsn,
+) -> Result<(Option<Contents>, Vec<RejectedCheckpoint>)> {
+    let mut rejected = Vec::new();
+    for (lsn, path) in list(storage, dir)? {
+        if lsn > log_last_lsn {
+            // Checkpoints are taken only of durable commits, so the log lost acknowledged
+            // records. Falling back to an older checkpoint would silently lose them too.
+            return Err(corrupt(
+                &path,
+                format!("it is at LSN {lsn} but the log ends at LSN {log_last_lsn}: log records are missing"),
+            ));
+        }
+        if lsn + 1 < log_first_lsn {
+            rejected.push(RejectedCheckpoint {
+                path,
+                reason: format!("the log starts at LSN {log_first_lsn}, after the records that follow it"),
+            });
+            continue;
+        }
+        match read(storage, &path, true) {
+            Ok((_, contents)) => return Ok((contents, rejected)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping a checkpoint that does not verify");
+                rejected.push(RejectedCheckpoint {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    if log_first_lsn > 1 {
+        let reason = if rejected.is_empty() {
+            "there are no checkpoints".to_string()
+        } else {
+            rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.path.display(), r.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(CoreError::MissingCheckpoint {
+            first_lsn: log_first_lsn,
+            reason,
+        });
+    }
+    Ok((None, rejected))
+}
+
+/// Checkpoint bookkeeping, under a mutex that serialises checkpoint runs (commits never take it).
+pub(crate) struct CheckpointState {
+    pub dir: PathBuf,
+    /// Verified checkpoints, newest first; at most the two newest are kept on disk.
+    pub retained: Vec<CheckpointFile>,
+}
+
+impl CheckpointState {
+    pub fn new(dir: PathBuf, loaded: Option<CheckpointFile>) -> Self {
+        CheckpointState {
+            dir,
+            retained: loaded.into_iter().collect(),
+        }
+    }
+
+    /// Deletes the files `stale` picks among the `ckpt-` files of the directory; returns how many.
+    fn remove_files(&self, storage: &dyn Storage, stale: impl Fn(&str) -> bool) -> Result<usize> {
+        let names = storage
+            .list(&self.dir)
+            .map_err(|e| io_error(format!("listing {}", self.dir.display()), e))?;
+        let mut removed = 0;
+        for name in names.iter().filter(|n| n.starts_with("ckpt-") && stale(n)) {
+            let path = self.dir.join(name);
+            storage
+                .remove(&path)
+                .map_err(|e| io_error(format!("removing {}", path.display()), e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes `.tmp` files of interrupted runs. They need not be durably gone: one that
+    /// reappears after a crash is never read, and is deleted again by the next run.
+    fn remove_leftovers(&self, storage: &dyn Storage) -> Result<usize> {
+        self.remove_files(storage, |name| name.ends_with(".tmp"))
+    }
+
+    /// Keeps the two newest verified checkpoints and deletes every other checkpoint file
+    /// (older ones, and damaged ones open skipped), then syncs the directory.
+    fn apply_retention(&mut self, storage: &dyn Storage) -> Result<usize> {
+        self.retained.truncate(2);
+        let keep: Vec<&std::ffi::OsStr> = self.retained.iter().filter_map(|c| c.path.file_name()).collect();
+        let removed = self.remove_files(storage, |name| {
+            parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name))
+        })?;
+        if removed > 0 {
+            storage
+                .sync_dir(&self.dir)
+                .map_err(|e| io_error(format!("syncing directory {}", self.dir.display()), e))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Wakes the background checkpointer and tells it to stop. Lock order: the commit lock and the
+/// checkpoint state come before this lock, never after.
+#[derive(Default)]
+pub(crate) struct Trigger {
+    state: Mutex<TriggerState>,
+    wakeup: Condvar,
+}
+
+#[derive(Default)]
+struct TriggerState {
+    stop: bool,
+    last_run: Option<Instant>,
+}
+
+impl Trigger {
+    fn lock(&self) -> MutexGuard<'_, TriggerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by a commit whose log bytes crossed the byte threshold.
+    pub fn poke(&self) {
+        let _g = self.lock();
+        self.wakeup.notify_all();
+    }
+
+    fn ran(&self) {
+        self.lock().last_run = Some(Instant::now());
+    }
+}
+
+impl Shared {
+    /// Counts the log bytes of newly visible commits toward the triggers, waking the checkpointer when the first bytes after a
+    /// checkpoint arrive (its interval starts to matter) or when they cross the byte threshold.
+    pub(crate) fn note_logged_bytes(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.log_bytes_since_checkpoint.fetch_add(bytes, Ordering::AcqRel);
+        let triggers = &self.options.checkpoint;
+        let starts_interval = before == 0 && triggers.every.is_some();
+        let crosses_threshold = triggers.every_log_bytes.is_some_and(|t| before < t && before + bytes >= t);
+        if starts_interval || crosses_threshold {
+            self.trigger.poke();
+        }
+    }
+}
+
+impl Database {
+    /// Takes a checkpoint now (unless nothing was committed since the newest one), keeps the two
+    /// newest checkpoints, and truncates the log below what the older of them, durable cursors
+    /// and `retain_log_records` still need. Commits and reads continue meanwhile; concurrent
+    /// calls (and the background checkpointer) run one at a time.
+    pub fn checkpoint(&self) -> Result<CheckpointReport> {
+        let shared = &*self.shared;
+        shared.check_running()?;
+        let started = Instant::now();
+        let storage = &*shared.storage;
+        let mut state = shared.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        // Read before the snapshot: bytes of commits racing with it stay counted (an earlier
+        // next checkpoint) rather than being forgotten.
+        let bytes_counted = shared.log_bytes_since_checkpoint.load(Ordering::Acquire);
+        let lsn = self.visible_lsn();
+        let newest = state.retained.first().map_or(0, |c| c.lsn);
+        let mut report = CheckpointReport {
+            lsn: newest,
+            written: false,
+            path: state.retained.first().map(|c| c.path.clone()),
+            file_bytes: state.retained.first().map_or(0, |c| c.file_bytes),
+            keys: 0,
+            versions: 0,
+            commits: 0,
+            removed_files: 0,
+            log_kept_from: 0,
+            log_segments_removed: 0,
+            elapsed: Duration::ZERO,
+        };
+        if lsn > newest {
+            // A checkpoint never runs ahead of the durable log: a commit acknowledged with a
+            // relaxed policy may be visible but not yet durable, and after a crash the log would
+            // hand its LSN to another commit.
+            shared.wal.complete(lsn, SyncPolicy::Always)?;
+            let floors = shared.counter_floors();
+            ensure_dir(storage, &state.dir)?;
+            // A leftover `.tmp` of an interrupted run may carry this very name. Older `.ckpt`
+            // files stay until the new one is verified.
+            report.removed_files += state.remove_leftovers(storage)?;
+            let (file, header) = write(storage, &state.dir, &shared.store, lsn, floors)?;
+            // Read back before anything older is deleted: the previous checkpoint is kept until
+            // this one is known good. A file that fails is removed (best effort; if it survives,
+            // open skips it as it would any damaged checkpoint).
+            if let Err(e) = read(storage, &file.path, false) {
+                let _ = storage.remove(&file.path);
+                return Err(e);
+            }
+            report.lsn = lsn;
+            report.written = true;
+            report.path = Some(file.path.clone());
+            report.file_bytes = file.file_bytes;
+            (report.keys, report.versions, report.commits) = (header.key_count, header.version_count, header.commit_count);
+            state.retained.insert(0, file);
+            shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
+            report.removed_files += state.apply_retention(storage)?;
+        }
+        shared.log_bytes_since_checkpoint.fetch_sub(bytes_counted, Ordering::AcqRel);
+        shared.trigger.ran();
+        // Still under the checkpoint mutex, so that the bound and the retained files agree.
+        report.log_kept_from = self.log_truncation_bound(&state);
+        report.log_segments_removed = shared.wal.truncate_prefix(report.log_kept_from)?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// LSN of the newest checkpoint written or loaded (`None` before the first).
+    pub fn last_checkpoint_lsn(&self) -> Option<Lsn> {
+        Some(self.shared.last_checkpoint_lsn.load(Ordering::Acquire)).filter(|l| *l > 0)
+    }
+
+    /// How this database was loaded when it was opened.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.shared.open_report
+    }
+
+    /// The oldest LSN the log must keep: open may have to fall back to the older retained
+    /// checkpoint (or, with just one, to the start of the log), a durable cursor may still need
+    /// records, and the options may ask to keep the newest N records.
+    fn log_truncation_bound(&self, state: &CheckpointState) -> Lsn {
+        let fallback = match state.retained.get(1) {
+            Some(older) => older.lsn + 1,
+            None => 1,
+        };
+        let durable = self.shared.wal.durable_lsn();
+        let retention = (durable + 1).saturating_sub(self.shared.options.checkpoint.retain_log_records);
+        let cursors = self.cursor_floor().unwrap_or(Lsn::MAX);
+        fallback.min(retention).min(cursors).max(1)
+    }
+}
+
+/// Creates the checkpoint directory, durably, if it does not exist.
+fn ensure_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let what = |action: &str, p: &Path| format!("{action} {}", p.display());
+    if storage.kind_of(dir).map_err(|e| io_error(what("inspecting", dir), e))?.is_some() {
+        return Ok(());
+    }
+    storage.create_dir_all(dir).map_err(|e| io_error(what("creating", dir), e))?;
+    if let Some(parent) = dir.parent() {
+        storage
+            .sync_dir(parent)
+            .map_err(|e| io_error(what("syncing directory", parent), e))?;
+    }
+    Ok(())
+}
+
+/// The background checkpointer of one database, stopped (and joined) when the last `Database`
+/// handle that owns it drops.
+pub(crate) struct Background {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.shared.trigger.lock().stop = true;
+        self.shared.trigger.wakeup.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the background checkpointer if the options ask for one.
+pub(crate) fn spawn_background(shared: &Arc<Shared>) -> Result<Option<Arc<Background>>> {
+    let options = shared.options.checkpoint.clone();
+    if options.every_log_bytes.is_none() && options.every.is_none() {
+        return Ok(None);
+    }
+    // The thread's handle does not own the thread, so dropping it never joins from inside.
+    let db = Database {
+        shared: shared.clone(),
+        _background: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("engram-checkpointer".into())
+        .spawn(move || run_background(db, options))
+        .map_err(|e| io_error("starting the checkpoint thread".into(), e))?;
+    Ok(Some(Arc::new(Background {
+        shared: shared.clone(),
+        thread: Some(thread),
+    })))
+}
+
+fn run_background(db: Database, options: CheckpointOptions) {
+    let trigger = &db.shared.trigger;
+    let opened = Instant::now();
+    let mut retry_at: Option<Instant> = None;
+    let mut guard = trigger.lock();
+    loop {
+        if guard.stop {
+            return;
+        }
+        let now = Instant::now();
+        let bytes = db.shared.log_bytes_since_checkpoint.load(Ordering::Acquire);
+        // The interval counts from the last checkpoint, or from open before the first one.
+        let time_due_at = options.every.map(|every| guard.last_run.unwrap_or(opened) + every);
+        let due = options.every_log_bytes.is_some_and(|t| bytes >= t) || (bytes > 0 && time_due_at.is_some_and(|at| now >= at));
+        if due && retry_at.is_none_or(|at| now >= at) {
+            drop(guard);
+            if db.shared.check_running().is_err() {
+                return; // a stopped database takes no more checkpoints
+            }
+            match db.checkpoint() {
+                Ok(report) => {
+                    retry_at = None;
+                    tracing::debug!(lsn = report.lsn, file_bytes = report.file_bytes, "background checkpoint");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "background checkpoint failed; retrying later");
+                    retry_at = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                }
+            }
+            guard = trigger.lock();
+            continue;
+        }
+        // Commits wake the thread when the first bytes after a checkpoint arrive and when they
+        // cross the byte threshold; deadlines in between are slept to.
+        let wake_at = if due {
+            retry_at
+        } else if bytes > 0 {
+            time_due_at
+        } else {
+            None
+        };
+        guard = match wake_at {
+            Some(at) => {
+                let wait = at.saturating_duration_since(now).max(Duration::from_millis(1));
+                trigger.wakeup.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0
+            }
+            None => trigger.wakeup.wait(guard).unwrap_or_else(|p| p.into_inner()),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{KvValue, Space};
+    use crate::record::{CommitRecord, Op};
+    use engram_wal::storage::FaultStorage;
+
+    fn kv(i: u64) -> Value {
+        Value::Kv(KvValue::Json(serde_json::json!({ "i": i })))
+    }
+
+    /// A store with `keys` keys, each written at several LSNs, some deleted.
+    fn sample_store(commits: u64, keys: u64) -> Store {
+        let store = Store::default();
+        for lsn in 1..=commits {
+            let key = Key::new("ns", Space::Kv, format!("k{:03}", lsn % keys).into_bytes());
+            let op = if lsn % 7 == 0 {
+                Op::Delete { key, before: kv(0) }
+            } else {
+                Op::Put {
+                    key,
+                    before: None,
+                    after: kv(lsn),
+                }
+            };
+            store.apply(
+                lsn,
+                &CommitRecord {
+                    txn_id: lsn,
+                    commit_ts_ms: 1000 + lsn,
+                    ops: vec![op],
+                },
+            );
+        }
+        store
+    }
+
+    fn setup(store: &Store, lsn: Lsn) -> (FaultStorage, PathBuf, CheckpointFile) {
+        let fs = FaultStorage::new();
+        let dir = PathBuf::from("/db/checkpoints");
+        ensure_dir(&fs, &dir).unwrap();
+        let (file, _) = write(&fs, &dir, store, lsn, (lsn, 1000 + lsn)).unwrap();
+        (fs, dir, file)
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_every_version_up_to_its_lsn_and_nothing_after() {
+        // 200 versions of one key exceed MAX_VERSIONS_PER_ENTRY: the chain spans entries.
+        let store = sample_store(400, 2);
+        let (fs, _, file) = setup(&store, 300);
+        let (header, contents) = read(&fs, &file.path, true).unwrap();
+        let contents = contents.unwrap();
+        assert_eq!((header.lsn, header.commit_count, header.key_count), (300, 300, 2));
+        assert_eq!(header.version_count, 300);
+        assert!(header.entry_count > header.key_count);
+        assert_eq!(contents.commit_times, store.commit_times_upto(300));
+        let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
+        for at in [0, 1, 150, 299, 300] {
+            for k in 0..2 {
+                let key = Key::new("ns", Space::Kv, format!("k{k:03}").into_bytes());
+                assert_eq!(rebuilt.history(&key, at), store.history(&key, at), "key {k} at {at}");
+            }
+        }
+        let key = Key::new("ns", Space::Kv, b"k000".to_vec());
+        assert_eq!(rebuilt.latest_lsn(&key), 300, "nothing after the checkpoint LSN");
+    }
+
+    #[test]
+    fn an_empty_store_makes_a_valid_checkpoint() {
+        let store = Store::default();
+        let (fs, _, file) = setup(&store, 5);
+        let (header, contents) = read(&fs, &file.path, true).unwrap();
+        assert_eq!(header.body_bytes, 0);
+        assert!(contents.unwrap().chains.is_empty());
+        assert_eq!(file.file_bytes, (HEADER_BYTES + TRAILER_BYTES) as u64);
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_rejected() {
+        let store = sample_store(30, 4);
+        let (fs, _, file) = setup(&store, 30);
+        let good = fs.read_file(&file.path).unwrap();
+        for cut in 0..good.len() {
+            fs.overwrite_file(&file.path, good[..cut].to_vec());
+            assert!(
+                matches!(read(&fs, &file.path, true), Err(CoreError::CorruptCheckpoint { .. })),
+                "cut at {cut}"
+            );
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            fs.overwrite_file(&file.path, bad);
+            assert!(
+                matches!(read(&fs, &file.path, true), Err(CoreError::CorruptCheckpoint { .. })),
+                "byte {i} flipped"
+            );
+        }
+        fs.overwrite_file(&file.path, good);
+        read(&fs, &file.path, true).unwrap();
+    }
+
+    #[test]
+    fn the_header_is_little_endian_at_documented_offsets() {
+        let h = Header {
+            lsn: 0x0102,
+            txn_id_floor: 3,
+            commit_ts_floor_ms: 4,
+            commit_count: 5,
+            key_count: 6,
+            entry_count: 7,
+            version_count: 8,
+            body_bytes: 9,
+        };
+        let b = h.encode();
+        assert_eq!(&b[0..8], b"ENGRMCKP");
+        assert_eq!(&b[8..16], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[16..18], &[0x02, 0x01]);
+        assert_eq!([b[24], b[32], b[40], b[48], b[56], b[64], b[72]], [3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(Header::decode(&b).unwrap(), h);
+    }
+
+    #[test]
+    fn an_entry_is_encoded_as_documented() {
+        // The example in docs/checkpoint-format.md.
+        let key = Key::new("ns", Space::Kv, b"k".to_vec());
+        let value = Value::Kv(KvValue::Json(serde_json::json!(1)));
+        let entry = EntryOut {
+            key: &key,
+            versions: vec![VersionOut {
+                lsn: 300,
+                op_index: 0,
+                value: Some(&value),
+            }],
+        };
+        let bytes = postcard::to_stdvec(&entry).unwrap();
+        assert_eq!(
+            bytes,
+            [0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x01, 0xac, 0x02, 0x00, 0x01, 0x04, 0x01, 0x01, 0x31]
+        );
+    }
+
+    #[test]
+    fn file_names_carry_the_lsn_in_twenty_digits() {
+        assert_eq!(file_name(42), "ckpt-00000000000000000042.ckpt");
+        assert_eq!(parse_file_name(&file_name(42)), Some(42));
+        assert_eq!(parse_file_name(&tmp_name(42)), None);
+        assert_eq!(parse_file_name("ckpt-42.ckpt"), None);
+    }
+}
