@@ -56,6 +56,17 @@ struct State {
     sync_deadline: Option<Instant>,
     poisoned: Option<String>,
     closed: bool,
+    /// Appenders waiting for a leader's round, each with its own condition variable so that a
+    /// round wakes exactly the appenders it satisfied (plus one successor leader), rather than
+    /// every waiter: with 64 appenders on 2 cores, waking all of them each round costs more
+    /// CPU than the fdatasync they share.
+    waiters: Vec<Waiter>,
+}
+
+struct Waiter {
+    target: Lsn,
+    durable: bool,
+    wake: Arc<Condvar>,
 }
 
 pub(crate) struct Inner {
@@ -161,6 +172,7 @@ impl Wal {
             sync_deadline: None,
             poisoned: None,
             closed: false,
+            waiters: Vec::new(),
         };
         let inner = Arc::new(Inner {
             dir,
@@ -545,7 +557,14 @@ impl Inner {
                 return Ok(st);
             }
             if st.leader_active {
-                st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+                let wake = Arc::new(Condvar::new());
+                st.waiters.push(Waiter {
+                    target,
+                    durable,
+                    wake: wake.clone(),
+                });
+                st = wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.waiters.retain(|w| !Arc::ptr_eq(&w.wake, &wake));
                 continue;
             }
             st.leader_active = true;
@@ -585,13 +604,36 @@ impl Inner {
                     tracing::error!(error = %e, "log write failed; the log is stopped until reopened");
                     st.poisoned = Some(e.to_string());
                     self.durable_changed.notify_all();
-                    self.progress.notify_all();
+                    self.wake_waiters(&mut st, true);
                     // The leader reports the I/O error itself; everyone else gets Poisoned.
                     return Err(e);
                 }
             }
-            self.progress.notify_all();
+            let leader_done = (if durable { st.durable_lsn } else { st.written_lsn }) >= target;
+            self.wake_waiters(&mut st, leader_done);
         }
+    }
+
+    /// After a round: wakes the waiters it satisfied (all of them if the log stopped) and, when
+    /// work remains and the leader is leaving, one more waiter to lead the next round.
+    fn wake_waiters(&self, st: &mut State, leader_leaving: bool) {
+        let stopped = st.poisoned.is_some();
+        let (durable_lsn, written_lsn) = (st.durable_lsn, st.written_lsn);
+        st.waiters.retain(|w| {
+            let satisfied = stopped || (if w.durable { durable_lsn } else { written_lsn }) >= w.target;
+            if satisfied {
+                w.wake.notify_one();
+            }
+            !satisfied
+        });
+        let work_remains = !st.pending.is_empty() || st.sync_wanted_upto > durable_lsn;
+        if leader_leaving && work_remains {
+            if let Some(successor) = st.waiters.first() {
+                successor.wake.notify_one();
+            }
+        }
+        // Rare waiters (suffix truncation quiescing) wait on `progress`.
+        self.progress.notify_all();
     }
 
     fn sync_file(&self, segment: &Segment) -> Result<()> {
