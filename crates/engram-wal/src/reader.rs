@@ -40,6 +40,13 @@ impl WalReader {
         })
     }
 
+    /// Another reader of the same log, positioned at `from`; this one does not move. (The
+    /// database reads a large transaction's first records again with it when a change feed
+    /// started in the middle of them.)
+    pub fn reader_at(&self, from: Lsn) -> Result<WalReader> {
+        WalReader::new(self.inner.clone(), from)
+    }
+
     /// The LSN the next record will have.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn

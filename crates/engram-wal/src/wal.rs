@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +61,8 @@ struct State {
     /// every waiter: with 64 appenders on 2 cores, waking all of them each round costs more
     /// CPU than the fdatasync they share.
     waiters: Vec<Waiter>,
+    /// Threads waiting on `progress` for the log to go quiet (suffix truncation).
+    quiesce_waiters: usize,
 }
 
 struct Waiter {
@@ -82,6 +84,9 @@ pub(crate) struct Inner {
     durable_lsn: AtomicU64,
     durable_lock: Mutex<()>,
     durable_changed: Condvar,
+    /// Followers blocked in `wait_durable`: publishing skips the notification (a syscall)
+    /// when there are none.
+    durable_waiters: AtomicUsize,
     preparer: Arc<Preparer>,
     pub counters: Counters,
     truncation: Mutex<()>,
@@ -173,6 +178,7 @@ impl Wal {
             poisoned: None,
             closed: false,
             waiters: Vec::new(),
+            quiesce_waiters: 0,
         };
         let inner = Arc::new(Inner {
             dir,
@@ -185,6 +191,7 @@ impl Wal {
             durable_lsn: AtomicU64::new(last_lsn),
             durable_lock: Mutex::new(()),
             durable_changed: Condvar::new(),
+            durable_waiters: AtomicUsize::new(0),
             preparer: preparer.clone(),
             counters,
             truncation: Mutex::new(()),
@@ -384,14 +391,25 @@ impl Inner {
             }
             // Bounded waits: a close or poisoning is noticed even without a notification.
             let wait = deadline.map_or(Duration::MAX, |d| d - now).min(Duration::from_millis(50));
-            drop(self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()));
+            self.durable_waiters.fetch_add(1, Ordering::SeqCst);
+            let guard = if self.durable_lsn.load(Ordering::SeqCst) >= lsn {
+                guard
+            } else {
+                self.durable_changed.wait_timeout(guard, wait).unwrap_or_else(|p| p.into_inner()).0
+            };
+            self.durable_waiters.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
         }
     }
 
     fn publish_durable(&self, lsn: Lsn) {
-        let _g = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.durable_lsn.store(lsn, Ordering::Release);
-        self.durable_changed.notify_all();
+        // SeqCst pairs with the follower's increment-then-check: either the follower sees the
+        // new LSN, or this sees the follower and wakes it (under the lock it waits with).
+        self.durable_lsn.store(lsn, Ordering::SeqCst);
+        if self.durable_waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.durable_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.durable_changed.notify_all();
+        }
     }
 
     fn append_batch(&self, records: &[(u8, &[u8])], policy: SyncPolicy) -> Result<RangeInclusive<Lsn>> {
@@ -632,8 +650,9 @@ impl Inner {
                 successor.wake.notify_one();
             }
         }
-        // Rare waiters (suffix truncation quiescing) wait on `progress`.
-        self.progress.notify_all();
+        if st.quiesce_waiters > 0 {
+            self.progress.notify_all();
+        }
     }
 
     fn sync_file(&self, segment: &Segment) -> Result<()> {
@@ -740,7 +759,9 @@ impl Inner {
                     return Err(Error::Poisoned { cause: cause.clone() });
                 }
                 if st.leader_active {
+                    st.quiesce_waiters += 1;
                     st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.quiesce_waiters -= 1;
                 } else if !st.pending.is_empty() || st.durable_lsn < st.next_lsn - 1 {
                     let target = st.next_lsn - 1;
                     st.sync_wanted_upto = st.sync_wanted_upto.max(target);
