@@ -205,12 +205,13 @@ pub(crate) fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -
         }
     };
 
-    if !to_delete.is_empty() {
-        for path in &to_delete {
-            storage.remove(path).context(|| format!("removing {}", path.display()))?;
-        }
-        storage.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
+    for path in &to_delete {
+        storage.remove(path).context(|| format!("removing {}", path.display()))?;
     }
+    // Always, not only after removals: a process that died between renaming a prepared segment
+    // and syncing the directory left a name that is visible but not durable. Recovery adopts
+    // that segment, so its name must be durable before records acknowledged in it are.
+    storage.sync_dir(dir).context(|| format!("syncing directory {}", dir.display()))?;
 
     report.segments = scanned.len();
     report.records = scanned.iter().map(|s| s.records).sum();

@@ -287,3 +287,36 @@ fn a_follower_may_wait_without_a_deadline_and_iteration_ends_after_an_error() {
         assert_eq!(follower.next_blocking(Duration::MAX).unwrap().map(|r| r.lsn), Some(1));
     });
 }
+
+#[test]
+fn regression_a_prepared_segment_whose_name_was_never_synced_is_made_durable_before_use() {
+    // A process died between renaming a prepared segment and syncing the directory: the name is
+    // visible but not durable. Recovery adopts the segment; records acknowledged in it must
+    // survive a later power loss.
+    use engram_wal::storage::{OpenMode, Storage};
+    let fs = FaultStorage::new();
+    let opts = small();
+    {
+        let wal = Wal::open_with_storage(Arc::new(fs.clone()), "/db", opts.clone()).unwrap();
+        wal.append(1, b"first").unwrap();
+    }
+    let name = std::path::Path::new("/db").join(engram_wal::layout::segment_file_name(2));
+    let f = fs.open(&name, OpenMode::CreateNew).unwrap();
+    f.write_all_at(&vec![0u8; opts.segment_bytes as usize], 0).unwrap();
+    f.sync_data().unwrap();
+    fs.crash(CrashMode::ProcessOnly);
+    let expected: Vec<Vec<u8>> = {
+        let wal = Wal::open_with_storage(Arc::new(fs.clone()), "/db", opts.clone()).unwrap();
+        let mut expected = vec![b"first".to_vec()];
+        while wal.stats().rotations == 0 {
+            let p = payload(expected.len() as u64 + 100);
+            wal.append(1, &p).unwrap();
+            expected.push(p);
+        }
+        expected
+    };
+    fs.crash(CrashMode::DropUnsynced);
+    let wal = Wal::open_with_storage(Arc::new(fs), "/db", opts).unwrap();
+    let got: Vec<Vec<u8>> = read_all(&wal, 1).into_iter().map(|r| r.payload).collect();
+    assert_eq!(got, expected, "every acknowledged record, including those in the adopted segment");
+}
