@@ -1,11 +1,14 @@
 //! Checkpoints: the whole multi-version store at one LSN, in one checksummed file, so that open
 //! replays only the log after it and the log below it can be truncated.
 //!
-//! A checkpoint at LSN L holds every version with an LSN at or below L (history included: as-of
-//! reads keep working after the log below L is gone), the commit times up to L, and floors for
-//! the transaction-id and commit-time counters. It is taken from an MVCC snapshot: the export
-//! copies (shares) versions under short read locks, one chunk of keys at a time, and all file I/O
-//! happens without the commit lock, so commits and readers keep going.
+//! A checkpoint at LSN L holds every retained version with an LSN at or below L (history
+//! included: as-of reads keep working after the log below L is gone), the commit times that
+//! history needs, the history horizon, and floors for the transaction-id and commit-time
+//! counters. It is taken from an MVCC snapshot: the export copies (shares) versions under short
+//! read locks, one chunk of keys at a time, and all file I/O happens without the commit lock, so
+//! commits and readers keep going. A checkpoint is also when history is pruned under the
+//! retention policy (retention.rs): the file omits the versions the policy drops, and once it is
+//! verified they are removed from the store, in chunks under short write locks.
 //!
 //! Write protocol: `ckpt-<L>.tmp`, fdatasync, rename to `ckpt-<L>.ckpt`, fsync the directory,
 //! read the file back and verify it, and only then delete older checkpoints beyond the newest
@@ -16,7 +19,7 @@
 use crate::db::{Database, Shared};
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Value};
-use crate::store::{Store, Version};
+use crate::store::{Chain, RetentionPlan, Store, Version};
 use engram_wal::storage::{read_exact_at, OpenMode, Storage, StorageFile};
 use engram_wal::{Lsn, SyncPolicy};
 use serde::{Deserialize, Serialize};
@@ -24,15 +27,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Directory of the checkpoints inside the database directory.
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 
 const MAGIC: &[u8; 8] = b"ENGRMCKP";
-/// Version of the checkpoint file format (docs/checkpoint-format.md).
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
-const HEADER_BYTES: usize = 80;
+/// Version of the checkpoint file format written (docs/checkpoint-format.md). Version 1 (an
+/// 80-byte header without the history horizon, entries without `created`) is still read.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION_1: u32 = 1;
+/// Header size of the version written, and of version 1.
+const HEADER_BYTES: usize = 88;
+const HEADER_BYTES_V1: usize = 80;
 const TRAILER_BYTES: usize = 4;
 const COMMIT_ENTRY_BYTES: usize = 16;
 const ENTRY_LENGTH_BYTES: usize = 4;
@@ -85,6 +92,12 @@ pub struct CheckpointReport {
     pub keys: u64,
     pub versions: u64,
     pub commits: u64,
+    /// Versions the retention policy pruned in this run, and keys that lost all of theirs (the
+    /// newest was a deletion). 0 when no checkpoint was written: pruning happens only then.
+    pub pruned_versions: u64,
+    pub pruned_keys: u64,
+    /// The history horizon after the call (`Database::history_horizon_lsn`).
+    pub history_horizon_lsn: Lsn,
     /// Older checkpoint files (and leftovers of interrupted runs) deleted.
     pub removed_files: usize,
     /// The log was truncated below this LSN (whole segments only, so it may keep more).
@@ -137,6 +150,8 @@ fn io_error(context: String, source: std::io::Error) -> CoreError {
 /// The fixed-size start of a checkpoint file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    /// Format version: `CHECKPOINT_FORMAT_VERSION` when written; 1 or 2 when read.
+    pub version: u32,
     pub lsn: Lsn,
     /// Every transaction id at or below `lsn` is at most this.
     pub txn_id_floor: u64,
@@ -147,15 +162,27 @@ pub(crate) struct Header {
     pub entry_count: u64,
     pub version_count: u64,
     pub body_bytes: u64,
+    /// Reads below this LSN are refused (0 in version 1: nothing was ever pruned).
+    pub history_horizon_lsn: Lsn,
+}
+
+/// The header size of a format version.
+fn header_bytes(version: u32) -> usize {
+    if version == FORMAT_VERSION_1 {
+        HEADER_BYTES_V1
+    } else {
+        HEADER_BYTES
+    }
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HEADER_BYTES] {
-        let mut b = [0u8; HEADER_BYTES];
+    /// The header in its version's layout (version 1 has no horizon).
+    fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; header_bytes(self.version)];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         // 12..16 stay zero.
-        let fields = [
+        let mut fields = vec![
             self.lsn,
             self.txn_id_floor,
             self.commit_ts_floor_ms,
@@ -165,27 +192,41 @@ impl Header {
             self.version_count,
             self.body_bytes,
         ];
+        if self.version != FORMAT_VERSION_1 {
+            fields.push(self.history_horizon_lsn);
+        }
         for (i, v) in fields.iter().enumerate() {
             b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
         }
         b
     }
 
-    fn decode(b: &[u8; HEADER_BYTES]) -> std::result::Result<Header, String> {
+    /// The format version in the first 16 bytes of a file, if it is one this build reads.
+    fn version_of(b: &[u8]) -> std::result::Result<u32, String> {
         if &b[0..8] != MAGIC {
             return Err("bad magic (not a checkpoint file)".into());
         }
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        if version != CHECKPOINT_FORMAT_VERSION {
+        if version != FORMAT_VERSION_1 && version != CHECKPOINT_FORMAT_VERSION {
             return Err(format!(
-                "format version {version} is not supported (this build reads version {CHECKPOINT_FORMAT_VERSION})"
+                "format version {version} is not supported (this build reads versions {FORMAT_VERSION_1} to {CHECKPOINT_FORMAT_VERSION})"
             ));
         }
         if b[12..16] != [0; 4] {
             return Err("reserved header bytes are not zero".into());
         }
+        Ok(version)
+    }
+
+    /// Decodes a whole header (`header_bytes(version)` bytes).
+    fn decode(b: &[u8]) -> std::result::Result<Header, String> {
+        let version = Header::version_of(b)?;
+        if b.len() != header_bytes(version) {
+            return Err(format!("a version {version} header is {} bytes", header_bytes(version)));
+        }
         let field = |i: usize| u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().expect("8 bytes"));
-        Ok(Header {
+        let header = Header {
+            version,
             lsn: field(0),
             txn_id_floor: field(1),
             commit_ts_floor_ms: field(2),
@@ -194,18 +235,28 @@ impl Header {
             entry_count: field(5),
             version_count: field(6),
             body_bytes: field(7),
-        })
+            history_horizon_lsn: if version == FORMAT_VERSION_1 { 0 } else { field(8) },
+        };
+        if header.history_horizon_lsn > header.lsn {
+            return Err(format!(
+                "the history horizon {} is beyond the checkpoint LSN {}",
+                header.history_horizon_lsn, header.lsn
+            ));
+        }
+        Ok(header)
     }
 
     fn file_bytes(&self) -> u64 {
-        (HEADER_BYTES + TRAILER_BYTES) as u64 + self.body_bytes
+        (header_bytes(self.version) + TRAILER_BYTES) as u64 + self.body_bytes
     }
 }
 
-/// One entry of the body as written: a key and a run of its versions, oldest first.
+/// One entry of the body as written: a key and a run of its versions, oldest first. `created`
+/// is `Chain::created`, on the first entry of a key only.
 #[derive(Serialize)]
 struct EntryOut<'a> {
     key: &'a Key,
+    created: Option<(Lsn, u32)>,
     versions: Vec<VersionOut<'a>>,
 }
 
@@ -220,7 +271,25 @@ struct VersionOut<'a> {
 #[derive(Deserialize)]
 struct EntryIn {
     key: Key,
+    created: Option<(Lsn, u32)>,
     versions: Vec<VersionIn>,
+}
+
+/// An entry of a version 1 file (no `created`).
+#[derive(Deserialize)]
+struct EntryInV1 {
+    key: Key,
+    versions: Vec<VersionIn>,
+}
+
+impl From<EntryInV1> for EntryIn {
+    fn from(e: EntryInV1) -> EntryIn {
+        EntryIn {
+            key: e.key,
+            created: None,
+            versions: e.versions,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -265,9 +334,10 @@ impl FileWriter {
         self.offset + self.buf.len() as u64
     }
 
-    fn put_entry(&mut self, key: &Key, versions: &[Version]) -> Result<()> {
+    fn put_entry(&mut self, key: &Key, created: Option<(Lsn, u32)>, versions: &[Version]) -> Result<()> {
         let entry = EntryOut {
             key,
+            created,
             versions: versions
                 .iter()
                 .map(|v| VersionOut {
@@ -296,11 +366,14 @@ pub(crate) struct CheckpointFile {
     pub lsn: Lsn,
     pub path: PathBuf,
     pub file_bytes: u64,
+    pub history_horizon_lsn: Lsn,
 }
 
-/// Writes the checkpoint of `store` at `lsn` to `dir/ckpt-<lsn>.ckpt` (see the module docs for
-/// the protocol). The caller guarantees that `lsn` is visible and durable in the log.
-fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u64, u64)) -> Result<(CheckpointFile, Header)> {
+/// Writes the checkpoint of `store` at `plan.at` to `dir/ckpt-<lsn>.ckpt`, without what the
+/// plan prunes (see the module docs for the protocol). The caller guarantees that the LSN is
+/// visible and durable in the log.
+fn write(storage: &dyn Storage, dir: &Path, store: &Store, plan: &RetentionPlan, floors: (u64, u64)) -> Result<(CheckpointFile, Header)> {
+    let lsn = plan.at;
     let tmp = dir.join(tmp_name(lsn));
     let path = dir.join(file_name(lsn));
     let file = storage
@@ -314,8 +387,8 @@ fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u6
         crc: 0,
         buf: Vec::with_capacity(IO_CHUNK_BYTES + IO_CHUNK_BYTES / 4),
     };
-    let commit_times = store.commit_times_upto(lsn);
-    for (commit_lsn, ts_ms) in &commit_times {
+    let commit_times = &plan.commit_times;
+    for (commit_lsn, ts_ms) in commit_times {
         w.buf.extend_from_slice(&commit_lsn.to_le_bytes());
         w.buf.extend_from_slice(&ts_ms.to_le_bytes());
         w.maybe_flush()?;
@@ -323,13 +396,13 @@ fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u6
     let (mut key_count, mut entry_count, mut version_count) = (0u64, 0u64, 0u64);
     let mut after: Option<Key> = None;
     loop {
-        let chunk = store.export_chunk(after.as_ref(), lsn, EXPORT_KEYS_PER_LOCK);
-        for (key, versions) in &chunk.chains {
+        let chunk = store.export_chunk(after.as_ref(), lsn, EXPORT_KEYS_PER_LOCK, plan.rule);
+        for (key, chain) in &chunk.chains {
             key_count += 1;
-            version_count += versions.len() as u64;
-            for run in versions.chunks(MAX_VERSIONS_PER_ENTRY) {
+            version_count += chain.versions.len() as u64;
+            for (i, run) in chain.versions.chunks(MAX_VERSIONS_PER_ENTRY).enumerate() {
                 entry_count += 1;
-                w.put_entry(key, run)?;
+                w.put_entry(key, if i == 0 { chain.created } else { None }, run)?;
             }
         }
         match chunk.resume_after {
@@ -338,6 +411,7 @@ fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u6
         }
     }
     let header = Header {
+        version: CHECKPOINT_FORMAT_VERSION,
         lsn,
         txn_id_floor: floors.0,
         commit_ts_floor_ms: floors.1,
@@ -346,6 +420,7 @@ fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u6
         entry_count,
         version_count,
         body_bytes: w.position() - HEADER_BYTES as u64,
+        history_horizon_lsn: plan.horizon,
     };
     let header_bytes = header.encode();
     // The trailer checksums header and body in file order; the body's CRC is already known, so
@@ -362,8 +437,13 @@ fn write(storage: &dyn Storage, dir: &Path, store: &Store, lsn: Lsn, floors: (u6
         .rename(&tmp, &path)
         .map_err(|e| io_error(format!("renaming {} to {}", tmp.display(), path.display()), e))?;
     storage.sync_dir(dir).map_err(|e| io_error(what("syncing directory", dir), e))?;
-    let file_bytes = header.file_bytes();
-    Ok((CheckpointFile { lsn, path, file_bytes }, header))
+    let file = CheckpointFile {
+        lsn,
+        path,
+        file_bytes: header.file_bytes(),
+        history_horizon_lsn: header.history_horizon_lsn,
+    };
+    Ok((file, header))
 }
 
 /// Reads a file front to back, checksumming everything it hands out.
@@ -418,7 +498,7 @@ pub(crate) struct Contents {
     pub header: Header,
     pub file: CheckpointFile,
     pub commit_times: Vec<(Lsn, u64)>,
-    pub chains: Vec<(Key, Vec<Version>)>,
+    pub chains: Vec<(Key, Chain)>,
 }
 
 /// Reads and checks a checkpoint file: size, checksum, header, and every entry decoded and
@@ -428,8 +508,9 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
     let what = |action: &str| format!("{action} {}", path.display());
     let file = storage.open(path, OpenMode::Read).map_err(|e| io_error(what("opening"), e))?;
     let size = file.size_bytes().map_err(|e| io_error(what("reading the size of"), e))?;
-    if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
-        return Err(corrupt(path, format!("{size} bytes is too short for a checkpoint")));
+    let too_short = || corrupt(path, format!("{size} bytes is too short for a checkpoint"));
+    if size < (HEADER_BYTES_V1 + TRAILER_BYTES) as u64 {
+        return Err(too_short());
     }
     let mut r = FileReader {
         file: file.clone(),
@@ -440,8 +521,15 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
         buf: Vec::new(),
         buf_pos: 0,
     };
-    let header = Header::decode(&r.take(HEADER_BYTES)?.try_into().expect("header size")).map_err(|reason| corrupt(path, reason))?;
-    if header.body_bytes.checked_add((HEADER_BYTES + TRAILER_BYTES) as u64) != Some(size) {
+    let mut header_bytes_read = r.take(HEADER_BYTES_V1)?;
+    let version = Header::version_of(&header_bytes_read).map_err(|reason| corrupt(path, reason))?;
+    let header_len = header_bytes(version);
+    if size < (header_len + TRAILER_BYTES) as u64 {
+        return Err(too_short());
+    }
+    header_bytes_read.extend(r.take(header_len - HEADER_BYTES_V1)?);
+    let header = Header::decode(&header_bytes_read).map_err(|reason| corrupt(path, reason))?;
+    if header.body_bytes.checked_add((header_len + TRAILER_BYTES) as u64) != Some(size) {
         return Err(corrupt(
             path,
             format!(
@@ -488,6 +576,7 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
             lsn: header.lsn,
             path: path.to_path_buf(),
             file_bytes: size,
+            history_horizon_lsn: header.history_horizon_lsn,
         },
         commit_times,
         chains,
@@ -498,7 +587,7 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
 /// A body, as read by [`parse_body`].
 struct Parsed {
     commit_times: Vec<(Lsn, u64)>,
-    chains: Vec<(Key, Vec<Version>)>,
+    chains: Vec<(Key, Chain)>,
     keys: u64,
     entries: u64,
     versions: u64,
@@ -526,7 +615,7 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
             commit_times.push((lsn, ts_ms));
         }
     }
-    let mut chains: Vec<(Key, Vec<Version>)> = Vec::new();
+    let mut chains: Vec<(Key, Chain)> = Vec::new();
     let (mut keys, mut entries, mut versions) = (0u64, 0u64, 0u64);
     let mut last_key: Option<Key> = None;
     let mut last_version_lsn = 0;
@@ -537,7 +626,12 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
             return Err(corrupt(path, format!("entry {entries} of {length} bytes runs past the body")));
         }
         let bytes = r.take(length as usize)?;
-        let entry: EntryIn = postcard::from_bytes(&bytes).map_err(|e| corrupt(path, format!("entry {entries}: {e}")))?;
+        let decoded = if header.version == FORMAT_VERSION_1 {
+            postcard::from_bytes::<EntryInV1>(&bytes).map(EntryIn::from)
+        } else {
+            postcard::from_bytes::<EntryIn>(&bytes)
+        };
+        let entry = decoded.map_err(|e| corrupt(path, format!("entry {entries}: {e}")))?;
         entries += 1;
         if entry.versions.is_empty() {
             return Err(corrupt(path, format!("entry {entries} has no versions")));
@@ -550,6 +644,15 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
         if !continues {
             keys += 1;
             last_version_lsn = 0;
+        }
+        if let Some((created_lsn, _)) = entry.created {
+            // Where the first version's incarnation began: an older, pruned version.
+            if continues || created_lsn == 0 || created_lsn >= entry.versions[0].lsn {
+                return Err(corrupt(
+                    path,
+                    format!("entry {entries}: creation LSN {created_lsn} is not before the key's first version"),
+                ));
+            }
         }
         for v in &entry.versions {
             if v.lsn <= last_version_lsn || v.lsn > header.lsn {
@@ -568,8 +671,14 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
                 value: v.value.map(Arc::new),
             });
             match chains.last_mut() {
-                Some((_, chain)) if continues => chain.extend(converted),
-                _ => chains.push((entry.key.clone(), converted.collect())),
+                Some((_, chain)) if continues => chain.versions.extend(converted),
+                _ => chains.push((
+                    entry.key.clone(),
+                    Chain {
+                        versions: converted.collect(),
+                        created: entry.created,
+                    },
+                )),
             }
         }
         last_key = Some(entry.key);
@@ -758,11 +867,20 @@ impl Shared {
 }
 
 impl Database {
-    /// Takes a checkpoint now (unless nothing was committed since the newest one), keeps the two
-    /// newest checkpoints, and truncates the log below what the older of them, durable cursors
-    /// and `retain_log_records` still need. Commits and reads continue meanwhile; concurrent
-    /// calls (and the background checkpointer) run one at a time.
+    /// Takes a checkpoint now (unless nothing was committed since the newest one), pruning
+    /// history under the retention policy, keeps the two newest checkpoints, and truncates the
+    /// log below what the older of them, durable cursors and `retain_log_records` still need.
+    /// Commits and reads continue meanwhile; concurrent calls (and the background checkpointer)
+    /// run one at a time.
     pub fn checkpoint(&self) -> Result<CheckpointReport> {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.checkpoint_at_time(now_ms)
+    }
+
+    /// [`Database::checkpoint`] with the wall-clock time given (ms since the Unix epoch): the
+    /// `RetentionPolicy::KeepFor` window ends there, so a time later than the real one prunes
+    /// versions the policy would still keep today.
+    pub fn checkpoint_at_time(&self, now_ms: u64) -> Result<CheckpointReport> {
         let shared = &*self.shared;
         shared.check_running()?;
         let started = Instant::now();
@@ -781,6 +899,9 @@ impl Database {
             keys: 0,
             versions: 0,
             commits: 0,
+            pruned_versions: 0,
+            pruned_keys: 0,
+            history_horizon_lsn: 0,
             removed_files: 0,
             log_kept_from: 0,
             log_segments_removed: 0,
@@ -796,7 +917,12 @@ impl Database {
             // A leftover `.tmp` of an interrupted run may carry this very name. Older `.ckpt`
             // files stay until the new one is verified.
             report.removed_files += state.remove_leftovers(storage)?;
-            let (file, header) = write(storage, &state.dir, &shared.store, lsn, floors)?;
+            // What the retention policy prunes: left out of the file, and removed from the store
+            // once the file is verified (until then the store keeps it, so a failed run prunes
+            // nothing). The checkpoint mutex keeps the versions at or below `lsn` as planned.
+            let rule = shared.options.retention.rule(&shared.store, lsn, now_ms);
+            let plan = shared.store.plan_retention(lsn, rule);
+            let (file, header) = write(storage, &state.dir, &shared.store, &plan, floors)?;
             // Read back before anything older is deleted: the previous checkpoint is kept until
             // this one is known good. A file that fails is removed (best effort; if it survives,
             // open skips it as it would any damaged checkpoint).
@@ -804,6 +930,7 @@ impl Database {
                 let _ = storage.remove(&file.path);
                 return Err(e);
             }
+            (report.pruned_versions, report.pruned_keys) = shared.store.prune(plan);
             report.lsn = lsn;
             report.written = true;
             report.path = Some(file.path.clone());
@@ -813,6 +940,7 @@ impl Database {
             shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
             report.removed_files += state.apply_retention(storage)?;
         }
+        report.history_horizon_lsn = shared.store.history_horizon();
         shared.log_bytes_since_checkpoint.fetch_sub(bytes_counted, Ordering::AcqRel);
         shared.trigger.ran();
         // Still under the checkpoint mutex, so that the bound and the retained files agree.
@@ -843,7 +971,10 @@ impl Database {
         let durable = self.shared.wal.durable_lsn();
         let retention = (durable + 1).saturating_sub(self.shared.options.checkpoint.retain_log_records);
         let cursors = self.cursor_floor().unwrap_or(Lsn::MAX);
-        fallback.min(retention).min(cursors).max(1)
+        let bound = fallback.min(retention).min(cursors).max(1);
+        // Never cut a streamed transaction in two: keep all of the one the bound falls in.
+        // (An LSN no longer readable has nothing left to cut.)
+        self.transaction_start(bound).unwrap_or(bound)
     }
 }
 
@@ -956,6 +1087,7 @@ mod tests {
     use super::*;
     use crate::model::{KvValue, Space};
     use crate::record::{CommitRecord, Op};
+    use crate::store::PruneRule;
     use engram_wal::storage::FaultStorage;
 
     fn kv(i: u64) -> Value {
@@ -989,11 +1121,21 @@ mod tests {
     }
 
     fn setup(store: &Store, lsn: Lsn) -> (FaultStorage, PathBuf, CheckpointFile) {
+        setup_pruned(store, lsn, PruneRule::Off).0
+    }
+
+    /// Writes the checkpoint at `lsn` that prunes by `rule`; returns the plan too.
+    fn setup_pruned(store: &Store, lsn: Lsn, rule: PruneRule) -> ((FaultStorage, PathBuf, CheckpointFile), RetentionPlan) {
         let fs = FaultStorage::new();
         let dir = PathBuf::from("/db/checkpoints");
         ensure_dir(&fs, &dir).unwrap();
-        let (file, _) = write(&fs, &dir, store, lsn, (lsn, 1000 + lsn)).unwrap();
-        (fs, dir, file)
+        let plan = store.plan_retention(lsn, rule);
+        let (file, _) = write(&fs, &dir, store, &plan, (lsn, 1000 + lsn)).unwrap();
+        ((fs, dir, file), plan)
+    }
+
+    fn sample_key(k: u64) -> Key {
+        Key::new("ns", Space::Kv, format!("k{k:03}").into_bytes())
     }
 
     #[test]
@@ -1056,6 +1198,7 @@ mod tests {
     #[test]
     fn the_header_is_little_endian_at_documented_offsets() {
         let h = Header {
+            version: CHECKPOINT_FORMAT_VERSION,
             lsn: 0x0102,
             txn_id_floor: 3,
             commit_ts_floor_ms: 4,
@@ -1064,13 +1207,31 @@ mod tests {
             entry_count: 7,
             version_count: 8,
             body_bytes: 9,
+            history_horizon_lsn: 10,
         };
         let b = h.encode();
+        assert_eq!(b.len(), 88);
         assert_eq!(&b[0..8], b"ENGRMCKP");
-        assert_eq!(&b[8..16], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[8..16], &[2, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[16..18], &[0x02, 0x01]);
-        assert_eq!([b[24], b[32], b[40], b[48], b[56], b[64], b[72]], [3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!([b[24], b[32], b[40], b[48], b[56], b[64], b[72], b[80]], [3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(Header::decode(&b).unwrap(), h);
+        // Version 1: 80 bytes, no horizon (read as 0).
+        let v1 = Header {
+            version: 1,
+            history_horizon_lsn: 0,
+            ..h
+        };
+        let b = v1.encode();
+        assert_eq!(b.len(), 80);
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(Header::decode(&b).unwrap(), v1);
+        // A horizon beyond the checkpoint is refused.
+        let bad = Header {
+            history_horizon_lsn: 0x0103,
+            ..h
+        };
+        assert!(Header::decode(&bad.encode()).is_err());
     }
 
     #[test]
@@ -1078,8 +1239,9 @@ mod tests {
         // The example in docs/checkpoint-format.md.
         let key = Key::new("ns", Space::Kv, b"k".to_vec());
         let value = Value::Kv(KvValue::Json(serde_json::json!(1)));
-        let entry = EntryOut {
+        let mut entry = EntryOut {
             key: &key,
+            created: None,
             versions: vec![VersionOut {
                 lsn: 300,
                 op_index: 0,
@@ -1089,8 +1251,149 @@ mod tests {
         let bytes = postcard::to_stdvec(&entry).unwrap();
         assert_eq!(
             bytes,
-            [0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x01, 0xac, 0x02, 0x00, 0x01, 0x04, 0x01, 0x01, 0x31]
+            [0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x00, 0x01, 0xac, 0x02, 0x00, 0x01, 0x04, 0x01, 0x01, 0x31]
         );
+        // The same version after pruning, when its incarnation was created at (200, 1).
+        entry.created = Some((200, 1));
+        let bytes = postcard::to_stdvec(&entry).unwrap();
+        assert_eq!(
+            bytes,
+            [0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x01, 0xc8, 0x01, 0x01, 0x01, 0xac, 0x02, 0x00, 0x01, 0x04, 0x01, 0x01, 0x31]
+        );
+    }
+
+    /// A version 1 file of `store` at `lsn`, written as the previous build did.
+    fn write_version_1(fs: &FaultStorage, store: &Store, lsn: Lsn) -> PathBuf {
+        #[derive(Serialize)]
+        struct EntryOutV1<'a> {
+            key: &'a Key,
+            versions: Vec<VersionOut<'a>>,
+        }
+        let mut body = Vec::new();
+        let times = store.commit_times_upto(lsn);
+        for (l, t) in &times {
+            body.extend_from_slice(&l.to_le_bytes());
+            body.extend_from_slice(&t.to_le_bytes());
+        }
+        let chunk = store.export_chunk(None, lsn, usize::MAX, PruneRule::Off);
+        let (mut entries, mut versions) = (0, 0);
+        for (key, chain) in &chunk.chains {
+            for run in chain.versions.chunks(MAX_VERSIONS_PER_ENTRY) {
+                let entry = EntryOutV1 {
+                    key,
+                    versions: run
+                        .iter()
+                        .map(|v| VersionOut {
+                            lsn: v.lsn,
+                            op_index: v.op_index,
+                            value: v.value.as_deref(),
+                        })
+                        .collect(),
+                };
+                let bytes = postcard::to_stdvec(&entry).unwrap();
+                body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                body.extend_from_slice(&bytes);
+                entries += 1;
+                versions += run.len() as u64;
+            }
+        }
+        let header = Header {
+            version: 1,
+            lsn,
+            txn_id_floor: lsn,
+            commit_ts_floor_ms: 1000 + lsn,
+            commit_count: times.len() as u64,
+            key_count: chunk.chains.len() as u64,
+            entry_count: entries,
+            version_count: versions,
+            body_bytes: body.len() as u64,
+            history_horizon_lsn: 0,
+        };
+        let mut file = header.encode();
+        file.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        let dir = PathBuf::from("/db/checkpoints");
+        ensure_dir(fs, &dir).unwrap();
+        let path = dir.join(file_name(lsn));
+        fs.open(&path, OpenMode::CreateNew).unwrap().write_all_at(&file, 0).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_is_still_read() {
+        let store = sample_store(200, 3);
+        let fs = FaultStorage::new();
+        let path = write_version_1(&fs, &store, 150);
+        let (header, contents) = read(&fs, &path, true).unwrap();
+        let contents = contents.unwrap();
+        assert_eq!((header.version, header.lsn, header.history_horizon_lsn), (1, 150, 0));
+        assert_eq!(contents.file.history_horizon_lsn, 0);
+        assert!(contents.chains.iter().all(|(_, c)| c.created.is_none()));
+        let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
+        for at in [0, 1, 75, 150] {
+            for k in 0..3 {
+                assert_eq!(
+                    rebuilt.history(&sample_key(k), at),
+                    store.history(&sample_key(k), at),
+                    "key {k} at {at}"
+                );
+            }
+        }
+    }
+
+    /// Everything a read at `at` can see of the sample keys: values, creation orders, history.
+    fn state_at(store: &Store, keys: u64, at: Lsn) -> String {
+        let scan = store.scan_prefix("ns", Space::Kv, b"", at);
+        let histories: Vec<_> = (0..keys).map(|k| store.history(&sample_key(k), at)).collect();
+        format!("{scan:?} {histories:?} {}", store.lsn_at_time(1000 + at))
+    }
+
+    #[test]
+    fn a_pruned_checkpoint_holds_exactly_what_the_pruned_store_holds() {
+        // Key 0 gets 100 versions below the checkpoint: its chain spans entries before pruning.
+        for rule in [
+            PruneRule::OlderThanNewest(1),
+            PruneRule::OlderThanNewest(3),
+            PruneRule::SupersededAt(120),
+            PruneRule::SupersededAt(7),
+        ] {
+            let store = sample_store(400, 3);
+            let scan = |s: &Store, at| format!("{:?}", s.scan_prefix("ns", Space::Kv, b"", at));
+            let before: Vec<String> = (0..=400).map(|at| scan(&store, at)).collect();
+            let ((fs, _, file), plan) = setup_pruned(&store, 300, rule);
+            let horizon = plan.horizon;
+            assert!(horizon > 0 && horizon <= 300, "{rule:?}: horizon {horizon}");
+            let planned = plan.versions_pruned;
+            let (header, contents) = read(&fs, &file.path, true).unwrap();
+            let contents = contents.unwrap();
+            assert_eq!(header.history_horizon_lsn, horizon);
+            assert_eq!(header.version_count, 300 - planned, "{rule:?}");
+            assert_eq!((store.prune(plan).0, store.history_horizon()), (planned, horizon));
+            // The file and the pruned store agree, at and above the horizon, to the checkpoint.
+            let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
+            rebuilt.restore_history_horizon(contents.file.history_horizon_lsn);
+            assert_eq!(rebuilt.commit_times_upto(300), store.commit_times_upto(300), "{rule:?}");
+            for at in horizon..=300 {
+                assert_eq!(state_at(&rebuilt, 3, at), state_at(&store, 3, at), "{rule:?} at {at}");
+            }
+            // Reads at or above the horizon are what they were before pruning (histories aside,
+            // creation orders included).
+            for at in horizon..=400 {
+                assert_eq!(before[at as usize], scan(&store, at), "{rule:?} at {at}");
+                assert!(store.check_retained(at).is_ok());
+            }
+            assert!(matches!(
+                store.check_retained(horizon - 1),
+                Err(CoreError::HistoryNotRetained { lsn, oldest }) if lsn == horizon - 1 && oldest == horizon
+            ));
+            if let PruneRule::OlderThanNewest(n) = rule {
+                for k in 0..3 {
+                    let below: Vec<_> = store.history(&sample_key(k), 300);
+                    assert!(below.len() <= n, "{rule:?} key {k}");
+                }
+            }
+        }
     }
 
     #[test]

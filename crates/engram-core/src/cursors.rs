@@ -6,7 +6,8 @@ use crate::db::Database;
 use crate::error::Result;
 use crate::model::{Key, KvValue, Space, Value};
 use crate::names::validate_label;
-use crate::txn::{CommitInfo, ReadView};
+use crate::retention::RetainedView;
+use crate::txn::{CommitInfo, ReadView, Snapshot};
 use engram_wal::Lsn;
 
 /// A namespace no user can name (user namespaces may not start with '.').
@@ -36,16 +37,28 @@ impl Database {
         Ok(info)
     }
 
+    /// Reads the current state with `read`, on a new snapshot if a prune overtook the first
+    /// one (cursors are pruned like any key, and a snapshot may fall below the history horizon
+    /// between being taken and being read; a new one is at or above it).
+    fn read_current<T>(&self, read: impl Fn(&Snapshot) -> T) -> T {
+        loop {
+            let snapshot = self.snapshot();
+            let value = read(&snapshot);
+            if snapshot.check_retained().is_ok() {
+                return value;
+            }
+        }
+    }
+
     /// The last LSN consumer `name` has processed, if the cursor exists.
     pub fn cursor(&self, name: &str) -> Result<Option<Lsn>> {
         validate_label("cursor name", name)?;
-        Ok(self.snapshot().get_value(&cursor_key(name)).and_then(decode_position))
+        Ok(self.read_current(|s| s.get_value(&cursor_key(name))).and_then(decode_position))
     }
 
     /// Every cursor and its position, by name.
     pub fn cursors(&self) -> Vec<(String, Lsn)> {
-        self.snapshot()
-            .scan_values(SYSTEM_NAMESPACE, Space::Meta, CURSOR_PREFIX)
+        self.read_current(|s| s.scan_values(SYSTEM_NAMESPACE, Space::Meta, CURSOR_PREFIX))
             .into_iter()
             .filter_map(|(k, v, _)| {
                 let name = String::from_utf8_lossy(&k.id[CURSOR_PREFIX.len()..]).into_owned();

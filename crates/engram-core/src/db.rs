@@ -4,7 +4,8 @@
 use crate::checkpoint::{self, Background, CheckpointOptions, CheckpointState, OpenReport, Trigger, CHECKPOINT_DIR};
 use crate::error::{CoreError, Result};
 use crate::model::Key;
-use crate::record::{CommitRecord, KIND_COMMIT};
+use crate::record::{self, Assembler, CommitRecord, Layout, LogRecord, KIND_COMMIT, KIND_OPS};
+use crate::retention::RetentionPolicy;
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
 use engram_wal::storage::{StdStorage, Storage};
@@ -29,6 +30,8 @@ pub struct DatabaseOptions {
     pub on_replay_progress: Option<ReplayProgress>,
     /// Background checkpoint triggers and log retention.
     pub checkpoint: CheckpointOptions,
+    /// Which past versions checkpoints keep (history retention; every version by default).
+    pub retention: RetentionPolicy,
 }
 
 impl Default for DatabaseOptions {
@@ -38,6 +41,7 @@ impl Default for DatabaseOptions {
             durability: SyncPolicy::Always,
             on_replay_progress: None,
             checkpoint: CheckpointOptions::default(),
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -48,6 +52,7 @@ impl std::fmt::Debug for DatabaseOptions {
             .field("wal", &self.wal)
             .field("durability", &self.durability)
             .field("checkpoint", &self.checkpoint)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -144,21 +149,27 @@ impl Database {
             ),
             None => (Store::default(), None, 0, 0),
         };
+        store.restore_history_horizon(checkpoint_file.as_ref().map_or(0, |c| c.history_horizon_lsn));
         let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
         let mut replayed = 0u64;
         let mut replayed_bytes = 0u64;
+        // A large transaction's OPS records are held until its COMMIT, which redoes the whole
+        // transaction at the COMMIT's LSN. OPS records without their COMMIT (at the end of the
+        // log, or followed by another transaction's records after a failed submit) belong to a
+        // transaction that never committed: they are dropped. A checkpoint is taken at a commit
+        // LSN, so no transaction after it began before it; if one did anyway, its first records
+        // are read back from the log.
+        let mut assembler = Assembler::default();
         for record in wal.reader(checkpoint_lsn + 1)? {
             let record = record?;
-            if record.kind != KIND_COMMIT {
-                return Err(CoreError::CorruptRecord {
-                    lsn: record.lsn,
-                    reason: format!("unknown record kind {}", record.kind),
-                });
+            let lsn = record.lsn;
+            let decoded = LogRecord::decode(lsn, record.kind, &record.payload)?;
+            max_txn_id = max_txn_id.max(decoded.txn_id());
+            let read_back = |txn_id, from, to| record::read_streamed(wal.reader(from)?, txn_id, to, |_| true);
+            if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
+                max_ts = max_ts.max(commit.commit_ts_ms);
+                store.apply(lsn, &commit);
             }
-            let commit = CommitRecord::decode(record.lsn, &record.payload)?;
-            max_txn_id = max_txn_id.max(commit.txn_id);
-            max_ts = max_ts.max(commit.commit_ts_ms);
-            store.apply(record.lsn, &commit);
             replayed += 1;
             replayed_bytes += record.payload.len() as u64;
             if let Some(progress) = &options.on_replay_progress {
@@ -221,13 +232,17 @@ impl Database {
         }
     }
 
-    /// A read-only view as of `lsn` (every commit at or below it). Any LSN is readable: the store
-    /// keeps every version, and checkpoints carry them all, so history survives the truncation
-    /// of the log below a checkpoint. An LSN beyond the visible one reads at the visible one.
+    /// A read-only view as of `lsn` (every commit at or below it). Any LSN from the history
+    /// horizon on is readable (from 0 unless the retention policy pruned history): checkpoints
+    /// carry the retained versions, so history survives the truncation of the log below a
+    /// checkpoint. Below the horizon: `HistoryNotRetained`. An LSN beyond the visible one reads
+    /// at the visible one.
     pub fn as_of(&self, lsn: Lsn) -> Result<Snapshot> {
+        let lsn = lsn.min(self.visible_lsn());
+        self.shared.store.check_retained(lsn)?;
         Ok(Snapshot {
             db: self.shared.clone(),
-            lsn: lsn.min(self.visible_lsn()),
+            lsn,
         })
     }
 
@@ -292,11 +307,37 @@ impl Shared {
         p.get_or_insert(cause);
     }
 
-    /// Queues the record in the log (taking its LSN) and for the applier. Called with the
-    /// commit lock held, so LSN order is commit order.
-    pub fn submit(&self, commit: &mut CommitState, record: Arc<CommitRecord>) -> Result<Lsn> {
-        let bytes = record.encode();
-        let lsn = *self.wal.submit(&[(KIND_COMMIT, &bytes)])?.end();
+    /// Logs the transaction as `layout` says (one COMMIT record, or its OPS records and then its
+    /// COMMIT), taking the LSNs, and queues it for the applier; returns the LSN of the COMMIT.
+    /// Called with the commit lock held, so LSN order is commit order and the records of one
+    /// transaction are contiguous. Each record is submitted on its own (a batch must fit one
+    /// segment; a large transaction may span several). If a submit fails after some OPS records
+    /// were queued, the transaction fails and those records, never followed by its COMMIT, are
+    /// dropped by recovery and the change feed.
+    pub fn submit(&self, commit: &mut CommitState, record: Arc<CommitRecord>, layout: Layout) -> Result<Lsn> {
+        let (lsn, logged_bytes) = match layout {
+            Layout::Single { ops_bytes } => {
+                let bytes = record::encode_single_commit(record.txn_id, record.commit_ts_ms, &ops_bytes);
+                drop(ops_bytes);
+                (*self.wal.submit(&[(KIND_COMMIT, &bytes)])?.end(), bytes.len())
+            }
+            Layout::Streamed { chunks } => {
+                let (last, streamed) = chunks.split_last().expect("a layout has at least one range");
+                let mut first_lsn = 0;
+                let mut logged_bytes = 0;
+                for range in streamed {
+                    // Every OPS record names the transaction's first record (0 in that one).
+                    let bytes = record::encode_ops(record.txn_id, first_lsn, &record.ops[range.clone()]);
+                    let lsn = *self.wal.submit(&[(KIND_OPS, &bytes)])?.end();
+                    if first_lsn == 0 {
+                        first_lsn = lsn;
+                    }
+                    logged_bytes += bytes.len();
+                }
+                let bytes = record::encode_commit(record.txn_id, record.commit_ts_ms, first_lsn, &record.ops[last.clone()]);
+                (*self.wal.submit(&[(KIND_COMMIT, &bytes)])?.end(), logged_bytes + bytes.len())
+            }
+        };
         let visible = self.visible_lsn.load(Ordering::Acquire);
         if commit.pending.len() >= commit.prune_at_len {
             commit.pending.retain(|_, l| *l > visible);
@@ -310,8 +351,14 @@ impl Shared {
         self.apply_queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back((lsn, record, bytes.len() as u64));
+            .push_back((lsn, record, logged_bytes as u64));
         Ok(lsn)
+    }
+
+    /// The record size large transactions are streamed at, and the log's limit on one record.
+    pub fn record_limits(&self) -> (usize, usize) {
+        let max = self.wal.options().max_record_bytes;
+        (record::stream_record_bytes(max), max)
     }
 
     /// Waits for the commit at `lsn` to meet `policy`, then applies every queued commit up to

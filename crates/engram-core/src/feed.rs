@@ -1,11 +1,19 @@
 //! The change feed: every committed change, read back from the log in commit (LSN) order.
 //!
-//! A commit is one log record holding every operation with its before and after image
-//! (record.rs), so the feed needs nothing but the log: it works from any retained LSN, after a
-//! reopen, and without touching the store. A consumer that must not lose or repeat a change keeps
-//! its position in a named durable cursor (cursors.rs): it processes events, calls
-//! `advance_cursor(name, feed.position())`, and after a restart resumes with
-//! `changes_for_cursor(name)`. The cursor also holds log truncation until it passes.
+//! A transaction's log records hold every operation with its before and after image (record.rs),
+//! so the feed needs nothing but the log: it works from any retained LSN, after a reopen, and
+//! without touching the store. A large transaction is several records (OPS records, then its
+//! COMMIT): the feed holds the OPS records and returns the whole transaction at its COMMIT, every
+//! event with the COMMIT's LSN. A feed that starts inside such a transaction's records (at an LSN
+//! after its first record and at or before its COMMIT) still returns the whole transaction, since
+//! its LSN is at or after the start: the COMMIT names its first record, and the feed reads the
+//! records it skipped back from there. OPS records never followed by their COMMIT belong to a
+//! transaction that did not commit and are dropped (docs/record-format.md).
+//!
+//! A consumer that must not lose or repeat a change keeps its position in a named durable cursor
+//! (cursors.rs): it processes events, calls `advance_cursor(name, feed.position())`, and after a
+//! restart resumes with `changes_for_cursor(name)`. The cursor also holds log truncation until
+//! it passes.
 //!
 //! The feed returns durable records only: a commit made with `SyncPolicy::Never` or `Interval`
 //! is visible to snapshots before it is in the feed, because a change the feed announced must
@@ -15,7 +23,7 @@ use crate::cursors::SYSTEM_NAMESPACE;
 use crate::db::Database;
 use crate::error::{CoreError, Result};
 use crate::model::{Key, KvValue, Space, Value};
-use crate::record::{CommitRecord, Op, KIND_COMMIT};
+use crate::record::{self, Assembler, CommitRecord, LogRecord, Op};
 use engram_wal::{Lsn, Record, WalReader};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -115,9 +123,12 @@ pub struct ChangeFeed {
     pending: VecDeque<ChangeEvent>,
     /// Every change at or below this LSN has been returned (or filtered out).
     position: Lsn,
-    /// A record that does not decode was read (the reader is past it): it is reported again on
-    /// every call rather than skipped, so a consumer can never silently miss a commit.
-    corrupt: Option<CoreError>,
+    /// The OPS records of a large transaction read so far, until its COMMIT.
+    assembler: Assembler,
+    /// A record was read (the reader is past it) that does not decode, or whose transaction
+    /// could not be read whole: the error is reported again on every call rather than the
+    /// record skipped, so a consumer can never silently miss a commit.
+    failed: Option<CoreError>,
     /// The iterator yields an error once and then ends, so that `for` loops terminate.
     iterator_failed: bool,
 }
@@ -137,7 +148,12 @@ impl Database {
     /// the log), in commit order. Events of the internal `.engram` namespace are left out unless
     /// asked for (`ChangeFeed::only_namespace`, `ChangeFeed::include_system_namespace`).
     ///
-    /// Fails with `HistoryNotRetained` if the log no longer holds `from_lsn`.
+    /// A transaction's changes all have the LSN of its commit record: a `from_lsn` inside the
+    /// records of a large transaction (after its first, at or before its commit) returns that
+    /// transaction whole, reading its first records back from the log.
+    ///
+    /// Fails with `HistoryNotRetained` if the log no longer holds `from_lsn` (or, when the
+    /// transaction is reached, the first records of a transaction it starts inside of).
     pub fn changes(&self, from_lsn: Lsn) -> Result<ChangeFeed> {
         let from_lsn = from_lsn.max(1);
         let reader = self.shared.wal.reader(from_lsn).map_err(feed_error)?;
@@ -146,9 +162,25 @@ impl Database {
             filter: NamespaceFilter::User,
             pending: VecDeque::new(),
             position: from_lsn - 1,
-            corrupt: None,
+            assembler: Assembler::default(),
+            failed: None,
             iterator_failed: false,
         })
+    }
+
+    /// The LSN of the first log record of the transaction that the record at `lsn` belongs to:
+    /// `lsn` itself, unless it is one of the records of a large transaction after the first
+    /// (docs/record-format.md). Whoever needs every transaction committed at or after `lsn`
+    /// whole (log truncation, a follower copying the log) needs the log from there. An LSN past
+    /// the durable end of the log is returned as is; one the log no longer holds is
+    /// `HistoryNotRetained`.
+    pub fn transaction_start(&self, lsn: Lsn) -> Result<Lsn> {
+        let lsn = lsn.max(1);
+        let mut reader = self.shared.wal.reader(lsn).map_err(feed_error)?;
+        match reader.next_record().map_err(feed_error)? {
+            Some(record) => Ok(LogRecord::decode(lsn, record.kind, &record.payload)?.transaction_start(lsn)),
+            None => Ok(lsn),
+        }
     }
 
     /// The changes after the position of cursor `name`: what its consumer has not processed yet.
@@ -192,7 +224,7 @@ impl ChangeFeed {
             if let Some(event) = self.pop_pending() {
                 return Ok(Some(event));
             }
-            self.check_not_corrupt()?;
+            self.check_not_failed()?;
             match self.reader.next_record().map_err(feed_error)? {
                 Some(record) => self.take_record(record)?,
                 None => return Ok(None),
@@ -234,34 +266,51 @@ impl ChangeFeed {
         Some(event)
     }
 
-    fn check_not_corrupt(&self) -> Result<()> {
-        match &self.corrupt {
+    fn check_not_failed(&self) -> Result<()> {
+        match &self.failed {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
     }
 
-    /// Decodes a commit record and queues the events that pass the filter.
+    /// Takes the next record; at a COMMIT, queues the events of its transaction that pass the
+    /// filter.
     fn take_record(&mut self, record: Record) -> Result<()> {
-        let commit = match decode_commit(&record) {
-            Ok(commit) => commit,
+        let lsn = record.lsn;
+        let commit = match self.assemble(record) {
+            Ok(Some(commit)) => commit,
+            Ok(None) => return Ok(()),
             Err(error) => {
-                self.corrupt = Some(error.clone());
+                self.failed = Some(error.clone());
                 return Err(error);
             }
         };
-        let lsn = record.lsn;
+        // The filter was applied to the operations as they were read.
         self.pending.extend(
             commit
                 .ops
                 .into_iter()
-                .map(|op| change_event(lsn, commit.txn_id, commit.commit_ts_ms, op))
-                .filter(|event| self.filter.admits(&event.namespace)),
+                .map(|op| change_event(lsn, commit.txn_id, commit.commit_ts_ms, op)),
         );
         if self.pending.is_empty() {
             self.position = lsn;
         }
         Ok(())
+    }
+
+    /// Decodes a record and hands it to the assembler, which holds OPS records and returns the
+    /// whole transaction (only the operations the filter admits) at its COMMIT.
+    fn assemble(&mut self, record: Record) -> Result<Option<CommitRecord>> {
+        let decoded = LogRecord::decode(record.lsn, record.kind, &record.payload)?;
+        let ChangeFeed {
+            reader, filter, assembler, ..
+        } = self;
+        let keep = |op: &Op| filter.admits(op.namespace());
+        let read_back = |txn_id, from, to| {
+            let from = reader.reader_at(from).map_err(feed_error)?;
+            record::read_streamed(from, txn_id, to, keep)
+        };
+        assembler.take(record.lsn, decoded, keep, read_back)
     }
 }
 
@@ -277,16 +326,6 @@ impl Iterator for ChangeFeed {
         self.iterator_failed = matches!(next, Some(Err(_)));
         next
     }
-}
-
-fn decode_commit(record: &Record) -> Result<CommitRecord> {
-    if record.kind != KIND_COMMIT {
-        return Err(CoreError::CorruptRecord {
-            lsn: record.lsn,
-            reason: format!("unknown record kind {}", record.kind),
-        });
-    }
-    CommitRecord::decode(record.lsn, &record.payload)
 }
 
 /// A log position that truncation removed is history the database no longer retains.
@@ -392,7 +431,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
         let first = put_kv(&db, b"a", json!(1));
-        let unknown = db.shared.wal.append(KIND_COMMIT + 1, b"not a commit").unwrap();
+        let unknown = db.shared.wal.append(99, b"not a commit").unwrap();
         let mut feed = db.changes(first).unwrap();
         assert_eq!(feed.next_event().unwrap().unwrap().lsn, first);
         for _ in 0..2 {
@@ -402,7 +441,7 @@ mod tests {
             );
         }
         assert_eq!(feed.position(), first, "the cursor position stops before the bad record");
-        let garbage = db.shared.wal.append(KIND_COMMIT, &[1, 0xff, 0xff, 0xff]).unwrap();
+        let garbage = db.shared.wal.append(record::KIND_COMMIT, &[1, 0xff, 0xff, 0xff]).unwrap();
         let mut feed = db.changes(garbage).unwrap();
         assert!(matches!(feed.next_event(), Err(CoreError::CorruptRecord { lsn, .. }) if lsn == garbage));
         let mut iterator = db.changes(garbage).unwrap();

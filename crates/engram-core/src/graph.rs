@@ -14,6 +14,7 @@
 use crate::error::{CoreError, Result};
 use crate::model::{Entity, Key, Relation, Space, Value};
 use crate::names::{validate_label, validate_namespace, validate_size, MAX_TEXT_BYTES};
+use crate::retention::RetainedView;
 use crate::store::{CreationOrder, VersionInfo};
 use crate::txn::{ReadView, Transaction};
 use serde::{Deserialize, Serialize};
@@ -64,19 +65,22 @@ impl Transaction {
     pub fn create_entities(&mut self, namespace: &str, entities: &[Entity]) -> Result<Vec<Entity>> {
         validate_namespace(namespace)?;
         entities.iter().try_for_each(validate_entity)?;
-        let mut created = Vec::new();
+        let mut created: Vec<Entity> = Vec::new();
         for e in entities {
             let key = entity_key(namespace, &e.name);
-            if self.get_value(&key).is_some() {
+            if self.get_value(&key).is_some() || created.iter().any(|c| c.name == e.name) {
                 continue;
             }
-            let entity = Entity {
+            created.push(Entity {
                 name: e.name.clone(),
                 entity_type: e.entity_type.clone(),
                 observations: dedupe_observations(&e.observations),
-            };
-            self.put(key, Value::Entity(entity.clone()));
-            created.push(entity);
+            });
+        }
+        // Reads first, writes after the check, so that a refused call buffers nothing.
+        self.check_retained()?;
+        for entity in &created {
+            self.put(entity_key(namespace, &entity.name), Value::Entity(entity.clone()));
         }
         Ok(created)
     }
@@ -86,14 +90,16 @@ impl Transaction {
     pub fn create_relations(&mut self, namespace: &str, relations: &[Relation]) -> Result<Vec<Relation>> {
         validate_namespace(namespace)?;
         relations.iter().try_for_each(validate_relation)?;
-        let mut created = Vec::new();
+        let mut created: Vec<Relation> = Vec::new();
         for r in relations {
-            let key = Key::relation(namespace, r);
-            if self.get_value(&key).is_some() {
+            if self.get_value(&Key::relation(namespace, r)).is_some() || created.contains(r) {
                 continue;
             }
-            self.put(key, Value::Relation(r.clone()));
             created.push(r.clone());
+        }
+        self.check_retained()?;
+        for r in &created {
+            self.put(Key::relation(namespace, r), Value::Relation(r.clone()));
         }
         Ok(created)
     }
@@ -113,11 +119,15 @@ impl Transaction {
                     _ => None,
                 },
             };
-            let mut entity = current.ok_or_else(|| CoreError::NotFound {
-                what: "entity",
-                namespace: namespace.to_string(),
-                id: name.clone(),
-            })?;
+            let Some(mut entity) = current else {
+                // Absent, or pruned from under an old snapshot: only the first is `NotFound`.
+                self.check_retained()?;
+                return Err(CoreError::NotFound {
+                    what: "entity",
+                    namespace: namespace.to_string(),
+                    id: name.clone(),
+                });
+            };
             let mut added = Vec::new();
             for c in contents {
                 if !entity.observations.contains(c) {
@@ -133,6 +143,7 @@ impl Transaction {
                 None => updated.push((key, entity, added)),
             }
         }
+        self.check_retained()?;
         let mut results = Vec::new();
         for (key, entity, added) in updated {
             results.push(AddedObservations {
@@ -148,18 +159,23 @@ impl Transaction {
     pub fn delete_entities(&mut self, namespace: &str, names: &[String]) -> Result<()> {
         validate_namespace(namespace)?;
         let doomed: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut removed = Vec::new();
         for (key, value, _) in self.scan_values(namespace, Space::Relation, b"") {
             if let Value::Relation(r) = value {
                 if doomed.contains(r.from.as_str()) || doomed.contains(r.to.as_str()) {
-                    self.remove(key);
+                    removed.push(key);
                 }
             }
         }
         for name in names {
             let key = entity_key(namespace, name);
-            if self.get_value(&key).is_some() {
-                self.remove(key);
+            if self.get_value(&key).is_some() && !removed.contains(&key) {
+                removed.push(key);
             }
+        }
+        self.check_retained()?;
+        for key in removed {
+            self.remove(key);
         }
         Ok(())
     }
@@ -167,14 +183,29 @@ impl Transaction {
     /// Removes the given observation strings from entities; missing entities are ignored.
     pub fn delete_observations(&mut self, namespace: &str, deletions: &[(String, Vec<String>)]) -> Result<()> {
         validate_namespace(namespace)?;
+        // (key, entity, changed) in first-seen order; a name may appear twice in one call.
+        let mut updated: Vec<(Key, Entity, bool)> = Vec::new();
         for (name, observations) in deletions {
             let key = entity_key(namespace, name);
-            if let Some(Value::Entity(mut entity)) = self.get_value(&key) {
-                let before = entity.observations.len();
-                entity.observations.retain(|o| !observations.contains(o));
-                if entity.observations.len() != before {
-                    self.put(key, Value::Entity(entity));
-                }
+            let slot = match updated.iter().position(|(k, _, _)| *k == key) {
+                Some(i) => i,
+                None => match self.get_value(&key) {
+                    Some(Value::Entity(e)) => {
+                        updated.push((key, e, false));
+                        updated.len() - 1
+                    }
+                    _ => continue,
+                },
+            };
+            let (_, entity, changed) = &mut updated[slot];
+            let before = entity.observations.len();
+            entity.observations.retain(|o| !observations.contains(o));
+            *changed |= entity.observations.len() != before;
+        }
+        self.check_retained()?;
+        for (key, entity, changed) in updated {
+            if changed {
+                self.put(key, Value::Entity(entity));
             }
         }
         Ok(())
@@ -183,11 +214,16 @@ impl Transaction {
     /// Deletes the given relation triples; missing ones are ignored.
     pub fn delete_relations(&mut self, namespace: &str, relations: &[Relation]) -> Result<()> {
         validate_namespace(namespace)?;
+        let mut removed = Vec::new();
         for r in relations {
             let key = Key::relation(namespace, r);
-            if self.get_value(&key).is_some() {
-                self.remove(key);
+            if self.get_value(&key).is_some() && !removed.contains(&key) {
+                removed.push(key);
             }
+        }
+        self.check_retained()?;
+        for key in removed {
+            self.remove(key);
         }
         Ok(())
     }
@@ -198,17 +234,19 @@ fn in_insertion_order<T>(mut items: Vec<(CreationOrder, T)>) -> Vec<T> {
     items.into_iter().map(|(_, item)| item).collect()
 }
 
-/// Reads of the graph, available on snapshots and transactions.
-pub trait GraphReads: ReadView {
+/// Reads of the graph, available on snapshots and transactions. Each fails with
+/// `HistoryNotRetained` if the view reads below the history horizon.
+pub trait GraphReads: RetainedView {
     fn read_graph(&self, namespace: &str) -> Result<KnowledgeGraph> {
         validate_namespace(namespace)?;
-        let entities = self
-            .scan_values(namespace, Space::Entity, b"")
+        let entity_items = self.scan_values(namespace, Space::Entity, b"");
+        let relation_items = self.scan_values(namespace, Space::Relation, b"");
+        self.check_retained()?;
+        let entities = entity_items
             .into_iter()
             .filter_map(|(_, v, o)| if let Value::Entity(e) = v { Some((o, e)) } else { None })
             .collect();
-        let relations = self
-            .scan_values(namespace, Space::Relation, b"")
+        let relations = relation_items
             .into_iter()
             .filter_map(|(_, v, o)| if let Value::Relation(r) = v { Some((o, r)) } else { None })
             .collect();
@@ -236,14 +274,21 @@ pub trait GraphReads: ReadView {
         Ok(subgraph(graph, |e| names.contains(&e.name)))
     }
 
+    /// The retained versions of an entity up to this view, oldest first (a `None` value is a
+    /// deletion): every version unless the retention policy pruned older ones.
     fn entity_history(&self, namespace: &str, name: &str) -> Result<Vec<VersionInfo>> {
         validate_namespace(namespace)?;
-        Ok(self.key_history(&entity_key(namespace, name)))
+        let history = self.key_history(&entity_key(namespace, name));
+        self.check_retained()?;
+        Ok(history)
     }
 
+    /// The retained versions of a relation up to this view, oldest first.
     fn relation_history(&self, namespace: &str, relation: &Relation) -> Result<Vec<VersionInfo>> {
         validate_namespace(namespace)?;
-        Ok(self.key_history(&Key::relation(namespace, relation)))
+        let history = self.key_history(&Key::relation(namespace, relation));
+        self.check_retained()?;
+        Ok(history)
     }
 }
 
@@ -258,4 +303,4 @@ fn subgraph(graph: KnowledgeGraph, keep: impl Fn(&Entity) -> bool) -> KnowledgeG
     KnowledgeGraph { entities, relations }
 }
 
-impl<T: ReadView + ?Sized> GraphReads for T {}
+impl<T: RetainedView + ?Sized> GraphReads for T {}

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::model::{Key, KvValue, Space, Value};
 use crate::names::{validate_label, validate_namespace, validate_size, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::record::Op;
+use crate::retention::RetainedView;
 use crate::store::VersionInfo;
 use crate::txn::{ReadView, Transaction};
 
@@ -39,6 +40,7 @@ impl Transaction {
     pub fn kv_delete(&mut self, namespace: &str, key: &[u8]) -> Result<bool> {
         let key = kv_key(namespace, key)?;
         let existed = self.get_value(&key).is_some();
+        self.check_retained()?;
         self.remove(key);
         Ok(existed)
     }
@@ -59,10 +61,13 @@ impl Transaction {
     }
 }
 
-/// Reads of key/value state, available on snapshots and transactions.
-pub trait KvReads: ReadView {
+/// Reads of key/value state, available on snapshots and transactions. Each fails with
+/// `HistoryNotRetained` if the view reads below the history horizon.
+pub trait KvReads: RetainedView {
     fn kv_get(&self, namespace: &str, key: &[u8]) -> Result<Option<KvValue>> {
-        Ok(match self.get_value(&kv_key(namespace, key)?) {
+        let value = self.get_value(&kv_key(namespace, key)?);
+        self.check_retained()?;
+        Ok(match value {
             Some(Value::Kv(v)) => Some(v),
             _ => None,
         })
@@ -71,17 +76,25 @@ pub trait KvReads: ReadView {
     /// Keys starting with `prefix`, in byte order.
     fn kv_scan_prefix(&self, namespace: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, KvValue)>> {
         validate_namespace(namespace)?;
-        Ok(collect_kv(self.scan_values(namespace, Space::Kv, prefix)))
+        let items = self.scan_values(namespace, Space::Kv, prefix);
+        self.check_retained()?;
+        Ok(collect_kv(items))
     }
 
     /// Keys in `[from, to)`, in byte order (`to = None`: to the end).
     fn kv_scan_range(&self, namespace: &str, from: &[u8], to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, KvValue)>> {
         validate_namespace(namespace)?;
-        Ok(collect_kv(self.scan_value_range(namespace, Space::Kv, from, to)))
+        let items = self.scan_value_range(namespace, Space::Kv, from, to);
+        self.check_retained()?;
+        Ok(collect_kv(items))
     }
 
+    /// The retained versions of a key up to this view, oldest first (a `None` value is a
+    /// deletion): every version unless the retention policy pruned older ones.
     fn kv_history(&self, namespace: &str, key: &[u8]) -> Result<Vec<VersionInfo>> {
-        Ok(self.key_history(&kv_key(namespace, key)?))
+        let history = self.key_history(&kv_key(namespace, key)?);
+        self.check_retained()?;
+        Ok(history)
     }
 }
 
@@ -92,4 +105,4 @@ fn collect_kv(items: Vec<(Key, Value, crate::store::CreationOrder)>) -> Vec<(Vec
         .collect()
 }
 
-impl<T: ReadView + ?Sized> KvReads for T {}
+impl<T: RetainedView + ?Sized> KvReads for T {}

@@ -1,9 +1,10 @@
 //! engram-core: the Engram database on top of engram-wal.
 //!
 //! Memories, a knowledge graph, key/value state and outbox events live in namespaces; every
-//! change is a transaction with snapshot isolation whose single commit record is durable in the
-//! log before it is applied or acknowledged. Every version is kept, so every read can be as of a
-//! past LSN or time. See docs/architecture.md.
+//! change is a transaction with snapshot isolation whose commit record (preceded, for a large
+//! transaction, by records streaming its operations) is durable in the log before it is applied
+//! or acknowledged. Versions are kept under a retention policy (all of them by default), so every
+//! read can be as of a past LSN or time back to the history horizon. See docs/architecture.md.
 
 mod checkpoint;
 mod cursors;
@@ -16,6 +17,7 @@ mod memory;
 mod model;
 mod names;
 mod record;
+mod retention;
 mod store;
 mod txn;
 
@@ -29,6 +31,7 @@ pub use kv::KvReads;
 pub use memory::{MemoryPatch, MemoryReads, NewMemory};
 pub use model::{Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Space, Value};
 pub use names::{validate_namespace, MAX_DIMENSION, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
-pub use record::{CommitRecord, Op, KIND_COMMIT};
+pub use record::{CommitRecord, LogRecord, Op, KIND_COMMIT, KIND_OPS, RECORD_VERSION, STREAM_RECORD_BYTES};
+pub use retention::{RetainedView, RetentionPolicy};
 pub use store::VersionInfo;
 pub use txn::{CommitInfo, ReadView, Snapshot, Transaction};

@@ -3,8 +3,9 @@
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Memory, NamespaceMeta, Space, Value};
 use crate::names::{json_kind, validate_embedding, validate_namespace, validate_size, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
+use crate::retention::RetainedView;
 use crate::store::VersionInfo;
-use crate::txn::{ReadView, Transaction};
+use crate::txn::Transaction;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const DIMENSION_KEY: &[u8] = b"dimension";
@@ -102,6 +103,7 @@ impl Transaction {
         validate_size("memory text", memory.text.len(), MAX_TEXT_BYTES)?;
         let metadata = metadata_object(memory.metadata)?;
         let embedding = self.validated_embedding(namespace, memory.embedding)?;
+        self.check_retained()?;
         let id = ulid::Ulid::new().to_string();
         let now = now_ms();
         let record = Memory {
@@ -145,9 +147,11 @@ impl Transaction {
     }
 }
 
-/// Reads of memories, available on snapshots and transactions.
-pub trait MemoryReads: ReadView {
-    /// The namespace's embedding dimension, if declared or fixed by a first insert.
+/// Reads of memories, available on snapshots and transactions. Those returning `Result` fail
+/// with `HistoryNotRetained` if the view reads below the history horizon.
+pub trait MemoryReads: RetainedView {
+    /// The namespace's embedding dimension, if declared or fixed by a first insert. (Exact at
+    /// any LSN: the setting is written once, and pruning never removes a key's newest version.)
     fn dimension(&self, namespace: &str) -> Option<usize> {
         match self.get_value(&Key::new(namespace, Space::Meta, DIMENSION_KEY.to_vec())) {
             Some(Value::Meta(meta)) => meta.dimension,
@@ -157,7 +161,9 @@ pub trait MemoryReads: ReadView {
 
     fn get_memory(&self, namespace: &str, id: &str) -> Result<Option<Memory>> {
         validate_namespace(namespace)?;
-        Ok(match self.get_value(&memory_key(namespace, id)) {
+        let value = self.get_value(&memory_key(namespace, id));
+        self.check_retained()?;
+        Ok(match value {
             Some(Value::Memory(m)) => Some(m),
             _ => None,
         })
@@ -166,18 +172,22 @@ pub trait MemoryReads: ReadView {
     /// Every memory of a namespace, in id (creation time) order.
     fn list_memories(&self, namespace: &str) -> Result<Vec<Memory>> {
         validate_namespace(namespace)?;
-        Ok(self
-            .scan_values(namespace, Space::Memory, b"")
+        let items = self.scan_values(namespace, Space::Memory, b"");
+        self.check_retained()?;
+        Ok(items
             .into_iter()
             .filter_map(|(_, v, _)| if let Value::Memory(m) = v { Some(m) } else { None })
             .collect())
     }
 
-    /// Every version of a memory up to this view, oldest first (a `None` value is a deletion).
+    /// The retained versions of a memory up to this view, oldest first (a `None` value is a
+    /// deletion): every version unless the retention policy pruned older ones.
     fn memory_history(&self, namespace: &str, id: &str) -> Result<Vec<VersionInfo>> {
         validate_namespace(namespace)?;
-        Ok(self.key_history(&memory_key(namespace, id)))
+        let history = self.key_history(&memory_key(namespace, id));
+        self.check_retained()?;
+        Ok(history)
     }
 }
 
-impl<T: ReadView + ?Sized> MemoryReads for T {}
+impl<T: RetainedView + ?Sized> MemoryReads for T {}

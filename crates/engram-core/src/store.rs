@@ -1,14 +1,26 @@
 //! The multi-version store: every key keeps its versions, each stamped with the LSN of the
 //! commit that wrote it. A reader at LSN L sees, for each key, the newest version at or below L.
-//! Versions are only ever appended (in LSN order, by the applier), so a read at L never changes
-//! once L is visible.
+//!
+//! The applier only appends versions (in LSN order). The one other change is pruning under the
+//! retention policy (retention.rs), at a checkpoint: it removes old versions at or below the
+//! checkpoint LSN, after first raising the *history horizon*, the oldest LSN at which every read
+//! still gives the answer it gave before. So a read at L at or above the horizon never changes
+//! once L is visible, and a read below it is refused: the typed reads check the horizon *after*
+//! reading (a read that saw pruned data then sees the raised horizon, which was published before
+//! the write lock that removed the data).
 
+use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
 use crate::record::{CommitRecord, Op};
 use engram_wal::Lsn;
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Keys planned or pruned per lock of the store: bounds how long the applier (and, for the write
+/// lock, readers) can wait for it.
+const PRUNE_KEYS_PER_LOCK: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Version {
@@ -17,6 +29,97 @@ pub(crate) struct Version {
     pub op_index: u32,
     /// `None` marks a deletion.
     pub value: Option<Arc<Value>>,
+}
+
+/// The retained versions of one key, oldest first (never empty in the store).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Chain {
+    pub versions: Vec<Version>,
+    /// Where the incarnation that `versions[0]` belongs to was created, when that was an older
+    /// version that pruning removed (graph reads order items by it); `None` when `versions[0]`
+    /// itself created it.
+    pub created: Option<CreationOrder>,
+}
+
+/// Which old versions a prune removes from each key, among its versions at or below the prune
+/// LSN (see [`Store::plan_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PruneRule {
+    /// Nothing is pruned.
+    Off,
+    /// Every version but the newest n (at least 1) of each key.
+    OlderThanNewest(usize),
+    /// Every version a read at this LSN or later does not need: all but the version visible
+    /// there and the newer ones.
+    SupersededAt(Lsn),
+}
+
+/// What a prune does to one chain.
+struct Cut {
+    /// How many of the oldest versions go.
+    drop: usize,
+    /// Reads of the key at or above this LSN give the same answer after the cut (0: nothing goes).
+    exact_from: Lsn,
+    /// `Chain::created` after the cut.
+    created: Option<CreationOrder>,
+}
+
+/// Applies `rule` to the first `upto` versions of `chain` (those at or below the prune LSN). The
+/// newest of them stays, unless it is a deletion whose older versions all go: a read then finds
+/// no version, which is what the deletion said, so the deletion goes too.
+fn cut(chain: &Chain, upto: usize, rule: PruneRule) -> Cut {
+    let v = &chain.versions[..upto];
+    let mut drop = match rule {
+        PruneRule::Off => 0,
+        PruneRule::OlderThanNewest(n) => v.len().saturating_sub(n.max(1)),
+        PruneRule::SupersededAt(lsn) => v.partition_point(|x| x.lsn <= lsn).saturating_sub(1),
+    };
+    if drop > 0 {
+        while drop < v.len() && v[drop].value.is_none() {
+            drop += 1;
+        }
+    }
+    let Some(last_dropped) = drop.checked_sub(1).map(|i| &v[i]) else {
+        return Cut {
+            drop: 0,
+            exact_from: 0,
+            created: chain.created,
+        };
+    };
+    match v.get(drop) {
+        // The oldest kept version is current from its own LSN on; below it, the dropped one was.
+        Some(first_kept) if last_dropped.value.is_some() => {
+            let created = creation(chain, first_kept.lsn);
+            Cut {
+                drop,
+                exact_from: first_kept.lsn,
+                created: (created != (first_kept.lsn, first_kept.op_index)).then_some(created),
+            }
+        }
+        // A dropped deletion: from it on, a read finds nothing, as before.
+        _ => Cut {
+            drop,
+            exact_from: last_dropped.lsn,
+            created: None,
+        },
+    }
+}
+
+/// What a checkpoint prunes (see [`Store::plan_retention`]), computed before the checkpoint is
+/// written and applied to the store once it is durable.
+#[derive(Debug)]
+pub(crate) struct RetentionPlan {
+    /// The prune LSN (the checkpoint's): versions above it are never touched.
+    pub at: Lsn,
+    pub rule: PruneRule,
+    /// The history horizon after the prune: reads below it are refused.
+    pub horizon: Lsn,
+    /// The commit table up to `at` after the prune: every row at or above the horizon, and below
+    /// it the rows of commits that wrote a retained version (their commit times are in history).
+    pub commit_times: Vec<(Lsn, u64)>,
+    pub versions_pruned: u64,
+    /// Keys whose versions all go (the newest was a deletion).
+    pub keys_pruned: u64,
 }
 
 /// One version of a key as seen by `history`.
@@ -30,7 +133,7 @@ pub struct VersionInfo {
 
 /// One piece of a checkpoint export (see [`Store::export_chunk`]).
 pub(crate) struct ExportChunk {
-    pub chains: Vec<(Key, Vec<Version>)>,
+    pub chains: Vec<(Key, Chain)>,
     /// The key to continue after; `None` when the export reached the last key.
     pub resume_after: Option<Key>,
 }
@@ -40,26 +143,36 @@ pub(crate) type CreationOrder = (Lsn, u32);
 
 #[derive(Default)]
 pub(crate) struct Store {
-    versions: RwLock<BTreeMap<Key, Vec<Version>>>,
-    /// (commit LSN, commit time) of every applied commit, in LSN order, for as-of by time.
+    versions: RwLock<BTreeMap<Key, Chain>>,
+    /// (commit LSN, commit time) of applied commits, in LSN order, for as-of by time: every
+    /// commit at or above the history horizon, and below it those that wrote a retained version.
     commit_times: RwLock<Vec<(Lsn, u64)>>,
+    /// Reads below this LSN are refused: versions they may need were pruned. Only grows.
+    history_horizon: AtomicU64,
 }
 
-fn visible(chain: &[Version], at: Lsn) -> Option<&Version> {
-    let n = chain.partition_point(|v| v.lsn <= at);
-    n.checked_sub(1).map(|i| &chain[i])
+fn visible(chain: &Chain, at: Lsn) -> Option<&Version> {
+    let n = chain.versions.partition_point(|v| v.lsn <= at);
+    n.checked_sub(1).map(|i| &chain.versions[i])
 }
 
 /// Where the incarnation visible at `at` began (after the last deletion at or below `at`).
-fn creation(chain: &[Version], at: Lsn) -> CreationOrder {
-    let n = chain.partition_point(|v| v.lsn <= at);
-    let start = chain[..n].iter().rposition(|v| v.value.is_none()).map_or(0, |i| i + 1);
-    (chain[start].lsn, chain[start].op_index)
+fn creation(chain: &Chain, at: Lsn) -> CreationOrder {
+    let v = &chain.versions;
+    let n = v.partition_point(|x| x.lsn <= at);
+    match v[..n].iter().rposition(|x| x.value.is_none()) {
+        Some(i) => (v[i + 1].lsn, v[i + 1].op_index),
+        None => chain.created.unwrap_or((v[0].lsn, v[0].op_index)),
+    }
 }
 
 impl Store {
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Key, Vec<Version>>> {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Key, Chain>> {
         self.versions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<Key, Chain>> {
+        self.versions.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, key: &Key, at: Lsn) -> Option<Arc<Value>> {
@@ -69,9 +182,37 @@ impl Store {
             .and_then(|v| v.value.clone())
     }
 
-    /// LSN of the newest version of `key` (0 if it never existed).
+    /// LSN of the newest version of `key`. For a key without versions: the history horizon (0
+    /// until something was pruned), because pruning may have removed its versions up to there (a
+    /// deletion and what it deleted); a transaction whose snapshot is older then conflicts rather
+    /// than overwriting a change it never saw. (Pruning never removes the newest version of a
+    /// key that keeps any, so for those the answer is exact.)
     pub fn latest_lsn(&self, key: &Key) -> Lsn {
-        self.read().get(key).and_then(|c| c.last()).map_or(0, |v| v.lsn)
+        let map = self.read();
+        match map.get(key).and_then(|c| c.versions.last()) {
+            Some(v) => v.lsn,
+            None => self.history_horizon(),
+        }
+    }
+
+    /// The oldest LSN reads are answered at (0: nothing was ever pruned).
+    pub fn history_horizon(&self) -> Lsn {
+        self.history_horizon.load(Ordering::Acquire)
+    }
+
+    /// `HistoryNotRetained` if a read at `at` may have lost versions to pruning. Readers call it
+    /// after reading.
+    pub fn check_retained(&self, at: Lsn) -> Result<()> {
+        let oldest = self.history_horizon();
+        if at < oldest {
+            return Err(CoreError::HistoryNotRetained { lsn: at, oldest });
+        }
+        Ok(())
+    }
+
+    /// Sets the horizon of a store built from a checkpoint (at open).
+    pub fn restore_history_horizon(&self, lsn: Lsn) {
+        self.history_horizon.fetch_max(lsn, Ordering::AcqRel);
     }
 
     /// Live items of one space in a namespace whose id starts with `prefix`, in key order.
@@ -117,6 +258,7 @@ impl Store {
         let Some(chain) = map.get(key) else { return Vec::new() };
         let times = self.commit_times.read().unwrap_or_else(|p| p.into_inner());
         chain
+            .versions
             .iter()
             .take_while(|v| v.lsn <= at)
             .map(|v| VersionInfo {
@@ -139,19 +281,25 @@ impl Store {
     }
 
     /// Up to `max_keys` keys after `after` (from the start when `None`), in key order, each with
-    /// its versions at or below `at`; keys with none are left out. Versions at or below a
-    /// visible LSN never change, so successive chunks, each taken under its own short read lock,
-    /// add up to one consistent export while the applier keeps appending between them.
-    pub fn export_chunk(&self, after: Option<&Key>, at: Lsn, max_keys: usize) -> ExportChunk {
+    /// its versions at or below `at` that `rule` keeps; keys with none are left out. Versions at
+    /// or below a visible LSN change only by pruning, which checkpoint runs serialise with their
+    /// exports, so successive chunks, each taken under its own short read lock, add up to one
+    /// consistent export while the applier keeps appending between them.
+    pub fn export_chunk(&self, after: Option<&Key>, at: Lsn, max_keys: usize, rule: PruneRule) -> ExportChunk {
         let map = self.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut chains = Vec::new();
         let mut last_seen = None;
         for (key, chain) in map.range::<Key, _>((start, Bound::Unbounded)).take(max_keys) {
             last_seen = Some(key);
-            let n = chain.partition_point(|v| v.lsn <= at);
-            if n > 0 {
-                chains.push((key.clone(), chain[..n].to_vec()));
+            let n = chain.versions.partition_point(|v| v.lsn <= at);
+            let cut = cut(chain, n, rule);
+            if n > cut.drop {
+                let kept = Chain {
+                    versions: chain.versions[cut.drop..n].to_vec(),
+                    created: cut.created,
+                };
+                chains.push((key.clone(), kept));
             }
         }
         let resume_after = match last_seen {
@@ -169,24 +317,147 @@ impl Store {
     }
 
     /// A store holding exactly what a checkpoint holds: `chains` in key order, each oldest first,
-    /// and the commit times in LSN order. The log after the checkpoint is then applied on top.
-    pub fn from_checkpoint(chains: Vec<(Key, Vec<Version>)>, commit_times: Vec<(Lsn, u64)>) -> Store {
+    /// and the commit times in LSN order (the horizon is restored separately, see
+    /// [`Store::restore_history_horizon`]). The log after the checkpoint is then applied on top.
+    pub fn from_checkpoint(chains: Vec<(Key, Chain)>, commit_times: Vec<(Lsn, u64)>) -> Store {
         Store {
             versions: RwLock::new(chains.into_iter().collect()),
             commit_times: RwLock::new(commit_times),
+            history_horizon: AtomicU64::new(0),
         }
+    }
+
+    /// What pruning the versions at or below `at` by `rule` removes, and the horizon and commit
+    /// table after it. Walks the store in chunks of keys, each under a short read lock; nothing
+    /// changes. Versions at or below a visible `at` change only by pruning, and the checkpoint
+    /// mutex serialises plans and prunes, so `export_chunk` and `prune` with the same rule and
+    /// LSN then agree with the plan key by key.
+    pub fn plan_retention(&self, at: Lsn, rule: PruneRule) -> RetentionPlan {
+        let all_times = self.commit_times_upto(at);
+        let mut plan = RetentionPlan {
+            at,
+            rule,
+            horizon: self.history_horizon(),
+            commit_times: Vec::new(),
+            versions_pruned: 0,
+            keys_pruned: 0,
+        };
+        if rule == PruneRule::Off {
+            plan.commit_times = all_times;
+            return plan;
+        }
+        // Rows (by index) of the commits that wrote a retained version.
+        let mut referenced = vec![0u64; all_times.len().div_ceil(64)];
+        let mut after: Option<Key> = None;
+        loop {
+            let map = self.read();
+            let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut seen = 0;
+            let mut last = None;
+            for (key, chain) in map.range::<Key, _>((start, Bound::Unbounded)).take(PRUNE_KEYS_PER_LOCK) {
+                seen += 1;
+                last = Some(key);
+                let n = chain.versions.partition_point(|v| v.lsn <= at);
+                let cut = cut(chain, n, rule);
+                if cut.drop > 0 {
+                    plan.versions_pruned += cut.drop as u64;
+                    plan.horizon = plan.horizon.max(cut.exact_from);
+                    if cut.drop == chain.versions.len() {
+                        plan.keys_pruned += 1;
+                    }
+                }
+                for v in &chain.versions[cut.drop..n] {
+                    if let Ok(i) = all_times.binary_search_by_key(&v.lsn, |(l, _)| *l) {
+                        referenced[i / 64] |= 1 << (i % 64);
+                    }
+                }
+            }
+            let last = last.cloned();
+            drop(map);
+            if seen < PRUNE_KEYS_PER_LOCK {
+                break;
+            }
+            after = last;
+        }
+        let horizon = plan.horizon;
+        plan.commit_times = all_times
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (lsn, _))| *lsn >= horizon || referenced[i / 64] & (1 << (i % 64)) != 0)
+            .map(|(_, row)| row)
+            .collect();
+        plan
+    }
+
+    /// Applies a plan: raises the history horizon first, then removes the planned versions, one
+    /// chunk of keys per short write lock (dropping the removed values after releasing it), then
+    /// swaps in the pruned commit table. Returns (versions, keys) removed.
+    pub fn prune(&self, plan: RetentionPlan) -> (u64, u64) {
+        if plan.rule == PruneRule::Off {
+            return (0, 0);
+        }
+        self.history_horizon.fetch_max(plan.horizon, Ordering::AcqRel);
+        let (mut versions, mut keys) = (0u64, 0u64);
+        let mut after: Option<Key> = None;
+        loop {
+            let mut garbage: Vec<Version> = Vec::new();
+            let mut emptied: Vec<Key> = Vec::new();
+            let mut seen = 0;
+            let mut map = self.write();
+            let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut last = None;
+            for (key, chain) in map.range_mut::<Key, _>((start, Bound::Unbounded)).take(PRUNE_KEYS_PER_LOCK) {
+                seen += 1;
+                last = Some(key);
+                let n = chain.versions.partition_point(|v| v.lsn <= plan.at);
+                let cut = cut(chain, n, plan.rule);
+                if cut.drop == 0 {
+                    continue;
+                }
+                versions += cut.drop as u64;
+                garbage.extend(chain.versions.drain(..cut.drop));
+                chain.created = cut.created;
+                if chain.versions.is_empty() {
+                    emptied.push(key.clone());
+                } else if chain.versions.capacity() > 2 * chain.versions.len() + 8 {
+                    chain.versions.shrink_to_fit();
+                }
+            }
+            let last = last.cloned();
+            for key in &emptied {
+                map.remove(key);
+            }
+            drop(map);
+            drop(garbage);
+            keys += emptied.len() as u64;
+            if seen < PRUNE_KEYS_PER_LOCK {
+                break;
+            }
+            after = last;
+        }
+        // Rows above `at` were appended meanwhile; the rows at or below it are the plan's.
+        let mut kept = plan.commit_times;
+        kept.reserve(1024);
+        let old = {
+            let mut times = self.commit_times.write().unwrap_or_else(|p| p.into_inner());
+            let tail = times.partition_point(|(l, _)| *l <= plan.at);
+            kept.extend_from_slice(&times[tail..]);
+            std::mem::replace(&mut *times, kept)
+        };
+        drop(old);
+        (versions, keys)
     }
 
     /// Adds the versions written by the commit at `lsn`. Commits are applied in LSN order.
     pub fn apply(&self, lsn: Lsn, record: &CommitRecord) {
-        let mut map = self.versions.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.write();
         for (op_index, op) in record.ops.iter().enumerate() {
             let (key, value) = match op {
                 Op::Put { key, after, .. } => (key, Some(Arc::new(after.clone()))),
                 Op::Delete { key, .. } => (key, None),
                 Op::Event { .. } => continue,
             };
-            map.entry(key.clone()).or_default().push(Version {
+            map.entry(key.clone()).or_default().versions.push(Version {
                 lsn,
                 op_index: op_index as u32,
                 value,

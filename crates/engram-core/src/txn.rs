@@ -2,14 +2,15 @@
 //!
 //! A transaction reads the snapshot taken at `begin` plus its own writes, and buffers its writes.
 //! Commit checks, under the commit lock, that no key it writes was committed by someone else
-//! after its snapshot (first committer wins), queues its one log record (taking its LSN in commit
-//! order), then waits for durability outside the lock, so that concurrent commits share one
+//! after its snapshot (first committer wins), queues its log records (one COMMIT record; for a
+//! large transaction, OPS records and then the COMMIT, contiguous), taking their LSNs in commit
+//! order, then waits for durability outside the lock, so that concurrent commits share one
 //! fdatasync. The commit is applied to the store in LSN order before `commit` returns.
 
 use crate::db::Shared;
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
-use crate::record::{CommitRecord, Op};
+use crate::record::{CommitRecord, Layout, Op};
 use crate::store::{CreationOrder, VersionInfo};
 use engram_wal::{Lsn, SyncPolicy};
 use std::collections::BTreeMap;
@@ -18,8 +19,8 @@ use std::sync::Arc;
 /// What a successful commit returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitInfo {
-    /// The LSN of the commit record: the version stamp of everything it wrote. For a transaction
-    /// that wrote nothing, the snapshot it read.
+    /// The LSN of the commit record (the last of the transaction's records): the version stamp
+    /// of everything it wrote. For a transaction that wrote nothing, the snapshot it read.
     pub lsn: Lsn,
     pub txn_id: u64,
     pub commit_ts_ms: u64,
@@ -122,7 +123,10 @@ impl Transaction {
         self.events.push(event);
     }
 
-    /// Commits atomically: every write and event, or none.
+    /// Commits atomically: every write and event, or none. A transaction too large for one log
+    /// record is streamed in several (docs/record-format.md) and is still atomic; only a single
+    /// operation that does not fit in one record (`WalOptions::max_record_bytes`, with its before
+    /// and after images) is refused, with `TooLarge`, and then nothing changes.
     pub fn commit(self) -> Result<CommitInfo> {
         let db = self.db.clone();
         db.check_running()?;
@@ -164,10 +168,14 @@ impl Transaction {
                     commit_ts_ms: db.store.commit_time(self.snapshot),
                 });
             }
+            // Sized before an id or a time is taken: an operation too large for one log record
+            // fails here and changes nothing.
+            let (stream_bytes, max_record_bytes) = db.record_limits();
+            let layout = Layout::plan(&ops, stream_bytes, max_record_bytes)?;
             let txn_id = commit.next_txn_id();
             let commit_ts_ms = commit.next_commit_ts();
             let record = Arc::new(CommitRecord { txn_id, commit_ts_ms, ops });
-            let lsn = db.submit(&mut commit, record.clone())?;
+            let lsn = db.submit(&mut commit, record.clone(), layout)?;
             (CommitInfo { lsn, txn_id, commit_ts_ms }, record)
         };
         drop(record);

@@ -159,7 +159,7 @@ fn random_history(db: &Database, rng: &mut Rng, touched: &mut Touched, commits: 
 }
 
 /// Everything readable at one view, histories included, as text (equal text = equal state).
-fn dump(view: &impl ReadView, touched: &Touched) -> String {
+fn dump(view: &impl RetainedView, touched: &Touched) -> String {
     let mut out = format!("read at {}\n", view.read_lsn());
     for ns in NAMESPACES {
         out += &format!("{ns} dimension {:?}\n", view.dimension(ns));
