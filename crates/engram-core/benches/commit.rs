@@ -102,6 +102,8 @@ fn main() {
 
     let db_dir = tempfile::tempdir_in(&base).unwrap();
     let db = Database::open(db_dir.path(), DatabaseOptions::default()).unwrap();
+    // Declared up front: otherwise the 64 first inserts race to fix the dimension and conflict.
+    db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
     let db_figures = drive(writers, |w, i| {
         db.run(10, |t| t.insert_memory("bench", memory(w, i))).unwrap();
     });

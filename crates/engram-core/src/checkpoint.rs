@@ -1157,7 +1157,7 @@ mod tests {
             }
         }
         let key = Key::new("ns", Space::Kv, b"k000".to_vec());
-        assert_eq!(rebuilt.latest_lsn(&key), 300, "nothing after the checkpoint LSN");
+        assert_eq!(rebuilt.latest(&key).0, 300, "nothing after the checkpoint LSN");
     }
 
     #[test]

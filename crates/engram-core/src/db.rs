@@ -67,9 +67,9 @@ pub(crate) struct CommitState {
 }
 
 impl CommitState {
-    /// LSN of the newest commit (applied or queued) that wrote `key`.
-    pub fn last_write(&self, store: &Store, key: &Key) -> Lsn {
-        self.pending.get(key).copied().unwrap_or(0).max(store.latest_lsn(key))
+    /// LSN of the newest queued (not yet applied) commit that wrote `key`, or 0.
+    pub fn pending_lsn(&self, key: &Key) -> Lsn {
+        self.pending.get(key).copied().unwrap_or(0)
     }
 
     pub fn next_txn_id(&mut self) -> u64 {
@@ -367,6 +367,11 @@ impl Shared {
         if let Err(e) = self.wal.complete(lsn, policy) {
             self.poison(e.to_string());
             return Err(e.into());
+        }
+        // Another committer usually applied this commit already (it applies everything queued
+        // up to its own LSN): then there is no need to queue on the applier lock.
+        if self.visible_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
         }
         let _applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
         if self.visible_lsn.load(Ordering::Acquire) >= lsn {

@@ -16,7 +16,7 @@
 //!   whose LSN the horizon has passed meanwhile, fails with `HistoryNotRetained { lsn, oldest }`.
 //!   The check runs after the read, so a read racing with a prune cannot return pruned data. A
 //!   transaction whose snapshot the horizon passed cannot read, and conflicts on commit if it
-//!   writes a key whose versions were all pruned (see `Store::latest_lsn`).
+//!   writes a key whose versions were all pruned (see `Store::latest`).
 
 use crate::db::Database;
 use crate::error::Result;

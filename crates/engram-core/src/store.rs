@@ -182,16 +182,18 @@ impl Store {
             .and_then(|v| v.value.clone())
     }
 
-    /// LSN of the newest version of `key`. For a key without versions: the history horizon (0
-    /// until something was pruned), because pruning may have removed its versions up to there (a
-    /// deletion and what it deleted); a transaction whose snapshot is older then conflicts rather
-    /// than overwriting a change it never saw. (Pruning never removes the newest version of a
+    /// The newest version of `key` in one lookup: its LSN and value (None if absent or
+    /// deleted); the commit path needs both for the conflict check and the before image. For a
+    /// key without versions the LSN is the history horizon (0 until something was pruned),
+    /// because pruning may have removed its versions up to there (a deletion and what it
+    /// deleted); a transaction whose snapshot is older then conflicts rather than overwriting a
+    /// change it never saw. (Pruning never removes the newest version of a
     /// key that keeps any, so for those the answer is exact.)
-    pub fn latest_lsn(&self, key: &Key) -> Lsn {
+    pub fn latest(&self, key: &Key) -> (Lsn, Option<Arc<Value>>) {
         let map = self.read();
         match map.get(key).and_then(|c| c.versions.last()) {
-            Some(v) => v.lsn,
-            None => self.history_horizon(),
+            Some(v) => (v.lsn, v.value.clone()),
+            None => (self.history_horizon(), None),
         }
     }
 

@@ -139,20 +139,24 @@ impl Transaction {
         }
         let (info, record) = {
             let mut commit = db.lock_commit();
-            for key in self.writes.keys() {
-                if commit.last_write(&db.store, key) > self.snapshot {
+            // One store lookup per key gives both the conflict check and the before image (no
+            // conflict means the newest version is the one this transaction's snapshot saw).
+            let mut writes = Vec::with_capacity(self.writes.len());
+            for (key, (after, order)) in self.writes {
+                let (stored_lsn, before) = db.store.latest(&key);
+                if commit.pending_lsn(&key).max(stored_lsn) > self.snapshot {
                     return Err(CoreError::Conflict {
                         namespace: key.namespace.clone(),
                         what: space_name(key.space),
                         id: key.id_text(),
                     });
                 }
+                writes.push((key, after, order, before));
             }
-            let mut ops = Vec::with_capacity(self.writes.len() + self.events.len());
-            let mut writes: Vec<(Key, Option<Value>, u32)> = self.writes.into_iter().map(|(k, (v, o))| (k, v, o)).collect();
-            writes.sort_by_key(|(_, _, order)| *order);
-            for (key, after, _) in writes {
-                let before = db.store.get(&key, Lsn::MAX).map(|v| (*v).clone());
+            let mut ops = Vec::with_capacity(writes.len() + self.events.len());
+            writes.sort_by_key(|(_, _, order, _)| *order);
+            for (key, after, _, before) in writes {
+                let before = before.map(|v| (*v).clone());
                 match (after, before) {
                     (Some(after), before) => ops.push(Op::Put { key, before, after }),
                     (None, Some(before)) => ops.push(Op::Delete { key, before }),
