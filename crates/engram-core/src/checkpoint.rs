@@ -619,6 +619,7 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
     let (mut keys, mut entries, mut versions) = (0u64, 0u64, 0u64);
     let mut last_key: Option<Key> = None;
     let mut last_version_lsn = 0;
+    let mut last_version_op = 0u32;
     while r.consumed() < r.end {
         let length = u32::from_le_bytes(r.take(ENTRY_LENGTH_BYTES)?.try_into().expect("4 bytes")) as u64;
         let remaining = r.end - r.consumed();
@@ -644,6 +645,7 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
         if !continues {
             keys += 1;
             last_version_lsn = 0;
+            last_version_op = 0;
         }
         if let Some((created_lsn, _)) = entry.created {
             // Where the first version's incarnation began: an older, pruned version.
@@ -655,13 +657,17 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
             }
         }
         for v in &entry.versions {
-            if v.lsn <= last_version_lsn || v.lsn > header.lsn {
+            // Two versions may share an LSN (a key deleted and created again by one transaction),
+            // ordered by their position in it.
+            let in_order = (v.lsn, v.op_index) > (last_version_lsn, last_version_op);
+            if !in_order || v.lsn > header.lsn {
                 return Err(corrupt(
                     path,
                     format!("entry {entries}: version LSN {} is out of order or beyond the checkpoint", v.lsn),
                 ));
             }
             last_version_lsn = v.lsn;
+            last_version_op = v.op_index;
         }
         versions += entry.versions.len() as u64;
         if keep {
@@ -972,8 +978,10 @@ impl Database {
         let retention = (durable + 1).saturating_sub(self.shared.options.checkpoint.retain_log_records);
         let cursors = self.cursor_floor().unwrap_or(Lsn::MAX);
         let bound = fallback.min(retention).min(cursors).max(1);
-        // Never cut a streamed transaction in two: keep all of the one the bound falls in.
-        // (An LSN no longer readable has nothing left to cut.)
+        // Never cut the transaction the bound falls in: a cursor or the fallback checkpoint
+        // needs all of it. (An LSN no longer readable has nothing left to cut.) The log may
+        // still start inside an older transaction, since whole segments go; nobody needs that
+        // one, and the feed starts after it (`Database::oldest_feed_lsn`).
         self.transaction_start(bound).unwrap_or(bound)
     }
 }

@@ -156,6 +156,15 @@ impl Database {
     /// transaction is reached, the first records of a transaction it starts inside of).
     pub fn changes(&self, from_lsn: Lsn) -> Result<ChangeFeed> {
         let from_lsn = from_lsn.max(1);
+        let first = self.shared.wal.first_lsn();
+        // (A record that does not decode is reported by the feed when it gets there.)
+        let starts_before_log = matches!(self.transaction_start(from_lsn), Ok(start) if start < first);
+        if from_lsn < first || starts_before_log {
+            return Err(CoreError::HistoryNotRetained {
+                lsn: from_lsn,
+                oldest: self.oldest_feed_lsn()?,
+            });
+        }
         let reader = self.shared.wal.reader(from_lsn).map_err(feed_error)?;
         Ok(ChangeFeed {
             reader,
@@ -166,6 +175,22 @@ impl Database {
             failed: None,
             iterator_failed: false,
         })
+    }
+
+    /// The oldest LSN a change feed can start from: the first transaction boundary the log still
+    /// holds. Prefix truncation removes whole segments, so the log may begin with the last
+    /// records of a large transaction whose first records are gone (its changes live on in the
+    /// checkpoints and the store); a feed cannot return that transaction whole, so it starts
+    /// after it.
+    pub fn oldest_feed_lsn(&self) -> Result<Lsn> {
+        let first = self.shared.wal.first_lsn();
+        let mut reader = self.shared.wal.reader(first).map_err(feed_error)?;
+        while let Some(record) = reader.next_record().map_err(feed_error)? {
+            if LogRecord::decode(record.lsn, record.kind, &record.payload)?.transaction_start(record.lsn) >= first {
+                return Ok(record.lsn);
+            }
+        }
+        Ok(self.shared.wal.durable_lsn() + 1)
     }
 
     /// The LSN of the first log record of the transaction that the record at `lsn` belongs to:

@@ -75,12 +75,24 @@ impl ReadView for Snapshot {
 pub struct Transaction {
     pub(crate) db: Arc<Shared>,
     snapshot: Lsn,
-    /// Buffered writes; `None` deletes. Each remembers when it was first written in this
-    /// transaction, so that items created together keep their order.
-    writes: BTreeMap<Key, (Option<Value>, u32)>,
+    /// Buffered writes, by key.
+    writes: BTreeMap<Key, Write>,
     events: Vec<Op>,
     write_count: u32,
     durability: SyncPolicy,
+}
+
+/// One buffered write.
+struct Write {
+    /// `None` deletes.
+    value: Option<Value>,
+    /// When the key was first written in this transaction (or written again after a delete
+    /// here), so that items created together keep their order.
+    order: u32,
+    /// A graph item deleted and then created again in this transaction: a new item, which the
+    /// commit logs as a delete followed by a put, so that it is listed after existing items, as
+    /// the reference memory server (and two separate transactions) would list it.
+    recreated: bool,
 }
 
 impl Transaction {
@@ -114,9 +126,17 @@ impl Transaction {
     }
 
     fn write(&mut self, key: Key, value: Option<Value>) {
-        let order = self.writes.get(&key).map_or(self.write_count, |(_, o)| *o);
+        let (order, recreated) = match self.writes.get(&key) {
+            // Only graph items are listed in insertion order, so only they can be re-created;
+            // elsewhere a delete then a write is simply an update.
+            Some(w) if w.value.is_none() && value.is_some() && matches!(key.space, Space::Entity | Space::Relation) => {
+                (self.write_count, true)
+            }
+            Some(w) => (w.order, w.recreated),
+            None => (self.write_count, false),
+        };
         self.write_count += 1;
-        self.writes.insert(key, (value, order));
+        self.writes.insert(key, Write { value, order, recreated });
     }
 
     pub(crate) fn push_event(&mut self, event: Op) {
@@ -142,7 +162,15 @@ impl Transaction {
             // One store lookup per key gives both the conflict check and the before image (no
             // conflict means the newest version is the one this transaction's snapshot saw).
             let mut writes = Vec::with_capacity(self.writes.len());
-            for (key, (after, order)) in self.writes {
+            for (
+                key,
+                Write {
+                    value: after,
+                    order,
+                    recreated,
+                },
+            ) in self.writes
+            {
                 let (stored_lsn, before) = db.store.latest(&key);
                 if commit.pending_lsn(&key).max(stored_lsn) > self.snapshot {
                     return Err(CoreError::Conflict {
@@ -151,13 +179,20 @@ impl Transaction {
                         id: key.id_text(),
                     });
                 }
-                writes.push((key, after, order, before));
+                writes.push((key, after, order, recreated, before));
             }
             let mut ops = Vec::with_capacity(writes.len() + self.events.len());
-            writes.sort_by_key(|(_, _, order, _)| *order);
-            for (key, after, _, before) in writes {
+            writes.sort_by_key(|(_, _, order, _, _)| *order);
+            for (key, after, _, recreated, before) in writes {
                 let before = before.map(|v| (*v).clone());
                 match (after, before) {
+                    (Some(after), Some(old)) if recreated => {
+                        ops.push(Op::Delete {
+                            key: key.clone(),
+                            before: old,
+                        });
+                        ops.push(Op::Put { key, before: None, after });
+                    }
                     (Some(after), before) => ops.push(Op::Put { key, before, after }),
                     (None, Some(before)) => ops.push(Op::Delete { key, before }),
                     (None, None) => {} // deleting what does not exist changes nothing
@@ -195,7 +230,7 @@ impl ReadView for Transaction {
 
     fn get_value(&self, key: &Key) -> Option<Value> {
         match self.writes.get(key) {
-            Some((value, _)) => value.clone(),
+            Some(w) => w.value.clone(),
             None => self.db.store.get(key, self.snapshot).map(|v| (*v).clone()),
         }
     }
@@ -221,11 +256,16 @@ impl Transaction {
     /// Merges this transaction's own writes into a scan of its snapshot (key order kept).
     fn overlay(&self, base: Vec<(Key, Value, CreationOrder)>, within: impl Fn(&Key) -> bool) -> Vec<(Key, Value, CreationOrder)> {
         let mut merged: BTreeMap<Key, (Value, CreationOrder)> = base.into_iter().map(|(k, v, o)| (k, (v, o))).collect();
-        for (key, (value, order)) in self.writes.iter().filter(|(k, _)| within(k)) {
-            match value {
+        for (key, w) in self.writes.iter().filter(|(k, _)| within(k)) {
+            match &w.value {
                 Some(v) => {
-                    // A key first written here sorts after everything committed before.
-                    let created = merged.get(key).map_or((Lsn::MAX, *order), |(_, o)| *o);
+                    // A key first written (or re-created) here sorts after everything committed.
+                    let new_item = (Lsn::MAX, w.order);
+                    let created = if w.recreated {
+                        new_item
+                    } else {
+                        merged.get(key).map_or(new_item, |(_, o)| *o)
+                    };
                     merged.insert(key.clone(), (v.clone(), created));
                 }
                 None => {
