@@ -7,7 +7,7 @@
 //!   records are missing only if the damage hit the last record of the last segment (a torn
 //!   tail, truncated), and never in `Absolute` mode.
 
-use engram_wal::storage::{FaultStorage, OpenMode, Storage};
+use engram_wal::storage::FaultStorage;
 use engram_wal::{Error, Record, RecoveryMode, Wal, WalOptions};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -76,18 +76,6 @@ fn find_record_end(segment: &[u8], lsn: u64) -> u64 {
     }
 }
 
-fn storage_with(files: &[(PathBuf, Vec<u8>)]) -> FaultStorage {
-    let fs = FaultStorage::new();
-    fs.create_dir_all(Path::new(DIR)).unwrap();
-    for (path, bytes) in files {
-        let f = fs.open(path, OpenMode::CreateNew).unwrap();
-        f.write_all_at(bytes, 0).unwrap();
-        f.sync_data().unwrap();
-    }
-    fs.sync_dir(Path::new(DIR)).unwrap();
-    fs
-}
-
 #[derive(Debug, Default)]
 struct Tally {
     trials: u64,
@@ -116,7 +104,7 @@ fn trial(reference: &Reference, file_index: usize, offset: usize, damage: &Damag
     }
     let path = path.clone();
     tally.trials += 1;
-    let fs = storage_with(&files);
+    let fs = FaultStorage::with_files(Path::new(DIR), &files);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let wal = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options(mode))?;
         let read: Result<Vec<Record>, Error> = wal.reader(1)?.collect();

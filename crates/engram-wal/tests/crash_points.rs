@@ -25,7 +25,7 @@
 //! `ENGRAM_CRASH_WORKLOADS=<n>` changes the number of workloads (default 50) for a long run by
 //! hand; `ENGRAM_CRASH_SEED=<n>` changes the first seed.
 
-use engram_wal::storage::{CrashMode, FaultStorage, OpenMode, Storage};
+use engram_wal::storage::{CrashMode, FaultStorage};
 use engram_wal::{Lsn, SyncPolicy, Wal, WalOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -339,26 +339,6 @@ fn check_recovered(wal: &Wal, p: &Promises) -> Result<(), String> {
 /// The files of a crashed file system (after `crash`, everything visible is durable).
 type Image = Vec<(PathBuf, Vec<u8>)>;
 
-fn image_of(fs: &FaultStorage) -> Image {
-    fs.files()
-        .into_iter()
-        .map(|p| (p.clone(), fs.read_file(&p).expect("listed")))
-        .collect()
-}
-
-/// A new file system holding `image`, durably. Its mutation count starts at the setup's calls.
-fn restore(image: &Image) -> FaultStorage {
-    let fs = FaultStorage::new();
-    fs.create_dir_all(Path::new(DIR)).unwrap();
-    for (path, bytes) in image {
-        let f = fs.open(path, OpenMode::CreateNew).unwrap();
-        f.write_all_at(bytes, 0).unwrap();
-        f.sync_data().unwrap();
-    }
-    fs.sync_dir(Path::new(DIR)).unwrap();
-    fs
-}
-
 #[derive(Debug, Default)]
 struct Explored {
     workloads: u64,
@@ -377,9 +357,9 @@ struct Explored {
 /// Loses power during the recovery of `image` after each of its mutating calls in turn; the
 /// next recovery must succeed and satisfy the invariant.
 fn crash_during_recovery(image: &Image, promises: &Promises, recovery_mutations: u64, context: &str, explored: &mut Explored) {
-    let base = restore(image).mutation_count();
+    let base = FaultStorage::with_files(Path::new(DIR), image).mutation_count();
     for j in 0..recovery_mutations {
-        let fs = restore(image);
+        let fs = FaultStorage::with_files(Path::new(DIR), image);
         fs.crash_after_mutations(base + j);
         let interrupted = open(&fs);
         let mode = if j % 2 == 0 {
@@ -411,7 +391,7 @@ fn explore_crash_point(name: &str, ops: &[Op], k: u64, mode: CrashMode, explored
     drop(wal);
     explored.crash_states += 1;
     let context = format!("{name}, power lost after {k} mutations ({mode:?})");
-    let image = image_of(&fs);
+    let image = fs.image();
     let before = fs.mutation_count();
     let wal = match open(&fs) {
         Ok(wal) => wal,

@@ -281,20 +281,8 @@ fn starting_log() -> (Image, Expected) {
     fs.sync_dir(Path::new(DIR)).unwrap();
     fs.crash(CrashMode::TearLastWrite { seed: 5 });
     drop(wal);
-    let image = fs.files().into_iter().map(|p| (p.clone(), fs.read_file(&p).unwrap())).collect();
+    let image = fs.image();
     (image, expected)
-}
-
-fn restore(image: &Image) -> FaultStorage {
-    let fs = FaultStorage::new();
-    fs.create_dir_all(Path::new(DIR)).unwrap();
-    for (path, bytes) in image {
-        let f = fs.open(path, OpenMode::CreateNew).unwrap();
-        f.write_all_at(bytes, 0).unwrap();
-        f.sync_data().unwrap();
-    }
-    fs.sync_dir(Path::new(DIR)).unwrap();
-    fs
 }
 
 /// Where an injected fault surfaced.
@@ -370,7 +358,7 @@ fn fault_trial(
         if persistent { "from then on" } else { "once" },
         if power_loss { "then power loss" } else { "then reopen" }
     );
-    let fs = restore(image);
+    let fs = FaultStorage::with_files(Path::new(DIR), image);
     fs.fail(Some(kind), nth, persistent, fault_kind);
     let Ok((errors, expected, outcome)) = catch_unwind(AssertUnwindSafe(|| session(&fs, start.clone()))) else {
         return Some(format!("{place}: panicked"));
@@ -399,7 +387,7 @@ fn every_failing_call_during_open_or_use_gives_a_clear_error_and_a_reopen_recove
     let (image, start) = starting_log();
 
     // A fault-free run counts the calls of each kind that opening and the workload make.
-    let fs = restore(&image);
+    let fs = FaultStorage::with_files(Path::new(DIR), &image);
     let before = fs.calls_by_kind();
     let (errors, expected, outcome) = session(&fs, start.clone());
     assert!(

@@ -282,6 +282,27 @@ impl FaultStorage {
         self.lock().names.keys().cloned().collect()
     }
 
+    /// Every file with its current bytes, sorted by path: a reference image that tests copy,
+    /// damage or crash again and again (see [`with_files`](Self::with_files)).
+    pub fn image(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let s = self.lock();
+        s.names.iter().map(|(p, i)| (p.clone(), lock_inode(i).written.clone())).collect()
+    }
+
+    /// A new file system holding `files` in directory `dir`, all durable. It is built through
+    /// the ordinary calls (create, write, sync, directory sync), which its counters include.
+    pub fn with_files(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> FaultStorage {
+        let fs = FaultStorage::new();
+        fs.create_dir_all(dir).expect("a fresh file system accepts a directory");
+        for (path, bytes) in files {
+            let f = fs.open(path, OpenMode::CreateNew).expect("a fresh file system accepts a file");
+            f.write_all_at(bytes, 0).expect("no faults are set");
+            f.sync_data().expect("no faults are set");
+        }
+        fs.sync_dir(dir).expect("no faults are set");
+        fs
+    }
+
     /// Accounts for one call; fails it when a fault rule or the crash trigger says so.
     fn begin(&self, kind: OpKind, path: &Path, epoch: Option<u64>) -> io::Result<MutexGuard<'_, State>> {
         let mut s = self.lock();
