@@ -100,17 +100,16 @@ impl Preparer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn spawn(self: &Arc<Self>) -> Option<JoinHandle<()>> {
+    pub fn spawn(self: &Arc<Self>) -> Result<Option<JoinHandle<()>>> {
         if !self.background {
-            return None;
+            return Ok(None);
         }
         let me = self.clone();
-        Some(
-            std::thread::Builder::new()
-                .name("engram-wal-prealloc".into())
-                .spawn(move || me.run())
-                .expect("spawning the preallocation thread"),
-        )
+        std::thread::Builder::new()
+            .name("engram-wal-prealloc".into())
+            .spawn(move || me.run())
+            .map(Some)
+            .map_err(|e| Error::io("starting the segment preparation thread", e))
     }
 
     fn run(&self) {

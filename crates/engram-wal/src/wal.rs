@@ -197,14 +197,26 @@ impl Wal {
             truncation: Mutex::new(()),
         });
         let mut threads = Vec::new();
-        threads.extend(preparer.spawn());
-        let syncer = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
+        let started = (|| -> Result<()> {
+            threads.extend(preparer.spawn()?);
+            let syncer = inner.clone();
+            let handle = std::thread::Builder::new()
                 .name("engram-wal-syncer".into())
                 .spawn(move || syncer.run_syncer())
-                .map_err(|e| Error::io("starting the syncer thread", e))?,
-        );
+                .map_err(|e| Error::io("starting the syncer thread", e))?;
+            threads.push(handle);
+            Ok(())
+        })();
+        if let Err(e) = started {
+            // Stop what did start, so that no thread outlives the failed open.
+            inner.lock_state().closed = true;
+            inner.syncer_wakeup.notify_all();
+            preparer.shutdown();
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
         Ok(Wal {
             inner,
             recovery: recovered.report,
