@@ -1,0 +1,123 @@
+//! Open time and memory use of a large database: N memories (300 B text, 384-dim embedding)
+//! in a checkpoint, plus about 100 MB of log after it.
+//!
+//! `cargo bench -p engram-core --bench open` (ENGRAM_BENCH_MEMORIES=N, default 1,000,000).
+
+use engram_core::{CheckpointOptions, Database, DatabaseOptions, NewMemory, SyncPolicy};
+use std::time::Instant;
+
+const DIMENSION: usize = 384;
+const TEXT_BYTES: usize = 300;
+const MEMORIES_PER_TRANSACTION: usize = 500;
+const LOG_TAIL_BYTES: u64 = 100 * 1000 * 1000;
+
+fn memory(i: usize) -> NewMemory {
+    let mut text = format!("memory {i}: ");
+    while text.len() < TEXT_BYTES {
+        text.push_str("an observation the agent made about the world. ");
+    }
+    text.truncate(TEXT_BYTES);
+    let embedding = (0..DIMENSION).map(|d| ((d * 31 + i) % 97) as f32 / 97.0).collect();
+    NewMemory {
+        text,
+        embedding: Some(embedding),
+        metadata: serde_json::json!({"i": i}),
+    }
+}
+
+/// Resident set size of this process, from /proc (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn insert(db: &Database, from: usize, count: usize) {
+    for chunk_start in (from..from + count).step_by(MEMORIES_PER_TRANSACTION) {
+        let end = (chunk_start + MEMORIES_PER_TRANSACTION).min(from + count);
+        let mut txn = db.begin();
+        txn.set_durability(SyncPolicy::Never);
+        for i in chunk_start..end {
+            txn.insert_memory("bench", memory(i)).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+}
+
+fn main() {
+    let memories: usize = std::env::var("ENGRAM_BENCH_MEMORIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let options = || DatabaseOptions {
+        checkpoint: CheckpointOptions {
+            every_log_bytes: None,
+            every: None,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if let Some(dir) = std::env::var_os(OPEN_DIR_VAR) {
+        return measure_open(std::path::Path::new(&dir), memories, options());
+    }
+    let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+    let tail_memories = (LOG_TAIL_BYTES / 2_000) as usize;
+    let build = Instant::now();
+    {
+        let db = Database::open(dir.path(), options()).unwrap();
+        db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
+        insert(&db, 0, memories - tail_memories.min(memories));
+        db.checkpoint().unwrap();
+        let before_tail = db.wal_stats().appended_bytes;
+        insert(&db, memories - tail_memories.min(memories), tail_memories.min(memories));
+        db.run(1, |t| {
+            t.kv_put("bench", b"sync", engram_core::KvValue::Json(serde_json::json!(true)))
+        })
+        .unwrap();
+        println!(
+            "built {memories} memories in {:.1} s; log after the checkpoint: {:.0} MB",
+            build.elapsed().as_secs_f64(),
+            (db.wal_stats().appended_bytes - before_tail) as f64 / 1e6
+        );
+    }
+    // Measured in a fresh process: in this one, the allocator keeps the pages of the database
+    // just dropped, and the reopened one would reuse them unseen.
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(OPEN_DIR_VAR, dir.path())
+        .env("ENGRAM_BENCH_MEMORIES", memories.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the measuring process failed");
+}
+
+const OPEN_DIR_VAR: &str = "ENGRAM_BENCH_OPEN_DIR";
+
+fn measure_open(dir: &std::path::Path, memories: usize, options: DatabaseOptions) {
+    let raw_bytes = memories as u64 * (TEXT_BYTES + DIMENSION * 4) as u64;
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let db = Database::open(dir, options).unwrap();
+    let open_s = started.elapsed().as_secs_f64();
+    let rss_after = rss_bytes();
+    let report = db.open_report();
+    let grown = rss_after.saturating_sub(rss_before);
+    println!(
+        "open: {open_s:.2} s (checkpoint at LSN {:?}, {} log records replayed)",
+        report.checkpoint_lsn, report.replayed_records
+    );
+    println!(
+        "memory: RSS grew by {:.0} MB for {:.0} MB of raw text + vectors = {:.2}x (target <= 1.5x: {}); open target < 10 s: {}",
+        grown as f64 / 1e6,
+        raw_bytes as f64 / 1e6,
+        grown as f64 / raw_bytes as f64,
+        if (grown as f64) <= 1.5 * raw_bytes as f64 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if open_s < 10.0 { "met" } else { "NOT met" }
+    );
+}
