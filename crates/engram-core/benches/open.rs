@@ -63,11 +63,14 @@ fn main() {
     if let Some(dir) = std::env::var_os(OPEN_DIR_VAR) {
         return measure_open(std::path::Path::new(&dir), memories, options());
     }
-    let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+    // ENGRAM_BENCH_KEEP_DIR=path builds there and keeps it (to profile the open on its own).
+    let kept = std::env::var_os("ENGRAM_BENCH_KEEP_DIR").map(std::path::PathBuf::from);
+    let scratch = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+    let dir = kept.as_deref().unwrap_or(scratch.path());
     let tail_memories = (LOG_TAIL_BYTES / 2_000) as usize;
     let build = Instant::now();
     {
-        let db = Database::open(dir.path(), options()).unwrap();
+        let db = Database::open(dir, options()).unwrap();
         db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
         insert(&db, 0, memories - tail_memories.min(memories));
         db.checkpoint().unwrap();
@@ -83,14 +86,26 @@ fn main() {
             (db.wal_stats().appended_bytes - before_tail) as f64 / 1e6
         );
     }
-    // Measured in a fresh process: in this one, the allocator keeps the pages of the database
-    // just dropped, and the reopened one would reuse them unseen.
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(OPEN_DIR_VAR, dir.path())
-        .env("ENGRAM_BENCH_MEMORIES", memories.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "the measuring process failed");
+    // The build leaves gigabytes of dirty pages; an open racing their writeback measured 3x
+    // slower. Flush first, as a restarted process would find the disk.
+    let flushed = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    println!("flushed the build to disk first: {flushed}");
+    for cache in ["warm", "cold"] {
+        if cache == "cold" && std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_err() {
+            println!("cold: cannot drop the page cache (needs root); skipped");
+            continue;
+        }
+        print!("{cache} page cache: ");
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+        // Measured in a fresh process: in this one, the allocator keeps the pages of the
+        // database just dropped, and the reopened one would reuse them unseen.
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(OPEN_DIR_VAR, dir)
+            .env("ENGRAM_BENCH_MEMORIES", memories.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the measuring process failed");
+    }
 }
 
 const OPEN_DIR_VAR: &str = "ENGRAM_BENCH_OPEN_DIR";

@@ -1118,7 +1118,7 @@ mod tests {
             };
             store.apply(
                 lsn,
-                &CommitRecord {
+                CommitRecord {
                     txn_id: lsn,
                     commit_ts_ms: 1000 + lsn,
                     ops: vec![op],

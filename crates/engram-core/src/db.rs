@@ -168,7 +168,7 @@ impl Database {
             let read_back = |txn_id, from, to| record::read_streamed(wal.reader(from)?, txn_id, to, |_| true);
             if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
                 max_ts = max_ts.max(commit.commit_ts_ms);
-                store.apply(lsn, &commit);
+                store.apply(lsn, commit);
             }
             replayed += 1;
             replayed_bytes += record.payload.len() as u64;
@@ -382,13 +382,16 @@ impl Shared {
             let n = queue.iter().take_while(|(l, _, _)| *l <= lsn).count();
             queue.drain(..n).collect()
         };
-        for (record_lsn, record, _) in &ready {
-            self.store.apply(*record_lsn, record);
+        let logged_bytes = ready.iter().map(|(_, _, bytes)| bytes).sum();
+        for (record_lsn, record, _) in ready {
+            // The committer dropped its reference before waiting, so this is usually the last
+            // one and the record moves into the store without a copy.
+            self.store.apply(record_lsn, Arc::unwrap_or_clone(record));
         }
         self.visible_lsn.store(lsn, Ordering::Release);
         // Counted once visible: a checkpoint covers only visible commits, so bytes counted
         // earlier could be cleared by a checkpoint that does not contain them.
-        self.note_logged_bytes(ready.iter().map(|(_, _, bytes)| bytes).sum());
+        self.note_logged_bytes(logged_bytes);
         Ok(())
     }
 }

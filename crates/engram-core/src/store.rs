@@ -451,15 +451,18 @@ impl Store {
     }
 
     /// Adds the versions written by the commit at `lsn`. Commits are applied in LSN order.
-    pub fn apply(&self, lsn: Lsn, record: &CommitRecord) {
+    /// Takes the record by value: its keys and values move into the store (no copies, which
+    /// showed up as a fifth of the time of opening a large database).
+    pub fn apply(&self, lsn: Lsn, record: CommitRecord) {
+        let commit_ts_ms = record.commit_ts_ms;
         let mut map = self.write();
-        for (op_index, op) in record.ops.iter().enumerate() {
+        for (op_index, op) in record.ops.into_iter().enumerate() {
             let (key, value) = match op {
-                Op::Put { key, after, .. } => (key, Some(Arc::new(after.clone()))),
+                Op::Put { key, after, .. } => (key, Some(Arc::new(after))),
                 Op::Delete { key, .. } => (key, None),
                 Op::Event { .. } => continue,
             };
-            map.entry(key.clone()).or_default().versions.push(Version {
+            map.entry(key).or_default().versions.push(Version {
                 lsn,
                 op_index: op_index as u32,
                 value,
@@ -469,7 +472,7 @@ impl Store {
         self.commit_times
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push((lsn, record.commit_ts_ms));
+            .push((lsn, commit_ts_ms));
     }
 }
 

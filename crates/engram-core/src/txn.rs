@@ -157,7 +157,7 @@ impl Transaction {
                 commit_ts_ms: db.store.commit_time(self.snapshot),
             });
         }
-        let (info, record) = {
+        let info = {
             let mut commit = db.lock_commit();
             // One store lookup per key gives both the conflict check and the before image (no
             // conflict means the newest version is the one this transaction's snapshot saw).
@@ -213,11 +213,10 @@ impl Transaction {
             let layout = Layout::plan(&ops, stream_bytes, max_record_bytes)?;
             let txn_id = commit.next_txn_id();
             let commit_ts_ms = commit.next_commit_ts();
-            let record = Arc::new(CommitRecord { txn_id, commit_ts_ms, ops });
-            let lsn = db.submit(&mut commit, record.clone(), layout)?;
-            (CommitInfo { lsn, txn_id, commit_ts_ms }, record)
+            // The applier gets the only reference, so the record moves into the store uncopied.
+            let lsn = db.submit(&mut commit, Arc::new(CommitRecord { txn_id, commit_ts_ms, ops }), layout)?;
+            CommitInfo { lsn, txn_id, commit_ts_ms }
         };
-        drop(record);
         db.finish_commit(info.lsn, self.durability)?;
         Ok(info)
     }
