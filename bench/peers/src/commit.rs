@@ -26,6 +26,19 @@ fn engram_record_bytes(dir: &Path, variant: Variant) -> Result<usize, String> {
     Ok((engram.db.wal_stats().appended_bytes - before) as usize)
 }
 
+/// ENGRAM_BENCH_WRITERS=1,64 runs only those writer counts (for profiling).
+fn writer_counts() -> Vec<usize> {
+    match std::env::var("ENGRAM_BENCH_WRITERS") {
+        Ok(list) => list.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
+        Err(_) => WRITERS.to_vec(),
+    }
+}
+
+/// ENGRAM_BENCH_PEERS=engram,rocksdb runs only those peers (for profiling one of them).
+fn selected(name: &str) -> bool {
+    std::env::var("ENGRAM_BENCH_PEERS").map_or(true, |list| list.split(',').any(|p| p.trim() == name))
+}
+
 pub fn run(scratch: &Path, round: u32) -> Result<serde_json::Value, String> {
     let timing = Timing::from_env();
     let postgres = std::env::var("ENGRAM_BENCH_PG").ok();
@@ -38,8 +51,8 @@ pub fn run(scratch: &Path, round: u32) -> Result<serde_json::Value, String> {
     for variant in [Variant::Text, Variant::Vector] {
         let bytes = engram_record_bytes(&round_dir.join(format!("record-size-{}", variant.name())), variant)?;
         record_bytes.insert(variant.name().into(), bytes.into());
-        for writers in WRITERS {
-            for kind in peers::ALL {
+        for writers in writer_counts() {
+            for kind in peers::ALL.into_iter().filter(|k| selected(k.name())) {
                 let dir = round_dir.join(format!("{}-{}-{writers}", kind.name(), variant.name()));
                 let args = OpenArgs {
                     dir: &dir,
