@@ -67,11 +67,12 @@ def write_ivecs(path, rows):
 
 
 def exact_top(base, queries, k):
-    base_norms = (base.astype(np.float64) ** 2).sum(axis=1)
+    base64 = base.astype(np.float64)
+    base_norms = (base64**2).sum(axis=1)
     result = np.empty((queries.shape[0], k), dtype=np.int64)
     for start in range(0, queries.shape[0], 100):
         q = queries[start : start + 100].astype(np.float64)
-        d = base_norms[None, :] - 2.0 * (q @ base.astype(np.float64).T)
+        d = base_norms[None, :] - 2.0 * (q @ base64.T)
         top = np.argpartition(d, k, axis=1)[:, :k]
         order = np.take_along_axis(d, top, axis=1).argsort(axis=1)
         result[start : start + 100] = np.take_along_axis(top, order, axis=1)
