@@ -149,8 +149,10 @@ pub fn run(scratch: &Path) -> Result<serde_json::Value, String> {
         // fallback if the newer fails its checksum), so the steady state a restarted server
         // finds comes after two checkpoints: the first one's log prefix is gone.
         db.checkpoint().map_err(text_err)?;
-        db.run(1, |t| t.kv_put(ENGRAM_NAMESPACE, b"between", engram_core::KvValue::Json(serde_json::json!(true))))
-            .map_err(text_err)?;
+        db.run(1, |t| {
+            t.kv_put(ENGRAM_NAMESPACE, b"between", engram_core::KvValue::Json(serde_json::json!(true)))
+        })
+        .map_err(text_err)?;
         let second = db.checkpoint().map_err(text_err)?;
         eprintln!("recovery: second checkpoint removed {} log segments", second.log_segments_removed);
         let checkpoint_bytes = newest_checkpoint_bytes(&dir.join(engram_core::CHECKPOINT_DIR));
