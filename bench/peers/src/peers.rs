@@ -93,8 +93,8 @@ impl PeerKind {
                 "SQLite {} (Debian's libsqlite3 via rusqlite): journal_mode=WAL, synchronous=FULL, busy_timeout=60000 ms, one connection per writer, BEGIN IMMEDIATE; INSERT; COMMIT",
                 rusqlite::version()
             ),
-            PeerKind::Rocksdb => "RocksDB (Debian's librocksdb 7.8, linked dynamically, rocksdb crate 0.20.1): Options::default() + create_if_missing, one WriteBatch per commit, WriteOptions sync=true (WAL fsynced before the write returns)".into(),
-            PeerKind::Redb => "redb 2: Database::create, one write transaction per commit with Durability::Immediate (redb's default: fsync on commit)".into(),
+            PeerKind::Rocksdb => "RocksDB (Debian's librocksdb 7.8, linked dynamically, rocksdb crate 0.20.1): Options::default() + create_if_missing, one WriteBatch per commit, WriteOptions sync=true (RocksDB's WAL synced, fdatasync by default, before the write returns; concurrent writers share a write group)".into(),
+            PeerKind::Redb => "redb 2: Database::create, one write transaction per commit with Durability::Immediate (redb's default: the commit returns after redb syncs its file); redb allows one writer at a time".into(),
             PeerKind::Fjall => "fjall 2: Config::new(dir).open(), one partition, one Batch per commit with durability(Some(PersistMode::SyncData)) (journal fdatasynced before commit returns)".into(),
             PeerKind::Postgres => "PostgreSQL 15 (Debian), private cluster started by bench/run.sh on 127.0.0.1: fsync=on, synchronous_commit=on, wal_sync_method=fdatasync, full_page_writes=on, commit_delay=0, shared_buffers=256MB, max_connections=200; one connection per writer (postgres crate), one autocommit INSERT per commit, embedding as real[]".into(),
         }
