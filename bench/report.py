@@ -255,11 +255,11 @@ def main():
                 out.append(f"| {case} | {o['cache']} | {o['open_s']:.2f} | {o['log_bytes_scanned'] / 1e6:,.0f} | {o['replayed_records']:,} | {mb / o['open_s']:,.0f} |")
         out += ["", "MB/s for the checkpoint case counts the checkpoint file and the log together."]
     if vectors:
-        out += ["", "### Workload 3: vector search peers (faiss HNSW, hnswlib)", ""]
+        out += ["", "### Workload 3: vector search peers (faiss HNSW, hnswlib, Chroma)", ""]
         g = vectors["generator"]
         out += [f"{vectors['rows']:,} x {vectors['dimension']} clustered vectors and {vectors['queries']:,} queries from `bench/vectors.py` "
                 f"(numpy {g['numpy']} default_rng seed {g['seed']}, {g['clusters']} Gaussian centres, spread {g['spread']}; files in bench/data/). "
-                f"Recall@{vectors['k']} against exact squared-L2 neighbours; queries/s single-threaded. Engram's own search is not in this run (it is being built in parallel).", ""]
+                f"Recall@{vectors['k']} against exact squared-L2 neighbours; queries/s single-threaded. Engram's own search is not in this run (it is being built in parallel). Build time is wall time with all cores.", ""]
         for p in vectors["peers"]:
             out.append(f"- {p['peer']}: {p['settings']}; build {p['build_s']:.1f} s")
         out += ["", "| peer | ef | recall@10 | queries/s |", "|---|---:|---:|---:|"]

@@ -82,7 +82,7 @@ for round in $(seq 1 "$ROUNDS"); do
   "$PY" "$BENCH/chroma_commit.py" --round "$round" --scratch "$SCRATCH" --out "$RESULTS/chroma-round-$round.json" ${QUICK:+--quick}
 done
 say "workload 3: vector search peers ($ROWS x 384)"
-"$PY" "$BENCH/vectors.py" --rows "$ROWS" --out "$RESULTS/vectors.json"
+"$PY" "$BENCH/vectors.py" --rows "$ROWS" --scratch "$SCRATCH" --out "$RESULTS/vectors.json"
 say "workload 2: recovery"
 "$PEERS" recovery --out "$RESULTS/recovery.json"
 say "workload 4: reads while writing"

@@ -1,4 +1,4 @@
-"""Workload 3: vector search peers (faiss HNSW, hnswlib) on generated clustered vectors.
+"""Workload 3: vector search peers (faiss HNSW, hnswlib, Chroma) on generated clustered vectors.
 
 The data set is deterministic, so Engram's own search can be measured later on the same files:
 
@@ -137,13 +137,91 @@ def bench_hnswlib(base, queries, truth, threads):
     return {"peer": "hnswlib", "settings": settings, "build_s": build_s, "points": points}
 
 
+def read_fvecs(path):
+    raw = np.fromfile(path, dtype=np.int32)
+    dim = raw[0]
+    return raw.reshape(-1, dim + 1)[:, 1:].view(np.float32)
+
+
+def read_ivecs(path):
+    raw = np.fromfile(path, dtype=np.int32)
+    return raw.reshape(-1, raw[0] + 1)[:, 1:]
+
+
+def chroma_query_child(path, data, rows):
+    """Runs in a fresh process: Chroma applies a modified ef_search only when it loads the index
+    (measured: in the process that built it, recall stayed at the build-time ef)."""
+    import chromadb
+
+    queries = read_fvecs(os.path.join(data, f"queries-{QUERIES}x{DIM}.fvecs"))
+    truth = read_ivecs(os.path.join(data, f"groundtruth-{rows}-{QUERIES}x100.ivecs"))
+    collection = chromadb.PersistentClient(path=path).get_collection("vectors")
+
+    def search():
+        result = collection.query(query_embeddings=queries, n_results=K, include=[])
+        return np.array([[int(i) for i in row] for row in result["ids"]])
+
+    search()  # loads the index; not timed
+    elapsed, found = best_of(PASSES, search)
+    ef = collection.configuration["hnsw"]["ef_search"]
+    print(json.dumps({"ef": ef, "recall_at_10": recall_at_k(found, truth), "queries_per_second": len(queries) / elapsed}))
+
+
+def bench_chroma(base, threads, scratch, data):
+    """Chroma PersistentClient: ingest in the client's largest batches; then for each ef_search,
+    collection.modify() and query one batch of 1,000 from a fresh process (see chroma_query_child)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import chromadb
+
+    path = os.path.join(scratch, "chroma-vectors")
+    shutil.rmtree(path, ignore_errors=True)
+    client = chromadb.PersistentClient(path=path)
+    collection = client.create_collection(
+        "vectors",
+        configuration={"hnsw": {"space": "l2", "ef_construction": EF_CONSTRUCTION, "max_neighbors": M, "num_threads": threads}},
+    )
+    batch = client.get_max_batch_size()
+    ids = [str(i) for i in range(base.shape[0])]
+    started = time.perf_counter()
+    for start in range(0, base.shape[0], batch):
+        collection.add(ids=ids[start : start + batch], embeddings=base[start : start + batch])
+    build_s = time.perf_counter() - started
+    points = []
+    for ef in EF_VALUES:
+        collection.modify(configuration={"hnsw": {"ef_search": max(ef, K), "num_threads": 1}})
+        child = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--chroma-query", path, "--data", data, "--rows", str(base.shape[0])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        points.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(f"chroma  ef={ef:<4} recall@10={points[-1]['recall_at_10']:.4f} {points[-1]['queries_per_second']:.0f} q/s", flush=True)
+    del collection, client
+    shutil.rmtree(path, ignore_errors=True)
+    settings = (
+        f"chromadb {chromadb.__version__} PersistentClient on the scratch disk: hnsw space=l2, max_neighbors={M}, ef_construction={EF_CONSTRUCTION}, "
+        f"ingested with add() in batches of {batch} using {threads} threads (build time includes Chroma's durable writes); "
+        f"search: modify(ef_search, num_threads=1), then from a fresh process one query() of {QUERIES} embeddings, k={K}, include=[], "
+        f"an untimed pass to load the index, then the fastest of {PASSES} passes"
+    )
+    return {"peer": "chroma", "settings": settings, "build_s": build_s, "points": points}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
     parser.add_argument("--out", help="results JSON (omit with --generate-only)")
     parser.add_argument("--generate-only", action="store_true", help="write the data files and stop")
+    parser.add_argument("--chroma-query", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "scratch"))
     args = parser.parse_args()
+    if args.chroma_query:
+        return chroma_query_child(args.chroma_query, args.data, args.rows)
 
     os.makedirs(args.data, exist_ok=True)
     started = time.perf_counter()
@@ -156,7 +234,7 @@ def main():
     if args.generate_only:
         return
     threads = os.cpu_count() or 1
-    peers = [bench_faiss(base, queries, truth, threads), bench_hnswlib(base, queries, truth, threads)]
+    peers = [bench_faiss(base, queries, truth, threads), bench_hnswlib(base, queries, truth, threads), bench_chroma(base, threads, args.scratch, args.data)]
     result = {
         "workload": "vectors",
         "rows": args.rows,
