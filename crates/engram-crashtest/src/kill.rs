@@ -63,15 +63,15 @@ impl std::fmt::Display for KillStats {
     }
 }
 
-/// What one run of the workload process reported before it died.
-#[derive(Debug, Default)]
-struct Report {
-    ready: bool,
-    checkpoints: u64,
+/// What one run of a workload reported before it died (or crashed).
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub ready: bool,
+    pub checkpoints: u64,
     /// (seq, effects) announced before each commit.
-    tries: Vec<(u64, Effects)>,
+    pub tries: Vec<(u64, Effects)>,
     /// (seq, txn id, LSN, digest) of each acknowledged commit.
-    acks: Vec<(u64, u64, Lsn, u64)>,
+    pub acks: Vec<(u64, u64, Lsn, u64)>,
 }
 
 fn parse_report(bytes: &[u8]) -> Result<Report, String> {
@@ -93,11 +93,28 @@ fn parse_report(bytes: &[u8]) -> Result<Report, String> {
                 let json: serde_json::Value = parts.next().and_then(|s| serde_json::from_str(s).ok()).ok_or_else(bad)?;
                 report.tries.push((seq, Effects::from_json(&json).ok_or_else(bad)?));
             }
+            Some("NACK") => {
+                // Refused with a typed error that guarantees nothing changed: never happened.
+                let seq: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+                if report.tries.last().map(|t| t.0) != Some(seq) {
+                    return Err(bad());
+                }
+                report.tries.pop();
+            }
             Some("ACK") => {
                 let fields: Vec<&str> = line.split(' ').collect();
-                let [_, seq, txn, lsn, digest] = fields.as_slice() else { return Err(bad()) };
-                let parsed = (seq.parse().ok(), txn.parse().ok(), lsn.parse().ok(), u64::from_str_radix(digest, 16).ok());
-                let (Some(seq), Some(txn), Some(lsn), Some(digest)) = parsed else { return Err(bad()) };
+                let [_, seq, txn, lsn, digest] = fields.as_slice() else {
+                    return Err(bad());
+                };
+                let parsed = (
+                    seq.parse().ok(),
+                    txn.parse().ok(),
+                    lsn.parse().ok(),
+                    u64::from_str_radix(digest, 16).ok(),
+                );
+                let (Some(seq), Some(txn), Some(lsn), Some(digest)) = parsed else {
+                    return Err(bad());
+                };
                 report.acks.push((seq, txn, lsn, digest));
             }
             _ => return Err(bad()),
@@ -108,7 +125,7 @@ fn parse_report(bytes: &[u8]) -> Result<Report, String> {
 
 /// The harness's knowledge: the state after everything verified so far, and every logged
 /// transaction the change feed may still return, by LSN (txn id, digest of its effect).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Verifier {
     state: Flat,
     known: BTreeMap<Lsn, (u64, u64)>,
@@ -118,7 +135,7 @@ pub struct Verifier {
 impl Verifier {
     /// Checks the reopened database against one run's report; on success the verifier moves to
     /// the recovered state.
-    fn check(&mut self, db: &Database, report: &Report, stats: &mut KillStats) -> Result<(), String> {
+    pub fn check(&mut self, db: &Database, report: &Report, stats: &mut KillStats) -> Result<(), String> {
         let mut acked_state = self.state.clone();
         let mut tries = report.tries.iter().peekable();
         for &(seq, txn, lsn, digest) in &report.acks {
@@ -130,7 +147,10 @@ impl Verifier {
                 }
             };
             if effects.digest() != digest {
-                return Err(format!("acknowledgement {seq} carries digest {digest:016x}, its announcement {:016x}", effects.digest()));
+                return Err(format!(
+                    "acknowledgement {seq} carries digest {digest:016x}, its announcement {:016x}",
+                    effects.digest()
+                ));
             }
             if txn == 0 {
                 // Nothing was logged (every step was refused): there must be no effect.
@@ -154,7 +174,11 @@ impl Verifier {
 
         let recovered = read_state(&db.snapshot()).map_err(|e| format!("reading the reopened database: {e}"))?;
         if db.visible_lsn() < self.last_lsn {
-            return Err(format!("reopened at LSN {} below the last acknowledged LSN {}", db.visible_lsn(), self.last_lsn));
+            return Err(format!(
+                "reopened at LSN {} below the last acknowledged LSN {}",
+                db.visible_lsn(),
+                self.last_lsn
+            ));
         }
         let in_flight_state = in_flight.map(|e| {
             let mut s = acked_state.clone();
@@ -185,7 +209,13 @@ impl Verifier {
                 None if t.lsn > self.last_lsn && in_flight_lsn.is_none() && in_flight.is_some_and(|e| e.digest() == t.effects.digest()) => {
                     in_flight_lsn = Some((t.lsn, t.txn_id, t.effects.digest()));
                 }
-                None => return Err(format!("the feed has a transaction nobody committed at LSN {}: {}", t.lsn, t.effects.to_json())),
+                None => {
+                    return Err(format!(
+                        "the feed has a transaction nobody committed at LSN {}: {}",
+                        t.lsn,
+                        t.effects.to_json()
+                    ))
+                }
             }
             stats.feed_transactions_checked += 1;
         }
@@ -200,7 +230,9 @@ impl Verifier {
         }
         let fed_lsns: std::collections::BTreeSet<Lsn> = fed.iter().map(|t| t.lsn).collect();
         if let Some((lsn, _)) = self.known.range(from..).find(|(lsn, _)| !fed_lsns.contains(lsn)) {
-            return Err(format!("acknowledged commit at LSN {lsn} is missing from the change feed (which starts at {from})"));
+            return Err(format!(
+                "acknowledged commit at LSN {lsn} is missing from the change feed (which starts at {from})"
+            ));
         }
         self.known = self.known.split_off(&from);
 

@@ -4,5 +4,6 @@
 
 pub mod kill;
 pub mod rng;
+pub mod simulated;
 pub mod state;
 pub mod workload;

@@ -122,7 +122,9 @@ impl Effects {
     /// equal digests in every process.
     pub fn digest(&self) -> u64 {
         let text = self.to_json().to_string();
-        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     }
 }
 
@@ -164,7 +166,11 @@ pub fn fold_feed(events: impl IntoIterator<Item = ChangeEvent>) -> Result<Vec<Fe
     for event in events {
         if out.last().is_none_or(|t| t.lsn != event.lsn) {
             if out.last().is_some_and(|t| t.lsn > event.lsn) {
-                return Err(format!("feed goes back from LSN {} to {}", out.last().map_or(0, |t| t.lsn), event.lsn));
+                return Err(format!(
+                    "feed goes back from LSN {} to {}",
+                    out.last().map_or(0, |t| t.lsn),
+                    event.lsn
+                ));
             }
             finish(&mut out, &mut open);
             out.push(FedTransaction {
@@ -175,7 +181,10 @@ pub fn fold_feed(events: impl IntoIterator<Item = ChangeEvent>) -> Result<Vec<Fe
         }
         let current = out.last_mut().expect("pushed above");
         if current.txn_id != event.txn_id {
-            return Err(format!("LSN {} carries transactions {} and {}", event.lsn, current.txn_id, event.txn_id));
+            return Err(format!(
+                "LSN {} carries transactions {} and {}",
+                event.lsn, current.txn_id, event.txn_id
+            ));
         }
         match event.op {
             ChangeOp::Event => {
@@ -188,7 +197,12 @@ pub fn fold_feed(events: impl IntoIterator<Item = ChangeEvent>) -> Result<Vec<Fe
             }
             ChangeOp::Put | ChangeOp::Delete => {
                 let id = event.key.clone().unwrap_or_default();
-                let key = flat_key(kind_label(event.kind), &event.namespace, &id, event.key_encoding == KeyEncoding::Hex);
+                let key = flat_key(
+                    kind_label(event.kind),
+                    &event.namespace,
+                    &id,
+                    event.key_encoding == KeyEncoding::Hex,
+                );
                 let entry = open.entry(key).or_insert_with(|| (event.before.clone(), None));
                 entry.1 = event.after.clone();
             }

@@ -4,10 +4,10 @@
 //! began on), so whoever checks a crash knows exactly what the commit must change.
 
 use crate::rng::Rng;
-use crate::state::{read_state, Effects, NAMESPACES};
+use crate::state::{read_state, Effects, Flat, NAMESPACES};
 use engram_core::{
-    CheckpointOptions, CommitInfo, Database, DatabaseOptions, Entity, GraphReads, KvValue, MemoryPatch, MemoryReads, NewMemory, Relation,
-    Transaction, WalOptions,
+    CheckpointOptions, CommitInfo, Database, DatabaseOptions, Entity, GraphReads, KvValue, MemoryPatch, MemoryReads, NewMemory, ReadView,
+    Relation, RetentionPolicy, Transaction, WalOptions,
 };
 use serde_json::{json, Value as Json};
 
@@ -102,19 +102,45 @@ pub fn database_options(background_checkpoints: bool) -> DatabaseOptions {
             every: None,
             retain_log_records: 8,
         },
+        // Bounded history keeps checkpoints (and so every open) small over thousands of runs.
+        retention: RetentionPolicy::KeepVersions { per_key: 3 },
         ..Default::default()
     }
 }
 
-/// A transaction ready to commit and its expected net effect.
+/// Options for the simulated file system: no background thread (so that the sequence of I/O
+/// calls, and with it every crash point, is the same on every replay of a seed), and segments
+/// small enough that a short workload fills several and checkpoints truncate them.
+pub fn simulated_options() -> DatabaseOptions {
+    DatabaseOptions {
+        wal: WalOptions {
+            segment_bytes: 64 * 1024,
+            max_record_bytes: 32 * 1024,
+            background_preallocation: false,
+            ..Default::default()
+        },
+        checkpoint: CheckpointOptions {
+            every_log_bytes: None,
+            every: None,
+            retain_log_records: 2,
+        },
+        ..Default::default()
+    }
+}
+
+/// A transaction ready to commit, its expected net effect, and the state it began on.
 pub struct Prepared {
     pub txn: Transaction,
     pub effects: Effects,
+    pub before: Flat,
 }
 
 pub struct Workload {
     rng: Rng,
     mix: Mix,
+    /// The state at an LSN, known from the last commit (saves reading it again: reading the
+    /// whole state is most of the cost of a transaction here).
+    known_state: Option<(engram_core::Lsn, Flat)>,
 }
 
 fn metadata(rng: &mut Rng) -> Json {
@@ -139,7 +165,17 @@ fn names(rng: &mut Rng, at_most: u64) -> Vec<String> {
 
 impl Workload {
     pub fn new(seed: u64, mix: Mix) -> Workload {
-        Workload { rng: Rng::new(seed), mix }
+        Workload {
+            rng: Rng::new(seed),
+            mix,
+            known_state: None,
+        }
+    }
+
+    /// Records that `effects` committed at `lsn` on top of the state the transaction read.
+    pub fn committed(&mut self, lsn: engram_core::Lsn, mut state: Flat, effects: &Effects) {
+        effects.apply_to(&mut state);
+        self.known_state = Some((lsn, state));
     }
 
     /// Whether to run a checkpoint before the next transaction.
@@ -152,7 +188,10 @@ impl Workload {
     /// deliberately bad input) must change nothing; the effect is measured, not assumed.
     pub fn prepare(&mut self, db: &Database) -> engram_core::Result<Prepared> {
         let mut txn = db.begin();
-        let before = read_state(&txn)?;
+        let before = match self.known_state.take() {
+            Some((lsn, state)) if lsn == txn.read_lsn() => state,
+            _ => read_state(&txn)?,
+        };
         let mut events = Vec::new();
         for _ in 0..1 + self.rng.below(4) {
             self.step(&mut txn, &mut events)?;
@@ -161,6 +200,7 @@ impl Workload {
         Ok(Prepared {
             txn,
             effects: Effects::between(&before, &after, events),
+            before,
         })
     }
 
@@ -265,8 +305,10 @@ impl Workload {
                 txn.add_observations(ns, &additions).map(drop)
             }
             4 => {
-                let deletions: Vec<(String, Vec<String>)> =
-                    names(&mut self.rng, 2).into_iter().map(|n| (n, vec![self.rng.pick(&OBSERVATIONS).to_string()])).collect();
+                let deletions: Vec<(String, Vec<String>)> = names(&mut self.rng, 2)
+                    .into_iter()
+                    .map(|n| (n, vec![self.rng.pick(&OBSERVATIONS).to_string()]))
+                    .collect();
                 txn.delete_observations(ns, &deletions)
             }
             _ => {
@@ -299,8 +341,14 @@ impl Workload {
     }
 }
 
-/// Commits a prepared transaction; a commit with no logged work reports no LSN.
-pub fn commit(prepared: Prepared) -> engram_core::Result<(CommitInfo, Effects)> {
-    let info = prepared.txn.commit()?;
-    Ok((info, prepared.effects))
+impl Workload {
+    /// Commits a prepared transaction (a commit with no logged work has txn id 0).
+    pub fn commit(&mut self, prepared: Prepared) -> engram_core::Result<(CommitInfo, Effects)> {
+        let info = prepared.txn.commit()?;
+        // With only this writer, the state at the commit's LSN is the one read plus the effect.
+        if info.txn_id != 0 {
+            self.committed(info.lsn, prepared.before, &prepared.effects);
+        }
+        Ok((info, prepared.effects))
+    }
 }

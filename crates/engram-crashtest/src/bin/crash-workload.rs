@@ -1,13 +1,14 @@
 //! The workload process of the kill campaign: opens a real database in a directory and commits
 //! seeded random transactions until it is killed. Before each commit it prints the transaction's
 //! expected effect (`TRY <seq> <json>`), and as soon as the commit returns, its acknowledgement
-//! (`ACK <seq> <txn id> <LSN> <digest>`), each line flushed at once, so the harness learns of
+//! (`ACK <seq> <txn id> <LSN> <digest>`; `NACK <seq>` for a commit refused, changing nothing,
+//! with a retryable conflict), each line flushed at once, so the harness learns of
 //! every acknowledged commit the moment the caller would have.
 //!
 //! Usage: crash-workload <dir> <seed> <mix>
 
-use engram_core::Database;
-use engram_crashtest::workload::{commit, database_options, Workload};
+use engram_core::{CoreError, Database};
+use engram_crashtest::workload::{database_options, Workload};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -33,7 +34,9 @@ fn main() -> ExitCode {
 fn emit(out: &mut std::io::StdoutLock<'_>, line: String) -> Result<(), String> {
     // One write per line: lines are short of PIPE_BUF or, if longer, a torn last line has no
     // newline and the harness ignores it.
-    out.write_all(format!("{line}\n").as_bytes()).and_then(|_| out.flush()).map_err(|e| format!("stdout: {e}"))
+    out.write_all(format!("{line}\n").as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("stdout: {e}"))
 }
 
 fn run(dir: &str, seed: u64, mix: engram_crashtest::workload::Mix) -> Result<(), String> {
@@ -46,10 +49,23 @@ fn run(dir: &str, seed: u64, mix: engram_crashtest::workload::Mix) -> Result<(),
             let report = db.checkpoint().map_err(|e| format!("checkpoint: {e}"))?;
             emit(&mut out, format!("CHECKPOINT {}", report.lsn))?;
         }
-        let prepared = workload.prepare(&db).map_err(|e| format!("prepare: {e}"))?;
+        // A background checkpoint may prune the history a transaction reads (bounded retention):
+        // it fails with HistoryNotRetained, or at commit with a retryable Conflict; then the
+        // work is redone on a new snapshot, as an application would.
+        let prepared = match workload.prepare(&db) {
+            Ok(p) => p,
+            Err(CoreError::HistoryNotRetained { .. }) => continue,
+            Err(e) => return Err(format!("prepare: {e}")),
+        };
         emit(&mut out, format!("TRY {seq} {}", prepared.effects.to_json()))?;
-        let (info, effects) = commit(prepared).map_err(|e| format!("commit: {e}"))?;
-        emit(&mut out, format!("ACK {seq} {} {} {:016x}", info.txn_id, info.lsn, effects.digest()))?;
+        match workload.commit(prepared) {
+            Ok((info, effects)) => emit(
+                &mut out,
+                format!("ACK {seq} {} {} {:016x}", info.txn_id, info.lsn, effects.digest()),
+            )?,
+            Err(e) if e.is_conflict() => emit(&mut out, format!("NACK {seq}"))?,
+            Err(e) => return Err(format!("commit: {e}")),
+        }
     }
     Ok(())
 }

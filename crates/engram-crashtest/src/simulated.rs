@@ -1,0 +1,100 @@
+//! Workloads on the simulated file system (`engram_wal::storage::FaultStorage`) for the
+//! power-loss, I/O-error and corruption campaigns: run a seeded workload until it ends or an
+//! I/O call fails, and check a reopened database against what it acknowledged.
+
+use crate::kill::{KillStats, Report, Verifier};
+use crate::workload::{simulated_options, Mix, Workload};
+use engram_core::{CoreError, Database};
+use engram_wal::storage::FaultStorage;
+use std::sync::Arc;
+
+/// Where the database lives inside the simulated file system.
+pub const DIR: &str = "/db";
+
+pub fn open(fs: &FaultStorage) -> engram_core::Result<Database> {
+    Database::open_with_storage(Arc::new(fs.clone()), DIR, simulated_options())
+}
+
+/// How a workload run ended.
+#[derive(Debug)]
+pub struct Run {
+    pub report: Report,
+    /// The first error (open, checkpoint or commit), which ended the run.
+    pub error: Option<CoreError>,
+    /// Whether that error came from a checkpoint.
+    pub failed_in_checkpoint: bool,
+}
+
+/// Runs `transactions` seeded transactions (and the checkpoints the mix draws) on `fs`,
+/// stopping at the first error. The transaction whose commit failed is the report's last,
+/// unacknowledged announcement.
+pub fn run_workload(fs: &FaultStorage, seed: u64, mix: &Mix, transactions: u64) -> Run {
+    let mut run = Run {
+        report: Report::default(),
+        error: None,
+        failed_in_checkpoint: false,
+    };
+    let db = match open(fs) {
+        Ok(db) => db,
+        Err(e) => {
+            run.error = Some(e);
+            return run;
+        }
+    };
+    run.report.ready = true;
+    let mut workload = Workload::new(seed, mix.clone());
+    for seq in 0..transactions {
+        if workload.wants_checkpoint() {
+            if let Err(e) = db.checkpoint() {
+                run.error = Some(e);
+                run.failed_in_checkpoint = true;
+                return run;
+            }
+            run.report.checkpoints += 1;
+        }
+        // Preparing only reads memory: it cannot meet an I/O fault.
+        let prepared = workload.prepare(&db).expect("reads of a running database do not fail");
+        run.report.tries.push((seq, prepared.effects.clone()));
+        match workload.commit(prepared) {
+            Ok((info, effects)) => run.report.acks.push((seq, info.txn_id, info.lsn, effects.digest())),
+            Err(e) => {
+                run.error = Some(e);
+                return run;
+            }
+        }
+    }
+    run
+}
+
+/// Opens `fs` and checks the database against `report` (starting from an empty database).
+pub fn verify(fs: &FaultStorage, report: &Report) -> Result<KillStats, String> {
+    let db = open(fs).map_err(|e| format!("reopen failed: {e}"))?;
+    let mut stats = KillStats::default();
+    Verifier::default().check(&db, report, &mut stats)?;
+    Ok(stats)
+}
+
+/// Every file of a simulated file system with its bytes (`FaultStorage::image`).
+pub type Image = Vec<(std::path::PathBuf, Vec<u8>)>;
+
+/// A new simulated file system holding `image`, every file and name durable (its directories
+/// included, which `FaultStorage::with_files` does not create).
+pub fn restore(image: &[(std::path::PathBuf, Vec<u8>)]) -> FaultStorage {
+    use engram_wal::storage::{OpenMode, Storage};
+    let fs = FaultStorage::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    fs.create_dir_all(std::path::Path::new(DIR))
+        .expect("a fresh file system accepts a directory");
+    for (path, bytes) in image {
+        let parent = path.parent().expect("files live in directories");
+        fs.create_dir_all(parent).expect("a fresh file system accepts a directory");
+        let file = fs.open(path, OpenMode::CreateNew).expect("a fresh file system accepts a file");
+        file.write_all_at(bytes, 0).expect("no faults are set");
+        file.sync_data().expect("no faults are set");
+        dirs.insert(parent.to_path_buf());
+    }
+    for dir in dirs {
+        fs.sync_dir(&dir).expect("no faults are set");
+    }
+    fs
+}

@@ -1,0 +1,105 @@
+//! Power loss through the whole database on the simulated file system: for each generated
+//! workload (memories, graph, key/value, events, large transactions, checkpoints with log
+//! truncation), the power fails after every mutating I/O call in turn — once dropping all
+//! unsynced data, once also tearing the last write at a sector boundary — and the database is
+//! reopened and checked: every acknowledged commit present with exactly its effect, the
+//! interrupted one whole or absent, the change feed agreeing. Each recovery is then crashed in
+//! turn after every one of its own mutating calls, and the recovery of that checked again.
+//!
+//! `ENGRAM_POWER_WORKLOADS` (default 3) sets the number of workloads and
+//! `ENGRAM_POWER_TRANSACTIONS` (default 14) their length; `ENGRAM_POWER_SEED` replays a campaign.
+
+use engram_crashtest::rng::sub_seed;
+use engram_crashtest::simulated::{open, restore, run_workload, verify};
+use engram_crashtest::workload::Mix;
+use engram_wal::storage::{CrashMode, FaultStorage};
+use std::time::Instant;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    workloads: u64,
+    crash_states: u64,
+    recovery_crash_states: u64,
+    in_flight_present: u64,
+    in_flight_absent: u64,
+    crashes_in_checkpoints: u64,
+    checkpoints: u64,
+    acknowledged: u64,
+}
+
+/// Crashes each recovery of the image left by a crash after every one of its mutating calls.
+fn crash_every_recovery_point(
+    image: &[(std::path::PathBuf, Vec<u8>)],
+    report: &engram_crashtest::kill::Report,
+    counts: &mut Counts,
+    what: &str,
+) {
+    let fs = restore(image);
+    let base = fs.mutation_count();
+    drop(open(&fs).unwrap_or_else(|e| panic!("{what}: recovery failed: {e}")));
+    let recovery_mutations = fs.mutation_count() - base;
+    for m in 0..recovery_mutations {
+        let fs = restore(image);
+        fs.crash_after_mutations(fs.mutation_count() + m);
+        if let Ok(db) = open(&fs) {
+            panic!(
+                "{what}: recovery crashed after {m} of {recovery_mutations} calls reported success (db at {})",
+                db.visible_lsn()
+            );
+        }
+        fs.crash(CrashMode::DropUnsynced);
+        verify(&fs, report).unwrap_or_else(|e| panic!("{what}, recovery crashed after {m} calls: {e}"));
+        counts.recovery_crash_states += 1;
+    }
+}
+
+#[test]
+fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_commit() {
+    let workloads = env_u64("ENGRAM_POWER_WORKLOADS", 3);
+    let transactions = env_u64("ENGRAM_POWER_TRANSACTIONS", 14);
+    let campaign_seed = env_u64("ENGRAM_POWER_SEED", 0x9013);
+    let mix: Mix = "memory=3,graph=3,kv=3,event=1,checkpoint=2,big=2".parse().unwrap();
+    let started = Instant::now();
+    let mut counts = Counts::default();
+    for w in 0..workloads {
+        let seed = sub_seed(campaign_seed, w);
+        let reference = FaultStorage::new();
+        let run = run_workload(&reference, seed, &mix, transactions);
+        assert!(run.error.is_none(), "workload {seed}: failed without faults: {:?}", run.error);
+        let total = reference.mutation_count();
+        counts.workloads += 1;
+        for n in 0..total {
+            for mode in [CrashMode::DropUnsynced, CrashMode::TearLastWrite { seed: seed ^ n }] {
+                let what = format!("workload seed {seed}, power lost after {n} of {total} mutating calls ({mode:?})");
+                let fs = FaultStorage::new();
+                fs.crash_after_mutations(n);
+                let run = run_workload(&fs, seed, &mix, transactions);
+                let error = run.error.unwrap_or_else(|| panic!("{what}: the run never met the crash"));
+                assert!(fs.has_crashed(), "{what}: failed with {error} before the crash");
+                fs.crash(mode);
+                let stats = verify(&fs, &run.report).unwrap_or_else(|e| panic!("{what}: {e}"));
+                counts.crash_states += 1;
+                counts.in_flight_present += stats.in_flight_present;
+                counts.in_flight_absent += stats.in_flight_absent;
+                counts.crashes_in_checkpoints += u64::from(run.failed_in_checkpoint);
+                counts.acknowledged += stats.acknowledged;
+                counts.checkpoints += run.report.checkpoints;
+                if matches!(mode, CrashMode::DropUnsynced) || n % 4 == 0 {
+                    crash_every_recovery_point(&fs.image(), &run.report, &mut counts, &what);
+                }
+            }
+        }
+    }
+    println!("power loss: {counts:?} in {:.1} s", started.elapsed().as_secs_f64());
+    // (The interrupted commit is never found present here: power fails before the call after
+    // its fdatasync, so a commit whose sync completed was acknowledged. The kill campaign
+    // covers present-but-unacknowledged commits.)
+    assert!(
+        counts.in_flight_absent > 0 && counts.crashes_in_checkpoints > 0 && counts.recovery_crash_states > 0,
+        "{counts:?}"
+    );
+}
