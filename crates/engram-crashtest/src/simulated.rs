@@ -16,49 +16,65 @@ pub fn open(fs: &FaultStorage) -> engram_core::Result<Database> {
 }
 
 /// How a workload run ended.
-#[derive(Debug)]
 pub struct Run {
     pub report: Report,
     /// The first error (open, checkpoint or commit), which ended the run.
     pub error: Option<CoreError>,
-    /// Whether that error came from a checkpoint.
-    pub failed_in_checkpoint: bool,
+    /// Where it came from: "open", "checkpoint" or "commit".
+    pub failed_in: &'static str,
+    /// The database, still open (after an error too), for callers that probe it further.
+    pub db: Option<Database>,
+}
+
+impl Run {
+    pub fn failed_in_checkpoint(&self) -> bool {
+        self.failed_in == "checkpoint"
+    }
 }
 
 /// Runs `transactions` seeded transactions (and the checkpoints the mix draws) on `fs`,
-/// stopping at the first error. The transaction whose commit failed is the report's last,
-/// unacknowledged announcement.
+/// numbered from `first_seq` in `report` (which may hold an earlier run's), stopping at the first
+/// error. The transaction whose commit failed is the report's last, unacknowledged announcement.
 pub fn run_workload(fs: &FaultStorage, seed: u64, mix: &Mix, transactions: u64) -> Run {
+    continue_workload(fs, seed, mix, Report::default(), transactions)
+}
+
+pub fn continue_workload(fs: &FaultStorage, seed: u64, mix: &Mix, report: Report, transactions: u64) -> Run {
+    let first_seq = report.tries.last().map_or(0, |t| t.0 + 1);
     let mut run = Run {
-        report: Report::default(),
+        report,
         error: None,
-        failed_in_checkpoint: false,
+        failed_in: "",
+        db: None,
     };
     let db = match open(fs) {
         Ok(db) => db,
         Err(e) => {
             run.error = Some(e);
+            run.failed_in = "open";
             return run;
         }
     };
     run.report.ready = true;
     let mut workload = Workload::new(seed, mix.clone());
-    for seq in 0..transactions {
+    let db = run.db.insert(db);
+    for seq in first_seq..first_seq + transactions {
         if workload.wants_checkpoint() {
             if let Err(e) = db.checkpoint() {
                 run.error = Some(e);
-                run.failed_in_checkpoint = true;
+                run.failed_in = "checkpoint";
                 return run;
             }
             run.report.checkpoints += 1;
         }
         // Preparing only reads memory: it cannot meet an I/O fault.
-        let prepared = workload.prepare(&db).expect("reads of a running database do not fail");
+        let prepared = workload.prepare(db).expect("reads of a running database do not fail");
         run.report.tries.push((seq, prepared.effects.clone()));
         match workload.commit(prepared) {
             Ok((info, effects)) => run.report.acks.push((seq, info.txn_id, info.lsn, effects.digest())),
             Err(e) => {
                 run.error = Some(e);
+                run.failed_in = "commit";
                 return run;
             }
         }

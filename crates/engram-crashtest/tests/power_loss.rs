@@ -68,7 +68,8 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
     for w in 0..workloads {
         let seed = sub_seed(campaign_seed, w);
         let reference = FaultStorage::new();
-        let run = run_workload(&reference, seed, &mix, transactions);
+        let mut run = run_workload(&reference, seed, &mix, transactions);
+        drop(run.db.take());
         assert!(run.error.is_none(), "workload {seed}: failed without faults: {:?}", run.error);
         let total = reference.mutation_count();
         counts.workloads += 1;
@@ -77,15 +78,16 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
                 let what = format!("workload seed {seed}, power lost after {n} of {total} mutating calls ({mode:?})");
                 let fs = FaultStorage::new();
                 fs.crash_after_mutations(n);
-                let run = run_workload(&fs, seed, &mix, transactions);
-                let error = run.error.unwrap_or_else(|| panic!("{what}: the run never met the crash"));
+                let mut run = run_workload(&fs, seed, &mix, transactions);
+                drop(run.db.take());
+                let error = run.error.as_ref().unwrap_or_else(|| panic!("{what}: the run never met the crash"));
                 assert!(fs.has_crashed(), "{what}: failed with {error} before the crash");
                 fs.crash(mode);
                 let stats = verify(&fs, &run.report).unwrap_or_else(|e| panic!("{what}: {e}"));
                 counts.crash_states += 1;
                 counts.in_flight_present += stats.in_flight_present;
                 counts.in_flight_absent += stats.in_flight_absent;
-                counts.crashes_in_checkpoints += u64::from(run.failed_in_checkpoint);
+                counts.crashes_in_checkpoints += u64::from(run.failed_in_checkpoint());
                 counts.acknowledged += stats.acknowledged;
                 counts.checkpoints += run.report.checkpoints;
                 if matches!(mode, CrashMode::DropUnsynced) || n % 4 == 0 {
