@@ -4,7 +4,7 @@
 
 use crate::kill::{KillStats, Report, Verifier};
 use crate::workload::{simulated_options, Mix, Workload};
-use engram_core::{CoreError, Database};
+use engram_core::{CoreError, Database, DatabaseOptions};
 use engram_wal::storage::FaultStorage;
 use std::sync::Arc;
 
@@ -12,7 +12,11 @@ use std::sync::Arc;
 pub const DIR: &str = "/db";
 
 pub fn open(fs: &FaultStorage) -> engram_core::Result<Database> {
-    Database::open_with_storage(Arc::new(fs.clone()), DIR, simulated_options())
+    open_with(fs, simulated_options())
+}
+
+pub fn open_with(fs: &FaultStorage, options: DatabaseOptions) -> engram_core::Result<Database> {
+    Database::open_with_storage(Arc::new(fs.clone()), DIR, options)
 }
 
 /// How a workload run ended.
@@ -40,6 +44,10 @@ pub fn run_workload(fs: &FaultStorage, seed: u64, mix: &Mix, transactions: u64) 
 }
 
 pub fn continue_workload(fs: &FaultStorage, seed: u64, mix: &Mix, report: Report, transactions: u64) -> Run {
+    continue_workload_with(fs, simulated_options(), seed, mix, report, transactions)
+}
+
+pub fn continue_workload_with(fs: &FaultStorage, options: DatabaseOptions, seed: u64, mix: &Mix, report: Report, transactions: u64) -> Run {
     let first_seq = report.tries.last().map_or(0, |t| t.0 + 1);
     let mut run = Run {
         report,
@@ -47,7 +55,7 @@ pub fn continue_workload(fs: &FaultStorage, seed: u64, mix: &Mix, report: Report
         failed_in: "",
         db: None,
     };
-    let db = match open(fs) {
+    let db = match open_with(fs, options) {
         Ok(db) => db,
         Err(e) => {
             run.error = Some(e);
@@ -84,7 +92,11 @@ pub fn continue_workload(fs: &FaultStorage, seed: u64, mix: &Mix, report: Report
 
 /// Opens `fs` and checks the database against `report` (starting from an empty database).
 pub fn verify(fs: &FaultStorage, report: &Report) -> Result<KillStats, String> {
-    let db = open(fs).map_err(|e| format!("reopen failed: {e}"))?;
+    verify_with(fs, simulated_options(), report)
+}
+
+pub fn verify_with(fs: &FaultStorage, options: DatabaseOptions, report: &Report) -> Result<KillStats, String> {
+    let db = open_with(fs, options).map_err(|e| format!("reopen failed: {e}"))?;
     let mut stats = KillStats::default();
     Verifier::default().check(&db, report, &mut stats)?;
     Ok(stats)
