@@ -35,17 +35,25 @@ enum Campaign {
         #[arg(long)]
         workload: Option<PathBuf>,
     },
+    /// Write seed inputs for the fuzz targets (from a real database) into <out>/<target>/.
+    SeedCorpus {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
-    let Campaign::Kill {
-        seed,
-        kills,
-        mix,
-        dir,
-        max_delay_ms,
-        workload,
-    } = Cli::parse().command;
+    let (seed, kills, mix, dir, max_delay_ms, workload) = match Cli::parse().command {
+        Campaign::Kill {
+            seed,
+            kills,
+            mix,
+            dir,
+            max_delay_ms,
+            workload,
+        } => (seed, kills, mix, dir, max_delay_ms, workload),
+        Campaign::SeedCorpus { out } => return seed_corpus(&out),
+    };
     let workload_bin = workload.unwrap_or_else(|| {
         let me = std::env::current_exe().unwrap_or_default();
         me.with_file_name("crash-workload")
@@ -69,4 +77,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn seed_corpus(out: &std::path::Path) -> ExitCode {
+    for (i, (target, bytes)) in engram_crashtest::fuzzing::seed_inputs().into_iter().enumerate() {
+        let dir = out.join(target);
+        let written = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(dir.join(format!("seed-{i:03}")), bytes));
+        if let Err(e) = written {
+            eprintln!("writing {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
