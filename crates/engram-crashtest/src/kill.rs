@@ -139,12 +139,14 @@ impl Verifier {
         let mut acked_state = self.state.clone();
         let mut tries = report.tries.iter().peekable();
         for &(seq, txn, lsn, digest) in &report.acks {
-            let effects = loop {
-                match tries.next() {
-                    Some((s, e)) if *s == seq => break e,
-                    Some((s, _)) => return Err(format!("commit {s} was announced but neither acknowledged nor failed before {seq}")),
-                    None => return Err(format!("acknowledgement {seq} without its announcement")),
+            let effects = match tries.next() {
+                Some((s, e)) if *s == seq => e,
+                Some((s, _)) => {
+                    return Err(format!(
+                        "commit {s} was announced but neither acknowledged nor refused before {seq}"
+                    ))
                 }
+                None => return Err(format!("acknowledgement {seq} without its announcement")),
             };
             if effects.digest() != digest {
                 return Err(format!(
