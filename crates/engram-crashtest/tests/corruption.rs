@@ -7,7 +7,8 @@
 //! or — only for damage in the last record of the last segment, a torn tail — all but the last.
 //! Its change feed must agree. Never a panic.
 //!
-//! `ENGRAM_CORRUPTION_STRIDE` (default 61) damages every n-th byte; 1 sweeps every byte.
+//! `ENGRAM_CORRUPTION_STRIDE` (default 61) damages every n-th byte; 1 sweeps every byte;
+//! `ENGRAM_PROGRESS` prints the outcomes after each file (for long runs).
 
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, WalOptions};
 use engram_crashtest::kill::{KillStats, Report, Verifier};
@@ -198,6 +199,9 @@ fn every_damaged_byte_of_log_and_checkpoints_is_detected_or_harmless_and_never_s
                     Err(_) => panic!("{kind} {name}, byte {offset} ({damage}, {original:#04x}): panicked"),
                 }
             }
+        }
+        if std::env::var_os("ENGRAM_PROGRESS").is_some() {
+            eprintln!("[corruption] {kind} {name}: {o:?}, {:.0} s", started.elapsed().as_secs_f64());
         }
     }
     let mut total = 0;

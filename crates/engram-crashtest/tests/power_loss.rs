@@ -7,7 +7,8 @@
 //! turn after every one of its own mutating calls, and the recovery of that checked again.
 //!
 //! `ENGRAM_POWER_WORKLOADS` (default 3) sets the number of workloads and
-//! `ENGRAM_POWER_TRANSACTIONS` (default 14) their length; `ENGRAM_POWER_SEED` replays a campaign.
+//! `ENGRAM_POWER_TRANSACTIONS` (default 14) their length; `ENGRAM_POWER_SEED` replays a campaign;
+//! `ENGRAM_PROGRESS` prints the counts after every workload (for long runs).
 
 use engram_crashtest::rng::sub_seed;
 use engram_crashtest::simulated::{open, restore, run_workload, verify};
@@ -63,6 +64,7 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
     let transactions = env_u64("ENGRAM_POWER_TRANSACTIONS", 14);
     let campaign_seed = env_u64("ENGRAM_POWER_SEED", 0x9013);
     let mix: Mix = "memory=3,graph=3,kv=3,event=1,checkpoint=2,big=2".parse().unwrap();
+    let progress = std::env::var_os("ENGRAM_PROGRESS").is_some();
     let started = Instant::now();
     let mut counts = Counts::default();
     for w in 0..workloads {
@@ -94,6 +96,13 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
                     crash_every_recovery_point(&fs.image(), &run.report, &mut counts, &what);
                 }
             }
+        }
+        if progress {
+            eprintln!(
+                "[power loss] after workload {} of {workloads}: {counts:?}, {:.0} s",
+                w + 1,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     println!("power loss: {counts:?} in {:.1} s", started.elapsed().as_secs_f64());
