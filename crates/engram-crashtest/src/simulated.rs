@@ -28,6 +28,8 @@ pub struct Run {
     pub failed_in: &'static str,
     /// The database, still open (after an error too), for callers that probe it further.
     pub db: Option<Database>,
+    /// Log segments the run's checkpoints truncated.
+    pub segments_removed: u64,
 }
 
 impl Run {
@@ -54,6 +56,7 @@ pub fn continue_workload_with(fs: &FaultStorage, options: DatabaseOptions, seed:
         error: None,
         failed_in: "",
         db: None,
+        segments_removed: 0,
     };
     let db = match open_with(fs, options) {
         Ok(db) => db,
@@ -68,10 +71,13 @@ pub fn continue_workload_with(fs: &FaultStorage, options: DatabaseOptions, seed:
     let db = run.db.insert(db);
     for seq in first_seq..first_seq + transactions {
         if workload.wants_checkpoint() {
-            if let Err(e) = db.checkpoint() {
-                run.error = Some(e);
-                run.failed_in = "checkpoint";
-                return run;
+            match db.checkpoint() {
+                Ok(report) => run.segments_removed += report.log_segments_removed as u64,
+                Err(e) => {
+                    run.error = Some(e);
+                    run.failed_in = "checkpoint";
+                    return run;
+                }
             }
             run.report.checkpoints += 1;
         }

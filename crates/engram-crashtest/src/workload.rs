@@ -114,8 +114,8 @@ pub fn database_options(background_checkpoints: bool) -> DatabaseOptions {
 pub fn simulated_options() -> DatabaseOptions {
     DatabaseOptions {
         wal: WalOptions {
-            segment_bytes: 64 * 1024,
-            max_record_bytes: 32 * 1024,
+            segment_bytes: 32 * 1024,
+            max_record_bytes: 28 * 1024,
             background_preallocation: false,
             ..Default::default()
         },

@@ -7,7 +7,7 @@
 //! turn after every one of its own mutating calls, and the recovery of that checked again.
 //!
 //! `ENGRAM_POWER_WORKLOADS` (default 3) sets the number of workloads and
-//! `ENGRAM_POWER_TRANSACTIONS` (default 14) their length; `ENGRAM_POWER_SEED` replays a campaign;
+//! `ENGRAM_POWER_TRANSACTIONS` (default 10) their length; `ENGRAM_POWER_SEED` replays a campaign;
 //! `ENGRAM_PROGRESS` prints the counts after every workload (for long runs).
 
 use engram_crashtest::rng::sub_seed;
@@ -29,6 +29,8 @@ struct Counts {
     in_flight_absent: u64,
     crashes_in_checkpoints: u64,
     checkpoints: u64,
+    /// Log segments truncated by the faultless reference runs' checkpoints.
+    segments_truncated: u64,
     acknowledged: u64,
 }
 
@@ -61,9 +63,9 @@ fn crash_every_recovery_point(
 #[test]
 fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_commit() {
     let workloads = env_u64("ENGRAM_POWER_WORKLOADS", 3);
-    let transactions = env_u64("ENGRAM_POWER_TRANSACTIONS", 14);
+    let transactions = env_u64("ENGRAM_POWER_TRANSACTIONS", 10);
     let campaign_seed = env_u64("ENGRAM_POWER_SEED", 0x9013);
-    let mix: Mix = "memory=3,graph=3,kv=3,event=1,checkpoint=2,big=2".parse().unwrap();
+    let mix: Mix = "memory=2,graph=2,kv=2,event=1,checkpoint=4,big=3".parse().unwrap();
     let progress = std::env::var_os("ENGRAM_PROGRESS").is_some();
     let started = Instant::now();
     let mut counts = Counts::default();
@@ -74,6 +76,7 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
         drop(run.db.take());
         assert!(run.error.is_none(), "workload {seed}: failed without faults: {:?}", run.error);
         let total = reference.mutation_count();
+        counts.segments_truncated += run.segments_removed;
         counts.workloads += 1;
         for n in 0..total {
             for mode in [CrashMode::DropUnsynced, CrashMode::TearLastWrite { seed: seed ^ n }] {
@@ -110,7 +113,10 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
     // its fdatasync, so a commit whose sync completed was acknowledged. The kill campaign
     // covers present-but-unacknowledged commits.)
     assert!(
-        counts.in_flight_absent > 0 && counts.crashes_in_checkpoints > 0 && counts.recovery_crash_states > 0,
+        counts.in_flight_absent > 0
+            && counts.crashes_in_checkpoints > 0
+            && counts.recovery_crash_states > 0
+            && counts.segments_truncated > 0,
         "{counts:?}"
     );
 }
