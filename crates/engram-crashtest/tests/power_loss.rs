@@ -109,9 +109,9 @@ fn power_loss_at_every_io_call_and_again_during_recovery_loses_no_acknowledged_c
         }
     }
     println!("power loss: {counts:?} in {:.1} s", started.elapsed().as_secs_f64());
-    // (The interrupted commit is never found present here: power fails before the call after
-    // its fdatasync, so a commit whose sync completed was acknowledged. The kill campaign
-    // covers present-but-unacknowledged commits.)
+    // (The interrupted commit is rarely found present here: power fails before a call, so a
+    // commit whose fdatasync completed is acknowledged unless a later call of the same commit,
+    // such as preparing the next segment, fails. The kill campaign covers that case at length.)
     assert!(
         counts.in_flight_absent > 0
             && counts.crashes_in_checkpoints > 0
