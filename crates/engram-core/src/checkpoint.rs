@@ -744,6 +744,10 @@ pub(crate) fn load_newest(
         }
         match read(storage, &path, true) {
             Ok((_, contents)) => return Ok((contents, rejected)),
+            // Only a checkpoint that fails verification is skipped; an I/O error says nothing
+            // about its bytes and is reported as such (falling back could end in a misleading
+            // MissingCheckpoint once the log no longer covers the older one).
+            Err(e @ CoreError::Io { .. }) => return Err(e),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "skipping a checkpoint that does not verify");
                 rejected.push(RejectedCheckpoint {
