@@ -260,7 +260,10 @@ impl Store {
         let map = self.read();
         let mut out = Vec::new();
         let mut start = Bound::Unbounded;
-        while let Some((key, _)) = map.range((start, Bound::Unbounded)).find(|(_, c)| c.versions.first().is_some_and(|v| v.lsn <= at)) {
+        while let Some((key, _)) = map
+            .range((start, Bound::Unbounded))
+            .find(|(_, c)| c.versions.first().is_some_and(|v| v.lsn <= at))
+        {
             let namespace = key.namespace.clone();
             // Every key of `namespace` sorts before `namespace` + NUL.
             start = Bound::Included(Key::new(&format!("{namespace}\0"), Space::Meta, Vec::new()));

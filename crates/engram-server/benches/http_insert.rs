@@ -48,7 +48,11 @@ struct Figures {
 
 fn summarize(mut latencies: Vec<Duration>, elapsed: Duration, db: &Database) -> Figures {
     latencies.sort_unstable();
-    let at = |q: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
     let w = db.wal_stats();
     Figures {
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),

@@ -42,9 +42,7 @@ impl Caller {
 
     fn namespace_allowed(&self, namespace: &str) -> Result<(), ApiError> {
         match &self.namespaces {
-            Some(allowed) if !allowed.contains(namespace) => Err(forbidden(format!(
-                "this API key may not access namespace {namespace:?}"
-            ))),
+            Some(allowed) if !allowed.contains(namespace) => Err(forbidden(format!("this API key may not access namespace {namespace:?}"))),
             _ => Ok(()),
         }
     }

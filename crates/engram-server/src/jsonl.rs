@@ -161,7 +161,12 @@ pub fn export(db: &Database, out: &mut impl Write, mut progress: impl FnMut(u64)
 
 /// Reads every line first (so a bad line fails before anything is written), then commits them
 /// in one transaction. `progress` is called with the bytes read so far.
-pub fn import(db: &Database, input: impl BufRead, default_namespace: &str, mut progress: impl FnMut(u64)) -> Result<ImportReport, JsonlError> {
+pub fn import(
+    db: &Database,
+    input: impl BufRead,
+    default_namespace: &str,
+    mut progress: impl FnMut(u64),
+) -> Result<ImportReport, JsonlError> {
     engram_core::validate_namespace(default_namespace)?;
     let mut lines = Vec::new();
     let mut bytes_read = 0u64;

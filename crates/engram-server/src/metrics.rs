@@ -37,15 +37,21 @@ impl Metrics {
         let checkpoint_buckets = prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets");
         let m = Metrics {
             commits: IntCounter::new("engram_commits_total", "Transactions committed through the API").expect("metric"),
-            commit_failures: IntCounter::new("engram_commit_failures_total", "Transactions that failed to commit (conflicts included)")
-                .expect("metric"),
+            commit_failures: IntCounter::new(
+                "engram_commit_failures_total",
+                "Transactions that failed to commit (conflicts included)",
+            )
+            .expect("metric"),
             commit_latency: Histogram::with_opts(
                 HistogramOpts::new("engram_commit_latency_seconds", "Time from begin to acknowledged commit").buckets(commit_buckets),
             )
             .expect("metric"),
             checkpoint_duration: Histogram::with_opts(
-                HistogramOpts::new("engram_checkpoint_duration_seconds", "Duration of checkpoints requested through the API")
-                    .buckets(checkpoint_buckets),
+                HistogramOpts::new(
+                    "engram_checkpoint_duration_seconds",
+                    "Duration of checkpoints requested through the API",
+                )
+                .buckets(checkpoint_buckets),
             )
             .expect("metric"),
             replay_duration_seconds: prometheus::Gauge::new(
@@ -101,7 +107,8 @@ impl Metrics {
             self.wal_syncs.inc_by(now.syncs.saturating_sub(last.syncs));
             self.wal_groups.inc_by(now.groups.saturating_sub(last.groups));
             self.wal_appends.inc_by(now.appends.saturating_sub(last.appends));
-            self.wal_appended_bytes.inc_by(now.appended_bytes.saturating_sub(last.appended_bytes));
+            self.wal_appended_bytes
+                .inc_by(now.appended_bytes.saturating_sub(last.appended_bytes));
             *last = now.clone();
         }
         self.wal_records_per_sync.set(now.records_per_sync);

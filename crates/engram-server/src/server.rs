@@ -19,10 +19,15 @@ use utoipa::OpenApi;
 pub fn router(state: AppState) -> Router {
     let ns = "/v1/namespaces/{ns}";
     let protected = Router::new()
-        .route(&format!("{ns}/memories"), post(memories::create_memory).get(memories::list_memories))
+        .route(
+            &format!("{ns}/memories"),
+            post(memories::create_memory).get(memories::list_memories),
+        )
         .route(
             &format!("{ns}/memories/{{id}}"),
-            get(memories::get_memory).patch(memories::update_memory).delete(memories::delete_memory),
+            get(memories::get_memory)
+                .patch(memories::update_memory)
+                .delete(memories::delete_memory),
         )
         .route(&format!("{ns}/memories/{{id}}/history"), get(memories::memory_history))
         .route(&format!("{ns}/graph/create_entities"), post(graph::create_entities))
@@ -56,7 +61,11 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -91,7 +100,12 @@ pub async fn shutdown_signal() {
 /// `shutdown` resolves; then stops accepting, ends change-feed streams, lets in-flight requests
 /// (and so their commits) finish, and syncs the log, so that even writes acknowledged with
 /// `durability=buffered` are durable when this returns.
-pub async fn serve(listener: TcpListener, state: AppState, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let flag = state.shutting_down.clone();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 async fn memories_create_read_patch_delete_history_and_as_of() {
     let s = TestServer::start().await;
     let (status, created) = s
-        .post("/v1/namespaces/agent-1/memories", json!({"text": "likes tea", "embedding": [0.5, 0.25], "metadata": {"topic": "drinks"}}))
+        .post(
+            "/v1/namespaces/agent-1/memories",
+            json!({"text": "likes tea", "embedding": [0.5, 0.25], "metadata": {"topic": "drinks"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["embedding"], "given");
@@ -25,24 +28,42 @@ async fn memories_create_read_patch_delete_history_and_as_of() {
     assert_eq!(read["version"].as_u64().unwrap(), first_lsn);
 
     let patched = s
-        .ok(Method::PATCH, &format!("/v1/namespaces/agent-1/memories/{id}"), Some(json!({"text": "likes green tea"})))
+        .ok(
+            Method::PATCH,
+            &format!("/v1/namespaces/agent-1/memories/{id}"),
+            Some(json!({"text": "likes green tea"})),
+        )
         .await;
     let patch_lsn = patched["lsn"].as_u64().unwrap();
     assert!(patch_lsn > first_lsn);
     assert_eq!(patched["text"], "likes green tea");
-    assert_eq!(patched["embedding"], json!([0.5, 0.25]), "a text change without an embedder keeps the vector");
+    assert_eq!(
+        patched["embedding"],
+        json!([0.5, 0.25]),
+        "a text change without an embedder keeps the vector"
+    );
 
     // As of the first commit, by LSN and by time.
-    let old = s.ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}?as_of={first_lsn}"), None).await;
+    let old = s
+        .ok(
+            Method::GET,
+            &format!("/v1/namespaces/agent-1/memories/{id}?as_of={first_lsn}"),
+            None,
+        )
+        .await;
     assert_eq!(old["text"], "likes tea");
-    let history = s.ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}/history"), None).await;
+    let history = s
+        .ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}/history"), None)
+        .await;
     let versions = history["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 2);
     assert_eq!(versions[0]["value"]["text"], "likes tea");
     assert_eq!(versions[1]["value"]["text"], "likes green tea");
     let first_ts = versions[0]["commit_ts_ms"].as_u64().unwrap();
     let time = chrono_like_rfc3339(first_ts);
-    let by_time = s.ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}?as_of={time}"), None).await;
+    let by_time = s
+        .ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}?as_of={time}"), None)
+        .await;
     assert_eq!(by_time["text"], "likes tea", "as of {time}");
 
     let list = s.ok(Method::GET, "/v1/namespaces/agent-1/memories", None).await;
@@ -55,11 +76,19 @@ async fn memories_create_read_patch_delete_history_and_as_of() {
     assert_eq!(body["code"], "not_found");
     let (status, _) = s.call(Method::DELETE, &format!("/v1/namespaces/agent-1/memories/{id}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let history = s.ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}/history"), None).await;
+    let history = s
+        .ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}/history"), None)
+        .await;
     assert_eq!(history["versions"].as_array().unwrap().len(), 3);
     assert_eq!(history["versions"][2]["deleted"], true);
     // Still readable in the past.
-    let past = s.ok(Method::GET, &format!("/v1/namespaces/agent-1/memories/{id}?as_of={patch_lsn}"), None).await;
+    let past = s
+        .ok(
+            Method::GET,
+            &format!("/v1/namespaces/agent-1/memories/{id}?as_of={patch_lsn}"),
+            None,
+        )
+        .await;
     assert_eq!(past["text"], "likes green tea");
 }
 
@@ -104,7 +133,11 @@ async fn graph_endpoints_follow_the_reference_server() {
     assert_eq!(created["created"].as_array().unwrap().len(), 2, "{created}");
     let first_lsn = created["lsn"].as_u64().unwrap();
     let again = s
-        .ok(Method::POST, &format!("{g}/create_entities"), Some(json!({"entities": [{"name": "Alice", "entityType": "x", "observations": []}]})))
+        .ok(
+            Method::POST,
+            &format!("{g}/create_entities"),
+            Some(json!({"entities": [{"name": "Alice", "entityType": "x", "observations": []}]})),
+        )
         .await;
     assert_eq!(again["created"], json!([]));
 
@@ -124,9 +157,15 @@ async fn graph_endpoints_follow_the_reference_server() {
             Some(json!({"observations": [{"entityName": "Bob", "contents": ["plays chess", "plays chess"]}]})),
         )
         .await;
-    assert_eq!(added["results"], json!([{"entityName": "Bob", "addedObservations": ["plays chess"]}]));
+    assert_eq!(
+        added["results"],
+        json!([{"entityName": "Bob", "addedObservations": ["plays chess"]}])
+    );
     let (status, err) = s
-        .post(&format!("{g}/add_observations"), json!({"observations": [{"entityName": "Nobody", "contents": ["x"]}]}))
+        .post(
+            &format!("{g}/add_observations"),
+            json!({"observations": [{"entityName": "Nobody", "contents": ["x"]}]}),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
 
@@ -141,17 +180,25 @@ async fn graph_endpoints_follow_the_reference_server() {
             "relations": [{"from": "Alice", "to": "Bob", "relationType": "knows"}]
         })
     );
-    let found = s.ok(Method::POST, &format!("{g}/search_nodes"), Some(json!({"query": "CHESS"}))).await;
+    let found = s
+        .ok(Method::POST, &format!("{g}/search_nodes"), Some(json!({"query": "CHESS"})))
+        .await;
     assert_eq!(found["entities"].as_array().unwrap().len(), 1);
     assert_eq!(found["entities"][0]["name"], "Bob");
     assert_eq!(found["relations"], json!([]));
-    let opened = s.ok(Method::POST, &format!("{g}/open_nodes"), Some(json!({"names": ["Alice", "Bob"]}))).await;
+    let opened = s
+        .ok(Method::POST, &format!("{g}/open_nodes"), Some(json!({"names": ["Alice", "Bob"]})))
+        .await;
     assert_eq!(opened, graph);
     let old = s.ok(Method::GET, &format!("{g}/read_graph?as_of={first_lsn}"), None).await;
     assert_eq!(old["relations"], json!([]));
     assert_eq!(old["entities"][1]["observations"], json!([]));
     let old_search = s
-        .ok(Method::POST, &format!("{g}/search_nodes"), Some(json!({"query": "chess", "as_of": first_lsn.to_string()})))
+        .ok(
+            Method::POST,
+            &format!("{g}/search_nodes"),
+            Some(json!({"query": "chess", "as_of": first_lsn.to_string()})),
+        )
         .await;
     assert_eq!(old_search["entities"], json!([]));
 
@@ -167,9 +214,20 @@ async fn graph_endpoints_follow_the_reference_server() {
         Some(json!({"relations": [{"from": "Alice", "to": "Bob", "relationType": "knows"}]})),
     )
     .await;
-    let hist = s.ok(Method::GET, &format!("{g}/relation_history?from=Alice&to=Bob&relationType=knows"), None).await;
+    let hist = s
+        .ok(
+            Method::GET,
+            &format!("{g}/relation_history?from=Alice&to=Bob&relationType=knows"),
+            None,
+        )
+        .await;
     assert_eq!(hist["versions"].as_array().unwrap().len(), 2);
-    s.ok(Method::POST, &format!("{g}/delete_entities"), Some(json!({"entityNames": ["Alice", "Missing"]}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{g}/delete_entities"),
+        Some(json!({"entityNames": ["Alice", "Missing"]})),
+    )
+    .await;
     let graph = s.ok(Method::GET, &format!("{g}/read_graph"), None).await;
     assert_eq!(graph["entities"].as_array().unwrap().len(), 1);
     let hist = s.ok(Method::GET, &format!("{g}/entity_history?name=Alice"), None).await;
@@ -183,10 +241,14 @@ async fn graph_endpoints_follow_the_reference_server() {
 async fn kv_get_put_delete_scan_and_history() {
     let s = TestServer::start().await;
     let kv = "/v1/namespaces/state/kv";
-    let put = s.ok(Method::PUT, &format!("{kv}/threads/1/step"), Some(json!({"json": {"n": 1}}))).await;
+    let put = s
+        .ok(Method::PUT, &format!("{kv}/threads/1/step"), Some(json!({"json": {"n": 1}})))
+        .await;
     let v1 = put["lsn"].as_u64().unwrap();
-    s.ok(Method::PUT, &format!("{kv}/threads/1/step"), Some(json!({"json": {"n": 2}}))).await;
-    s.ok(Method::PUT, &format!("{kv}/threads/2/step"), Some(json!({"hex": "00ff"}))).await;
+    s.ok(Method::PUT, &format!("{kv}/threads/1/step"), Some(json!({"json": {"n": 2}})))
+        .await;
+    s.ok(Method::PUT, &format!("{kv}/threads/2/step"), Some(json!({"hex": "00ff"})))
+        .await;
     s.ok(Method::PUT, &format!("{kv}/zzz"), Some(json!({"json": "last"}))).await;
 
     let got = s.ok(Method::GET, &format!("{kv}/threads/1/step"), None).await;
@@ -198,7 +260,12 @@ async fn kv_get_put_delete_scan_and_history() {
     assert_eq!(bytes["value"], json!({"hex": "00ff"}));
 
     let scan = s.ok(Method::GET, &format!("{kv}?prefix=threads/"), None).await;
-    let keys: Vec<&str> = scan["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = scan["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["threads/1/step", "threads/2/step"]);
     let range = s.ok(Method::GET, &format!("{kv}?from=threads/2&to=zzz"), None).await;
     assert_eq!(range["items"].as_array().unwrap().len(), 1);
@@ -360,13 +427,28 @@ async fn cursors_admin_stats_metrics_health_and_openapi() {
         ("/metrics", vec!["get"]),
     ];
     for (path, methods) in &expected {
-        let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
+        let item = paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
         for m in methods {
             assert!(item.get(*m).is_some(), "{m} {path} missing from the OpenAPI document");
         }
     }
-    assert_eq!(paths.len(), expected.len(), "documented paths: {:?}", paths.keys().collect::<Vec<_>>());
-    for schema in ["ErrorBody", "MemoryBody", "TransactionBody", "Operation", "ChangeEventBody", "GraphBody", "KvValueBody"] {
+    assert_eq!(
+        paths.len(),
+        expected.len(),
+        "documented paths: {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    for schema in [
+        "ErrorBody",
+        "MemoryBody",
+        "TransactionBody",
+        "Operation",
+        "ChangeEventBody",
+        "GraphBody",
+        "KvValueBody",
+    ] {
         assert!(doc["components"]["schemas"].get(schema).is_some(), "schema {schema} missing");
     }
     s.stop().await;

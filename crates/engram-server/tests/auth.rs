@@ -7,6 +7,9 @@ use common::{config, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
+/// A request: method, path, JSON body.
+type Req = (Method, String, Option<serde_json::Value>);
+
 const ADMIN: &str = "admin-key-0123456789";
 const WRITER_A: &str = "writer-a-0123456789";
 const READER_A: &str = "reader-a-0123456789";
@@ -36,7 +39,13 @@ role = "read_write"
     ))
 }
 
-async fn as_key(s: &mut TestServer, key: Option<&str>, method: Method, path: &str, body: Option<serde_json::Value>) -> (StatusCode, serde_json::Value) {
+async fn as_key(
+    s: &mut TestServer,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
     s.key = key.map(str::to_string);
     s.call(method, path, body).await
 }
@@ -57,7 +66,7 @@ async fn every_refusal_is_json_and_changes_nothing() {
     let lsn = s.visible_lsn().await;
 
     // (key, request, expected status, expected code)
-    let cases: Vec<(Option<&str>, (Method, String, Option<serde_json::Value>), StatusCode, &str)> = vec![
+    let cases: Vec<(Option<&str>, Req, StatusCode, &str)> = vec![
         (None, get("a"), StatusCode::UNAUTHORIZED, "unauthenticated"),
         (None, put("a"), StatusCode::UNAUTHORIZED, "unauthenticated"),
         (Some("wrong-key-0123456789"), get("a"), StatusCode::UNAUTHORIZED, "invalid_key"),
@@ -79,19 +88,58 @@ async fn every_refusal_is_json_and_changes_nothing() {
             StatusCode::FORBIDDEN,
             "forbidden",
         ),
-        (Some(WRITER_A), (Method::POST, "/v1/admin/checkpoint".into(), None), StatusCode::FORBIDDEN, "forbidden"),
-        (Some(WRITER_ALL), (Method::POST, "/v1/admin/checkpoint".into(), None), StatusCode::FORBIDDEN, "forbidden"),
-        (Some(WRITER_A), (Method::GET, "/v1/changes?follow=false".into(), None), StatusCode::FORBIDDEN, "forbidden"),
-        (Some(WRITER_A), (Method::GET, "/v1/changes?follow=false&namespace=b".into(), None), StatusCode::FORBIDDEN, "forbidden"),
-        (Some(WRITER_A), (Method::POST, "/v1/cursors".into(), Some(json!({"name": "c"}))), StatusCode::FORBIDDEN, "forbidden"),
-        (Some(READER_A), (Method::POST, "/v1/namespaces/a/memories".into(), Some(json!({"text": "x"}))), StatusCode::FORBIDDEN, "forbidden"),
         (
-            Some(READER_A),
-            (Method::POST, "/v1/namespaces/a/graph/create_entities".into(), Some(json!({"entities": []}))),
+            Some(WRITER_A),
+            (Method::POST, "/v1/admin/checkpoint".into(), None),
             StatusCode::FORBIDDEN,
             "forbidden",
         ),
-        (None, (Method::GET, "/metrics".into(), None), StatusCode::UNAUTHORIZED, "unauthenticated"),
+        (
+            Some(WRITER_ALL),
+            (Method::POST, "/v1/admin/checkpoint".into(), None),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Some(WRITER_A),
+            (Method::GET, "/v1/changes?follow=false".into(), None),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Some(WRITER_A),
+            (Method::GET, "/v1/changes?follow=false&namespace=b".into(), None),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Some(WRITER_A),
+            (Method::POST, "/v1/cursors".into(), Some(json!({"name": "c"}))),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Some(READER_A),
+            (Method::POST, "/v1/namespaces/a/memories".into(), Some(json!({"text": "x"}))),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Some(READER_A),
+            (
+                Method::POST,
+                "/v1/namespaces/a/graph/create_entities".into(),
+                Some(json!({"entities": []})),
+            ),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            None,
+            (Method::GET, "/metrics".into(), None),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
     ];
     for (key, (method, path, body), status, code) in cases {
         let response = {
@@ -113,7 +161,7 @@ async fn every_refusal_is_json_and_changes_nothing() {
     assert_eq!(s.visible_lsn().await, lsn, "no refused request committed anything");
 
     // What each key may do.
-    let allowed: Vec<(&str, (Method, String, Option<serde_json::Value>))> = vec![
+    let allowed: Vec<(&str, Req)> = vec![
         (READER_A, get("a")),
         (WRITER_A, put("a")),
         (WRITER_A, get("a")),

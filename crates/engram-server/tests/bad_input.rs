@@ -36,9 +36,18 @@ async fn bad_input_is_a_4xx_and_changes_nothing() {
     ))
     .await;
     // A namespace with dimension 2, an entity, a key.
-    s.ok(Method::POST, "/v1/namespaces/a/memories", Some(json!({"text": "x", "embedding": [1.0, 0.0]}))).await;
-    s.ok(Method::POST, "/v1/namespaces/a/graph/create_entities", Some(json!({"entities": [{"name": "E", "entityType": "t"}]})))
-        .await;
+    s.ok(
+        Method::POST,
+        "/v1/namespaces/a/memories",
+        Some(json!({"text": "x", "embedding": [1.0, 0.0]})),
+    )
+    .await;
+    s.ok(
+        Method::POST,
+        "/v1/namespaces/a/graph/create_entities",
+        Some(json!({"entities": [{"name": "E", "entityType": "t"}]})),
+    )
+    .await;
     s.ok(Method::PUT, "/v1/namespaces/a/kv/k", Some(json!({"json": 1}))).await;
     let lsn = s.visible_lsn().await;
     let feed_before = s.changes("").await;
@@ -46,7 +55,8 @@ async fn bad_input_is_a_4xx_and_changes_nothing() {
     let mem = "/v1/namespaces/a/memories";
     let big = format!("{{\"text\": \"{}\"}}", "x".repeat(5000));
     let nine = format!("{{\"text\": \"x\", \"embedding\": {:?}}}", vec![0.5f32; 9]);
-    let four_entities = json!({"entities": (0..4).map(|i| json!({"name": format!("n{i}"), "entityType": "t"})).collect::<Vec<_>>()}).to_string();
+    let four_entities =
+        json!({"entities": (0..4).map(|i| json!({"name": format!("n{i}"), "entityType": "t"})).collect::<Vec<_>>()}).to_string();
     let cases = vec![
         // Malformed JSON and wrong types.
         bad(Method::POST, mem, "{\"text\": ", StatusCode::BAD_REQUEST, "malformed_json"),

@@ -55,11 +55,19 @@ async fn text_only_memories_are_embedded_on_write() {
     assert_eq!(read["embedding"], json!(fake_vector("hello")));
 
     // A given embedding is kept as given.
-    let (_, given) = s.post("/v1/namespaces/a/memories", json!({"text": "x", "embedding": [9.0, 9.0, 9.0]})).await;
+    let (_, given) = s
+        .post("/v1/namespaces/a/memories", json!({"text": "x", "embedding": [9.0, 9.0, 9.0]}))
+        .await;
     assert_eq!(given["embedding"], "given");
 
     // A new text is re-embedded.
-    let patched = s.ok(Method::PATCH, &format!("/v1/namespaces/a/memories/{id}"), Some(json!({"text": "bye now"}))).await;
+    let patched = s
+        .ok(
+            Method::PATCH,
+            &format!("/v1/namespaces/a/memories/{id}"),
+            Some(json!({"text": "bye now"})),
+        )
+        .await;
     assert_eq!(patched["embedding"], json!(fake_vector("bye now")));
 
     // In a transaction, each insert gets its own vector.

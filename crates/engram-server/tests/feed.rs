@@ -19,9 +19,12 @@ async fn write_transactions(s: &TestServer) -> Vec<u64> {
             operations.push(json!({"op": "emit_event", "namespace": "feed", "topic": "tick", "payload": {"i": i}}));
         }
         if i % 5 == 0 {
-            operations.push(json!({"op": "create_entities", "namespace": "other", "entities": [{"name": format!("e{i}"), "entityType": "t"}]}));
+            operations
+                .push(json!({"op": "create_entities", "namespace": "other", "entities": [{"name": format!("e{i}"), "entityType": "t"}]}));
         }
-        let result = s.ok(Method::POST, "/v1/transactions", Some(json!({"operations": operations}))).await;
+        let result = s
+            .ok(Method::POST, "/v1/transactions", Some(json!({"operations": operations})))
+            .await;
         lsns.push(result["lsn"].as_u64().unwrap());
         tokio::task::yield_now().await;
     }
@@ -73,13 +76,18 @@ async fn exactly_once_in_lsn_order_across_a_reconnect_with_a_durable_cursor() {
     })
     .await;
     let position = processed.last().unwrap()["lsn"].as_u64().unwrap();
-    s.ok(Method::POST, "/v1/cursors/consumer/advance", Some(json!({"lsn": position}))).await;
+    s.ok(Method::POST, "/v1/cursors/consumer/advance", Some(json!({"lsn": position})))
+        .await;
 
     let lsns = writer.await.unwrap();
     assert!(lsns.windows(2).all(|w| w[0] < w[1]));
 
     // Second session from the durable cursor: the rest, then the stream ends (follow=false).
-    let response = s.request(Method::GET, "/v1/cursors/consumer/changes?follow=false").send().await.unwrap();
+    let response = s
+        .request(Method::GET, "/v1/cursors/consumer/changes?follow=false")
+        .send()
+        .await
+        .unwrap();
     read_lines(response, |event| {
         processed.push(event);
         true
@@ -90,7 +98,9 @@ async fn exactly_once_in_lsn_order_across_a_reconnect_with_a_durable_cursor() {
 
     // Exactly the committed changes, once each, in order.
     let everything = s.changes("").await;
-    let expected_events: usize = (0..TRANSACTIONS).map(|i| 1 + usize::from(i % 3 == 0) + usize::from(i % 5 == 0)).sum();
+    let expected_events: usize = (0..TRANSACTIONS)
+        .map(|i| 1 + usize::from(i % 3 == 0) + usize::from(i % 5 == 0))
+        .sum();
     assert_eq!(everything.len(), expected_events);
     assert_eq!(processed, everything);
     let seen_lsns: Vec<u64> = {
@@ -102,7 +112,11 @@ async fn exactly_once_in_lsn_order_across_a_reconnect_with_a_durable_cursor() {
     assert!(processed.windows(2).all(|w| w[0]["lsn"].as_u64() <= w[1]["lsn"].as_u64()));
 
     // Nothing more after the cursor.
-    let response = s.request(Method::GET, "/v1/cursors/consumer/changes?follow=false").send().await.unwrap();
+    let response = s
+        .request(Method::GET, "/v1/cursors/consumer/changes?follow=false")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.text().await.unwrap(), "");
 
     // A namespace filter.
@@ -119,7 +133,8 @@ async fn exactly_once_in_lsn_order_across_a_reconnect_with_a_durable_cursor() {
 async fn server_sent_events_carry_the_lsn_as_id() {
     let s = TestServer::start().await;
     for i in 0..3 {
-        s.ok(Method::PUT, &format!("/v1/namespaces/n/kv/k{i}"), Some(json!({"json": i}))).await;
+        s.ok(Method::PUT, &format!("/v1/namespaces/n/kv/k{i}"), Some(json!({"json": i})))
+            .await;
     }
     let response = s
         .request(Method::GET, "/v1/changes?follow=false")
@@ -129,7 +144,11 @@ async fn server_sent_events_carry_the_lsn_as_id() {
         .unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = response.text().await.unwrap();
-    let ids: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|l| l.parse().unwrap()).collect();
+    let ids: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|l| l.parse().unwrap())
+        .collect();
     let data: Vec<Value> = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -146,10 +165,23 @@ async fn a_following_stream_sees_new_commits_and_ends_on_shutdown() {
     let response = s.request(Method::GET, "/v1/changes?from_lsn=1").send().await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(read_lines(response, move |e| tx.send(e).is_ok()));
-    s.ok(Method::PUT, "/v1/namespaces/n/kv/late", Some(json!({"json": "arrives after the stream opened"}))).await;
-    let event = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    s.ok(
+        Method::PUT,
+        "/v1/namespaces/n/kv/late",
+        Some(json!({"json": "arrives after the stream opened"})),
+    )
+    .await;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(event["key"], "late");
     // Graceful shutdown ends the stream instead of waiting for it forever.
-    tokio::time::timeout(std::time::Duration::from_secs(10), s.stop()).await.expect("shutdown with an open stream");
-    tokio::time::timeout(std::time::Duration::from_secs(10), reader).await.unwrap().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.stop())
+        .await
+        .expect("shutdown with an open stream");
+    tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
 }

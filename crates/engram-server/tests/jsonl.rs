@@ -15,11 +15,45 @@ fn export_then_import_reproduces_every_namespace() {
     let source = open(&tmp.path().join("source"));
     source
         .run(1, |txn| {
-            txn.insert_memory("a", NewMemory { text: "with vector".into(), embedding: Some(vec![0.5, 1.5]), metadata: json!({"k": [1, 2]}) })?;
-            txn.insert_memory("a", NewMemory { text: "text only".into(), ..Default::default() })?;
-            txn.create_entities("b", &[engram_core::Entity { name: "E".into(), entity_type: "t".into(), observations: vec!["o".into()] }])?;
-            txn.create_entities("b", &[engram_core::Entity { name: "F".into(), entity_type: "t".into(), observations: vec![] }])?;
-            txn.create_relations("b", &[engram_core::Relation { from: "F".into(), to: "E".into(), relation_type: "r".into() }])?;
+            txn.insert_memory(
+                "a",
+                NewMemory {
+                    text: "with vector".into(),
+                    embedding: Some(vec![0.5, 1.5]),
+                    metadata: json!({"k": [1, 2]}),
+                },
+            )?;
+            txn.insert_memory(
+                "a",
+                NewMemory {
+                    text: "text only".into(),
+                    ..Default::default()
+                },
+            )?;
+            txn.create_entities(
+                "b",
+                &[engram_core::Entity {
+                    name: "E".into(),
+                    entity_type: "t".into(),
+                    observations: vec!["o".into()],
+                }],
+            )?;
+            txn.create_entities(
+                "b",
+                &[engram_core::Entity {
+                    name: "F".into(),
+                    entity_type: "t".into(),
+                    observations: vec![],
+                }],
+            )?;
+            txn.create_relations(
+                "b",
+                &[engram_core::Relation {
+                    from: "F".into(),
+                    to: "E".into(),
+                    relation_type: "r".into(),
+                }],
+            )?;
             txn.kv_put("c", b"text key", KvValue::Json(json!({"deep": {"x": null}})))?;
             txn.kv_put("c", &[0xff, 0x00], KvValue::Bytes(vec![1, 2, 3]))?;
             Ok(())
@@ -37,7 +71,11 @@ fn export_then_import_reproduces_every_namespace() {
     assert_eq!(imported.counts, report.counts);
     let (s, t) = (source.snapshot(), target.snapshot());
     assert_eq!(t.namespaces().unwrap(), ["a", "b", "c"]);
-    assert_eq!(t.list_memories("a").unwrap(), s.list_memories("a").unwrap(), "ids, timestamps, vectors and metadata kept");
+    assert_eq!(
+        t.list_memories("a").unwrap(),
+        s.list_memories("a").unwrap(),
+        "ids, timestamps, vectors and metadata kept"
+    );
     assert_eq!(t.dimension("a"), Some(2));
     assert_eq!(t.read_graph("b").unwrap(), s.read_graph("b").unwrap());
     assert_eq!(t.kv_scan_prefix("c", b"").unwrap(), s.kv_scan_prefix("c", b"").unwrap());

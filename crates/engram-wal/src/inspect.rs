@@ -66,7 +66,12 @@ pub fn verify(wal: &Wal) -> Result<VerifyReport> {
 }
 
 /// Writes one line per record from `from`: LSN, kind, length and a printable preview.
-pub fn dump(wal: &Wal, from: Lsn, limit: Option<usize>, out: &mut dyn Write) -> std::result::Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+pub fn dump(
+    wal: &Wal,
+    from: Lsn,
+    limit: Option<usize>,
+    out: &mut dyn Write,
+) -> std::result::Result<u64, Box<dyn std::error::Error + Send + Sync>> {
     let mut written = 0;
     for record in wal.reader(from.max(wal.first_lsn()))?.take(limit.unwrap_or(usize::MAX)) {
         let record = record?;
@@ -74,7 +79,13 @@ pub fn dump(wal: &Wal, from: Lsn, limit: Option<usize>, out: &mut dyn Write) -> 
             .chars()
             .map(|c| if c.is_control() { '.' } else { c })
             .collect();
-        writeln!(out, "{:>12}  kind {:>3}  {:>8} bytes  {preview}", record.lsn, record.kind, record.payload.len())?;
+        writeln!(
+            out,
+            "{:>12}  kind {:>3}  {:>8} bytes  {preview}",
+            record.lsn,
+            record.kind,
+            record.payload.len()
+        )?;
         written += 1;
     }
     Ok(written)

@@ -40,7 +40,9 @@ struct DataArg {
 #[derive(Subcommand)]
 enum Commands {
     /// Runs the HTTP API until SIGTERM or Ctrl-C (then finishes requests in flight and syncs).
-    #[command(after_help = "Examples:\n  engram serve\n  engram serve --listen 127.0.0.1:0 --data /tmp/engram\n  ENGRAM_EMBEDDER_URL=http://127.0.0.1:11434/v1 ENGRAM_EMBEDDER_MODEL=nomic-embed-text engram serve")]
+    #[command(
+        after_help = "Examples:\n  engram serve\n  engram serve --listen 127.0.0.1:0 --data /tmp/engram\n  ENGRAM_EMBEDDER_URL=http://127.0.0.1:11434/v1 ENGRAM_EMBEDDER_MODEL=nomic-embed-text engram serve"
+    )]
     Serve {
         /// Database directory [default: ./engram-data, or `data` in the config file].
         #[arg(long)]
@@ -167,7 +169,11 @@ fn run(command: Commands) -> Result<(), Failure> {
             println!(
                 "checkpoint at LSN {} ({}): {} keys, {} versions, {} bytes; log kept from LSN {} ({} segments removed) in {:.1?}",
                 r.lsn,
-                if r.written { "written" } else { "unchanged: nothing committed since the last one" },
+                if r.written {
+                    "written"
+                } else {
+                    "unchanged: nothing committed since the last one"
+                },
                 r.keys,
                 r.versions,
                 r.file_bytes,
@@ -230,10 +236,22 @@ fn print_status(db: &Database, open_time: std::time::Duration) -> Result<(), Fai
     let mut out = std::io::stdout().lock();
     writeln!(out, "directory:         {}", db.dir().display())?;
     writeln!(out, "visible LSN:       {}", db.visible_lsn())?;
-    writeln!(out, "last checkpoint:   {}", db.last_checkpoint_lsn().map_or("none".into(), |l| format!("LSN {l}")))?;
+    writeln!(
+        out,
+        "last checkpoint:   {}",
+        db.last_checkpoint_lsn().map_or("none".into(), |l| format!("LSN {l}"))
+    )?;
     writeln!(out, "history horizon:   LSN {}", db.history_horizon_lsn())?;
-    writeln!(out, "log:               LSNs {}..={} in {} segments", w.first_lsn, w.last_lsn, w.segments)?;
-    writeln!(out, "open took:         {open_time:.1?} ({} records replayed)", db.open_report().replayed_records)?;
+    writeln!(
+        out,
+        "log:               LSNs {}..={} in {} segments",
+        w.first_lsn, w.last_lsn, w.segments
+    )?;
+    writeln!(
+        out,
+        "open took:         {open_time:.1?} ({} records replayed)",
+        db.open_report().replayed_records
+    )?;
     let cursors = db.cursors();
     writeln!(out, "cursors:           {}", cursors.len())?;
     for (name, lsn) in cursors {
@@ -311,7 +329,9 @@ fn run_serve(data: Option<PathBuf>, listen: Option<String>, config_path: Option<
     state.metrics.set_replay_duration(open_time);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let bound = listener.local_addr()?;
         tracing::info!(data = %data.display(), "listening on {bound}");
         let app = router(state.clone());

@@ -76,7 +76,11 @@ impl Drop for Served {
 
 fn engram(args: &[&str], data: &Path) -> Output {
     let output = Command::new(BIN).args(args).arg("--data").arg(data).output().unwrap();
-    assert!(output.status.success(), "engram {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "engram {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     output
 }
 
@@ -145,11 +149,22 @@ fn import_of_a_reference_memory_jsonl_then_read_graph_returns_it() {
     let copy = tmp.path().join("copy");
     engram(&["import", export_file.to_str().unwrap()], &copy);
     let again = engram(&["export"], &copy);
-    assert_eq!(String::from_utf8(again.stdout).unwrap(), std::fs::read_to_string(&export_file).unwrap());
+    assert_eq!(
+        String::from_utf8(again.stdout).unwrap(),
+        std::fs::read_to_string(&export_file).unwrap()
+    );
 
     // A bad file imports nothing and says which line.
-    std::fs::write(&file, "{\"type\":\"entity\",\"name\":\"X\",\"entityType\":\"t\",\"observations\":[]}\n{oops\n").unwrap();
-    let failed = Command::new(BIN).args(["import", file.to_str().unwrap(), "--data"]).arg(&copy).output().unwrap();
+    std::fs::write(
+        &file,
+        "{\"type\":\"entity\",\"name\":\"X\",\"entityType\":\"t\",\"observations\":[]}\n{oops\n",
+    )
+    .unwrap();
+    let failed = Command::new(BIN)
+        .args(["import", file.to_str().unwrap(), "--data"])
+        .arg(&copy)
+        .output()
+        .unwrap();
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("line 2"));
 }
@@ -159,7 +174,11 @@ fn checkpoint_status_and_wal_inspection() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("db");
     let file = tmp.path().join("in.jsonl");
-    std::fs::write(&file, "{\"type\":\"kv\",\"namespace\":\"n\",\"key\":\"k\",\"value\":{\"json\":1}}\n").unwrap();
+    std::fs::write(
+        &file,
+        "{\"type\":\"kv\",\"namespace\":\"n\",\"key\":\"k\",\"value\":{\"json\":1}}\n",
+    )
+    .unwrap();
     engram(&["import", file.to_str().unwrap()], &data);
 
     let verify = String::from_utf8(engram(&["wal", "verify"], &data).stdout).unwrap();
@@ -173,7 +192,10 @@ fn checkpoint_status_and_wal_inspection() {
     assert!(checkpoint.contains("checkpoint at LSN 1 (written)"), "{checkpoint}");
     let status = String::from_utf8(engram(&["status"], &data).stdout).unwrap();
     assert!(status.contains("last checkpoint:   LSN 1"), "{status}");
-    assert!(status.contains("namespace n: 0 memories (dimension unset), 0 entities, 0 relations, 1 keys"), "{status}");
+    assert!(
+        status.contains("namespace n: 0 memories (dimension unset), 0 entities, 0 relations, 1 keys"),
+        "{status}"
+    );
 
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));

@@ -69,7 +69,9 @@ pub struct CheckpointResult {
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let db = state.db.clone();
     // A database stopped by a failed fsync refuses writes: a zero-write probe finds out.
-    let running = tokio::task::spawn_blocking(move || db.begin().commit().is_ok()).await.unwrap_or(false);
+    let running = tokio::task::spawn_blocking(move || db.begin().commit().is_ok())
+        .await
+        .unwrap_or(false);
     let health = Health {
         status: if running { "ok" } else { "stopped" }.to_string(),
         visible_lsn: state.db.visible_lsn(),

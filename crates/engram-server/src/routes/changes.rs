@@ -136,7 +136,12 @@ fn stream_feed(state: &AppState, mut feed: ChangeFeed, follow: bool, sse: bool) 
         }
     });
     if let Err(e) = spawned {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("cannot start a feed thread: {e}")).into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("cannot start a feed thread: {e}"),
+        )
+        .into_response();
     }
     let events = ReceiverStream::new(rx);
     if sse {
@@ -240,7 +245,11 @@ pub async fn create_cursor(
     let written = state
         .blocking(move |db| {
             if db.cursor(&body.name)?.is_some() {
-                return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("cursor {:?} exists", body.name)));
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "exists",
+                    format!("cursor {:?} exists", body.name),
+                ));
             }
             let info = db.advance_cursor(&body.name, body.lsn)?;
             Ok(CursorWritten {
@@ -273,7 +282,11 @@ pub async fn get_cursor(State(state): State<AppState>, caller: Caller, ApiPath(n
     state
         .blocking(move |db| match db.cursor(&name)? {
             Some(lsn) => Ok(ApiJson(CursorBody { name, lsn })),
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("cursor {name:?} not found"))),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("cursor {name:?} not found"),
+            )),
         })
         .await
 }
@@ -291,7 +304,11 @@ pub async fn advance_cursor(
     state
         .blocking(move |db| {
             if db.cursor(&name)?.is_none() {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("cursor {name:?} not found")));
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("cursor {name:?} not found"),
+                ));
             }
             let durable = db.wal_stats().durable_lsn;
             if body.lsn > durable {
@@ -313,12 +330,20 @@ pub async fn advance_cursor(
 #[utoipa::path(delete, path = "/v1/cursors/{name}", tag = "changes",
     params(("name" = String, Path, description = "Cursor name")),
     responses((status = 200, body = CursorBody, description = "the cursor's last position"), (status = 404, body = ErrorBody)))]
-pub async fn delete_cursor(State(state): State<AppState>, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<ApiJson<CursorBody>> {
+pub async fn delete_cursor(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<ApiJson<CursorBody>> {
     caller.write_all()?;
     state
         .blocking(move |db| {
             let Some(lsn) = db.cursor(&name)? else {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("cursor {name:?} not found")));
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("cursor {name:?} not found"),
+                ));
             };
             db.delete_cursor(&name)?;
             Ok(ApiJson(CursorBody { name, lsn }))

@@ -132,7 +132,9 @@ pub async fn create_entities(
     caller.write(&ns)?;
     check_batch(&state.config.limits, "entities", body.entities.len())?;
     let entities: Vec<Entity> = body.entities.into_iter().map(Into::into).collect();
-    let (created, info) = state.commit(write.durability, move |txn| Ok(txn.create_entities(&ns, &entities)?)).await?;
+    let (created, info) = state
+        .commit(write.durability, move |txn| Ok(txn.create_entities(&ns, &entities)?))
+        .await?;
     Ok(ApiJson(CreatedEntities {
         created: created.into_iter().map(Into::into).collect(),
         lsn: info.lsn,
@@ -152,7 +154,9 @@ pub async fn create_relations(
     caller.write(&ns)?;
     check_batch(&state.config.limits, "relations", body.relations.len())?;
     let relations: Vec<Relation> = body.relations.into_iter().map(Into::into).collect();
-    let (created, info) = state.commit(write.durability, move |txn| Ok(txn.create_relations(&ns, &relations)?)).await?;
+    let (created, info) = state
+        .commit(write.durability, move |txn| Ok(txn.create_relations(&ns, &relations)?))
+        .await?;
     Ok(ApiJson(CreatedRelations {
         created: created.into_iter().map(Into::into).collect(),
         lsn: info.lsn,
@@ -172,7 +176,9 @@ pub async fn add_observations(
     caller.write(&ns)?;
     check_batch(&state.config.limits, "observation groups", body.observations.len())?;
     let additions: Vec<(String, Vec<String>)> = body.observations.into_iter().map(|o| (o.entity_name, o.contents)).collect();
-    let (results, info) = state.commit(write.durability, move |txn| Ok(txn.add_observations(&ns, &additions)?)).await?;
+    let (results, info) = state
+        .commit(write.durability, move |txn| Ok(txn.add_observations(&ns, &additions)?))
+        .await?;
     Ok(ApiJson(AddObservationsResult {
         results: results
             .into_iter()
@@ -198,7 +204,9 @@ pub async fn delete_entities(
     caller.write(&ns)?;
     check_batch(&state.config.limits, "entity names", body.entity_names.len())?;
     let names = body.entity_names;
-    let (_, info) = state.commit(write.durability, move |txn| Ok(txn.delete_entities(&ns, &names)?)).await?;
+    let (_, info) = state
+        .commit(write.durability, move |txn| Ok(txn.delete_entities(&ns, &names)?))
+        .await?;
     Ok(ApiJson(GraphWriteResult { lsn: info.lsn }))
 }
 
@@ -215,7 +223,9 @@ pub async fn delete_observations(
     caller.write(&ns)?;
     check_batch(&state.config.limits, "observation groups", body.deletions.len())?;
     let deletions: Vec<(String, Vec<String>)> = body.deletions.into_iter().map(|d| (d.entity_name, d.observations)).collect();
-    let (_, info) = state.commit(write.durability, move |txn| Ok(txn.delete_observations(&ns, &deletions)?)).await?;
+    let (_, info) = state
+        .commit(write.durability, move |txn| Ok(txn.delete_observations(&ns, &deletions)?))
+        .await?;
     Ok(ApiJson(GraphWriteResult { lsn: info.lsn }))
 }
 
@@ -232,7 +242,9 @@ pub async fn delete_relations(
     caller.write(&ns)?;
     check_batch(&state.config.limits, "relations", body.relations.len())?;
     let relations: Vec<Relation> = body.relations.into_iter().map(Into::into).collect();
-    let (_, info) = state.commit(write.durability, move |txn| Ok(txn.delete_relations(&ns, &relations)?)).await?;
+    let (_, info) = state
+        .commit(write.durability, move |txn| Ok(txn.delete_relations(&ns, &relations)?))
+        .await?;
     Ok(ApiJson(GraphWriteResult { lsn: info.lsn }))
 }
 
@@ -294,7 +306,9 @@ pub async fn entity_history(
     let as_of = AsOf::parse_opt(params.as_of.as_deref())?;
     let name = params.name;
     state
-        .read(as_of, move |s| Ok(ApiJson(HistoryBody::from_versions(s.entity_history(&ns, &name)?))))
+        .read(as_of, move |s| {
+            Ok(ApiJson(HistoryBody::from_versions(s.entity_history(&ns, &name)?)))
+        })
         .await
 }
 
@@ -315,6 +329,8 @@ pub async fn relation_history(
         relation_type: params.relation_type,
     };
     state
-        .read(as_of, move |s| Ok(ApiJson(HistoryBody::from_versions(s.relation_history(&ns, &relation)?))))
+        .read(as_of, move |s| {
+            Ok(ApiJson(HistoryBody::from_versions(s.relation_history(&ns, &relation)?)))
+        })
         .await
 }

@@ -78,7 +78,11 @@ pub async fn kv_get(
     state
         .read(as_of, move |s| {
             let value = s.kv_get(&ns, key.as_bytes())?.ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key {key:?} not found in namespace {ns:?}"))
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("key {key:?} not found in namespace {ns:?}"),
+                )
             })?;
             let version = s.kv_history(&ns, key.as_bytes())?.last().map_or(0, |v| v.lsn);
             Ok(ApiJson(KvRead {
@@ -121,7 +125,9 @@ pub async fn kv_delete(
 ) -> ApiResult<ApiJson<KvDeleted>> {
     caller.write(&ns)?;
     check_key(&key)?;
-    let (existed, info) = state.commit(write.durability, move |txn| Ok(txn.kv_delete(&ns, key.as_bytes())?)).await?;
+    let (existed, info) = state
+        .commit(write.durability, move |txn| Ok(txn.kv_delete(&ns, key.as_bytes())?))
+        .await?;
     Ok(ApiJson(KvDeleted { lsn: info.lsn, existed }))
 }
 
@@ -192,7 +198,11 @@ pub async fn kv_history(
         .read(as_of, move |s| {
             let versions = s.kv_history(&ns, key.as_bytes())?;
             if versions.is_empty() {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key {key:?} has no history in {ns:?}")));
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("key {key:?} has no history in {ns:?}"),
+                ));
             }
             Ok(ApiJson(HistoryBody::from_versions(versions)))
         })

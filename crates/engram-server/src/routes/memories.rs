@@ -2,7 +2,9 @@
 
 use super::check_dimension;
 use crate::auth::Caller;
-use crate::dto::{CreatedMemory, EmbeddingSource, HistoryBody, MemoryList, MemoryRead, NewMemoryBody, PatchMemoryBody, UpdatedMemory, WriteResult};
+use crate::dto::{
+    CreatedMemory, EmbeddingSource, HistoryBody, MemoryList, MemoryRead, NewMemoryBody, PatchMemoryBody, UpdatedMemory, WriteResult,
+};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::state::{AppState, ReadParams, WriteParams};
 use axum::extract::State;
@@ -10,11 +12,7 @@ use axum::http::StatusCode;
 use engram_core::{MemoryPatch, MemoryReads, NewMemory};
 
 /// Embeds `text` when the request gave no embedding and an embedder is configured.
-pub(crate) async fn embedding_for(
-    state: &AppState,
-    text: &str,
-    given: Option<Vec<f32>>,
-) -> ApiResult<(Option<Vec<f32>>, EmbeddingSource)> {
+pub(crate) async fn embedding_for(state: &AppState, text: &str, given: Option<Vec<f32>>) -> ApiResult<(Option<Vec<f32>>, EmbeddingSource)> {
     if given.is_some() {
         return Ok((given, EmbeddingSource::Given));
     }
@@ -28,7 +26,11 @@ pub(crate) async fn embedding_for(
 }
 
 fn not_found(ns: &str, id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("memory {id:?} not found in namespace {ns:?}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("memory {id:?} not found in namespace {ns:?}"),
+    )
 }
 
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/memories", tag = "memories",
@@ -83,7 +85,10 @@ pub async fn list_memories(
             if memories.len() > max {
                 return Err(ApiError::bad_request(
                     "too_many_items",
-                    format!("namespace holds {} memories; listing is limited to {max} (limits.max_scan_items)", memories.len()),
+                    format!(
+                        "namespace holds {} memories; listing is limited to {max} (limits.max_scan_items)",
+                        memories.len()
+                    ),
                 ));
             }
             Ok(ApiJson(MemoryList {

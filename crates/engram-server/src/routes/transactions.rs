@@ -119,9 +119,21 @@ impl Operation {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PreconditionTarget {
-    Memory { namespace: String, id: String, version: Expected },
-    Entity { namespace: String, name: String, version: Expected },
-    Kv { namespace: String, key: String, version: Expected },
+    Memory {
+        namespace: String,
+        id: String,
+        version: Expected,
+    },
+    Entity {
+        namespace: String,
+        name: String,
+        version: Expected,
+    },
+    Kv {
+        namespace: String,
+        key: String,
+        version: Expected,
+    },
 }
 
 /// The version an item must be at: an LSN (the `version` reads return), or `"absent"`.
@@ -152,11 +164,22 @@ pub struct TransactionBody {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OperationResult {
-    InsertMemory { id: String, embedding: EmbeddingSource },
-    CreateEntities { created: Vec<EntityBody> },
-    CreateRelations { created: Vec<RelationBody> },
-    AddObservations { results: Vec<super::graph::AddedObservationsBody> },
-    KvDelete { existed: bool },
+    InsertMemory {
+        id: String,
+        embedding: EmbeddingSource,
+    },
+    CreateEntities {
+        created: Vec<EntityBody>,
+    },
+    CreateRelations {
+        created: Vec<RelationBody>,
+    },
+    AddObservations {
+        results: Vec<super::graph::AddedObservationsBody>,
+    },
+    KvDelete {
+        existed: bool,
+    },
     /// Operations that return nothing but success.
     Done,
 }
@@ -177,7 +200,9 @@ fn check_precondition(txn: &Transaction, p: &PreconditionTarget) -> ApiResult<()
         PreconditionTarget::Entity { namespace, name, version } => {
             (format!("entity {name:?}"), txn.entity_history(namespace, name)?, *version)
         }
-        PreconditionTarget::Kv { namespace, key, version } => (format!("key {key:?}"), txn.kv_history(namespace, key.as_bytes())?, *version),
+        PreconditionTarget::Kv { namespace, key, version } => {
+            (format!("key {key:?}"), txn.kv_history(namespace, key.as_bytes())?, *version)
+        }
     };
     // The transaction's own earlier writes are not in history (it reads the snapshot): the
     // precondition is about the state before this transaction.
@@ -193,9 +218,9 @@ fn check_precondition(txn: &Transaction, p: &PreconditionTarget) -> ApiResult<()
 
 fn precondition_namespace(p: &PreconditionTarget) -> &str {
     match p {
-        PreconditionTarget::Memory { namespace, .. } | PreconditionTarget::Entity { namespace, .. } | PreconditionTarget::Kv { namespace, .. } => {
-            namespace
-        }
+        PreconditionTarget::Memory { namespace, .. }
+        | PreconditionTarget::Entity { namespace, .. }
+        | PreconditionTarget::Kv { namespace, .. } => namespace,
     }
 }
 
@@ -217,7 +242,11 @@ fn apply(txn: &mut Transaction, op: &Operation, embedding: Option<(Option<Vec<f3
             OperationResult::InsertMemory { id, embedding: source }
         }
         Operation::UpdateMemory {
-            namespace, id, text, metadata, ..
+            namespace,
+            id,
+            text,
+            metadata,
+            ..
         } => {
             let embedding = embedding.and_then(|(e, _)| e);
             txn.update_memory(
@@ -308,7 +337,10 @@ pub async fn transaction(
 ) -> ApiResult<ApiJson<TransactionResult>> {
     let limits = &state.config.limits;
     if body.operations.is_empty() {
-        return Err(ApiError::bad_request("empty_transaction", "a transaction needs at least one operation"));
+        return Err(ApiError::bad_request(
+            "empty_transaction",
+            "a transaction needs at least one operation",
+        ));
     }
     check_batch(limits, "operations", body.operations.len())?;
     check_batch(limits, "preconditions", body.preconditions.len())?;

@@ -103,7 +103,11 @@ impl TestServer {
 
     /// Reads the whole change feed (no waiting) as JSON events.
     pub async fn changes(&self, query: &str) -> Vec<Value> {
-        let response = self.request(Method::GET, &format!("/v1/changes?follow=false&{query}")).send().await.expect("feed");
+        let response = self
+            .request(Method::GET, &format!("/v1/changes?follow=false&{query}"))
+            .send()
+            .await
+            .expect("feed");
         assert_eq!(response.status(), StatusCode::OK);
         let text = response.text().await.expect("feed body");
         text.lines().map(|l| serde_json::from_str(l).expect("an event per line")).collect()
