@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_dimension: usize,
     /// Most items one key/value scan or memory listing returns.
     pub max_scan_items: usize,
+    /// Most change-feed streams open at once (each holds a thread while it follows the log).
+    pub max_feed_streams: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +47,7 @@ impl Default for Limits {
             max_batch_items: 1000,
             max_dimension: engram_core::MAX_DIMENSION,
             max_scan_items: 10_000,
+            max_feed_streams: 256,
         }
     }
 }
@@ -137,9 +140,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if l.max_body_bytes < 1024 || l.max_batch_items == 0 || l.max_scan_items == 0 {
+        if l.max_body_bytes < 1024 || l.max_batch_items == 0 || l.max_scan_items == 0 || l.max_feed_streams == 0 {
             return Err(ConfigError::Invalid(
-                "limits: max_body_bytes must be at least 1024, max_batch_items and max_scan_items at least 1".into(),
+                "limits: max_body_bytes must be at least 1024; max_batch_items, max_scan_items and max_feed_streams at least 1".into(),
             ));
         }
         if l.max_dimension == 0 || l.max_dimension > engram_core::MAX_DIMENSION {

@@ -26,11 +26,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when the server shuts down: change-feed streams end so connections can close.
     pub shutting_down: Arc<AtomicBool>,
+    /// One permit per open change-feed stream (`limits.max_feed_streams`).
+    pub feed_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(db: Database, config: Config, embedder: Option<Embedder>) -> AppState {
+        let feed_streams = Arc::new(tokio::sync::Semaphore::new(config.limits.max_feed_streams));
         AppState {
+            feed_streams,
             db: Arc::new(db),
             config: Arc::new(config),
             embedder: embedder.map(Arc::new),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{config, TestServer};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -184,4 +184,25 @@ async fn a_following_stream_sees_new_commits_and_ends_on_shutdown() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_are_bounded() {
+    let s = TestServer::start_with(config("[limits]\nmax_feed_streams = 1\n")).await;
+    let first = s.request(Method::GET, "/v1/changes").send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (status, body) = s.get("/v1/changes").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "too_many_streams");
+    // Closing the first frees its slot once its thread notices (within a poll interval).
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = s.request(Method::GET, "/v1/changes?follow=false").send().await.unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

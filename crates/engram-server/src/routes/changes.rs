@@ -114,9 +114,22 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 /// Moves the blocking feed onto its own thread, which sends events until the client leaves, the
 /// server stops, or (without `follow`) the feed catches up.
 fn stream_feed(state: &AppState, mut feed: ChangeFeed, follow: bool, sse: bool) -> Response {
+    let Ok(permit) = state.feed_streams.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} change-feed streams are open (limits.max_feed_streams); retry later",
+                state.config.limits.max_feed_streams
+            ),
+        )
+        .into_response();
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<ChangeEvent, String>>(FEED_BUFFER);
     let shutting_down = state.shutting_down.clone();
     let spawned = std::thread::Builder::new().name("engram-feed".into()).spawn(move || loop {
+        // Held until the thread ends.
+        let _permit = &permit;
         if tx.is_closed() || shutting_down.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
