@@ -39,7 +39,7 @@ impl Metrics {
             commits: IntCounter::new("engram_commits_total", "Transactions committed through the API").expect("metric"),
             commit_failures: IntCounter::new(
                 "engram_commit_failures_total",
-                "Transactions that failed to commit (conflicts included)",
+                "Transactions that did not commit (refused input, conflicts, storage errors)",
             )
             .expect("metric"),
             commit_latency: Histogram::with_opts(
