@@ -254,6 +254,24 @@ impl Store {
         out
     }
 
+    /// Namespaces holding at least one key with a version at or below `at` (live or not), in
+    /// order. Skips from one namespace to the next, so the cost is one lookup per namespace.
+    pub fn namespaces(&self, at: Lsn) -> Vec<String> {
+        let map = self.read();
+        let mut out = Vec::new();
+        let mut start = Bound::Unbounded;
+        while let Some((key, _)) = map
+            .range((start, Bound::Unbounded))
+            .find(|(_, c)| c.versions.first().is_some_and(|v| v.lsn <= at))
+        {
+            let namespace = key.namespace.clone();
+            // Every key of `namespace` sorts before `namespace` + NUL.
+            start = Bound::Included(Key::new(&format!("{namespace}\0"), Space::Meta, Vec::new()));
+            out.push(namespace);
+        }
+        out
+    }
+
     /// Every version of `key` at or below `at`, oldest first.
     pub fn history(&self, key: &Key, at: Lsn) -> Vec<VersionInfo> {
         let map = self.read();

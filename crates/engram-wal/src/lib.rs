@@ -7,6 +7,7 @@
 
 mod error;
 mod format;
+pub mod inspect;
 mod options;
 mod prealloc;
 mod reader;

@@ -1,8 +1,8 @@
 //! `engram-wal`: a small tool to try and inspect an Engram write-ahead log.
 
 use clap::{Parser, Subcommand};
-use engram_wal::{RecoveryMode, SyncPolicy, Wal, WalOptions};
-use std::path::{Path, PathBuf};
+use engram_wal::{SyncPolicy, Wal, WalOptions};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -52,25 +52,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens an existing log for inspection: Absolute recovery refuses rather than repairs, and no
-/// segment is prepared ahead.
-fn open_existing(dir: &Path) -> Result<Wal, Box<dyn std::error::Error>> {
-    let has_segments = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .any(|e| engram_wal::layout::parse_segment_file_name(&e.file_name().to_string_lossy()).is_some());
-    if !has_segments {
-        return Err(format!("{}: no log segments here", dir.display()).into());
-    }
-    let options = WalOptions {
-        recovery_mode: RecoveryMode::Absolute,
-        background_preallocation: false,
-        ..Default::default()
-    };
-    Ok(Wal::open(dir, options)?)
-}
-
-fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match command {
         Command::Demo {
             dir,
@@ -118,45 +100,23 @@ fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             println!("reopened: {read} records readable, LSNs {}..={last}", wal.first_lsn());
         }
         Command::Verify { dir } => {
-            let wal = open_existing(&dir)?;
-            let mut records = 0u64;
-            let mut bytes = 0u64;
-            for record in wal.reader(wal.first_lsn())? {
-                let record = record?;
-                records += 1;
-                bytes += record.payload.len() as u64;
-            }
-            let r = wal.recovery_report();
+            let r = engram_wal::inspect::verify(&engram_wal::inspect::open_existing(&dir)?)?;
             println!(
-                "ok: {records} records ({bytes} payload bytes), LSNs {}..={}, {} segments",
-                r.first_lsn, r.last_lsn, r.segments
+                "ok: {} records ({} payload bytes), LSNs {}..={}, {} segments",
+                r.records, r.payload_bytes, r.first_lsn, r.last_lsn, r.segments
             );
         }
         Command::Dump { dir, from, limit } => {
-            let wal = open_existing(&dir)?;
-            for record in wal.reader(from)?.take(limit.unwrap_or(usize::MAX)) {
-                let record = record?;
-                let preview: String = String::from_utf8_lossy(&record.payload[..record.payload.len().min(60)])
-                    .chars()
-                    .map(|c| if c.is_control() { '.' } else { c })
-                    .collect();
-                println!(
-                    "{:>12}  kind {:>3}  {:>8} bytes  {preview}",
-                    record.lsn,
-                    record.kind,
-                    record.payload.len()
-                );
-            }
+            let wal = engram_wal::inspect::open_existing(&dir)?;
+            engram_wal::inspect::dump(&wal, from, limit, &mut std::io::stdout().lock())?;
         }
         Command::Stat { dir } => {
-            let wal = open_existing(&dir)?;
-            let r = wal.recovery_report();
-            let s = wal.stats();
-            println!("segments:       {}", s.segments);
+            let r = engram_wal::inspect::stat(&engram_wal::inspect::open_existing(&dir)?);
+            println!("segments:       {}", r.segments);
             println!("records:        {}", r.records);
             println!("LSN range:      {}..={}", r.first_lsn, r.last_lsn);
             println!("bytes scanned:  {}", r.bytes_scanned);
-            println!("recovery time:  {:?}", r.elapsed);
+            println!("recovery time:  {:?}", r.recovery_time);
         }
     }
     Ok(())
