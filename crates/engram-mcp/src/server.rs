@@ -9,7 +9,7 @@ use crate::engram_tools::{
     self, version_view, ForgetOutput, ForgetParams, HistoryOutput, HistoryParams, HistoryTarget, RememberOutput, RememberParams,
 };
 use crate::reference::{self as reference, *};
-use engram_core::{validate_namespace, CoreError, Database, GraphReads, KvReads, MemoryReads, NewMemory};
+use engram_core::{validate_namespace, CoreError, Database, GraphReads, KvReads, MemoryReads, NewMemory, MAX_TEXT_BYTES};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
@@ -193,6 +193,14 @@ impl EngramMcp {
 
     async fn remember(&self, p: RememberParams) -> Result<ToolOutput, ToolFailure> {
         let namespace = self.namespace_or_default(p.namespace)?;
+        // Refused before the embedder sees it, with the error the insert would give.
+        if p.text.len() > MAX_TEXT_BYTES {
+            return Err(core_failure(CoreError::TooLarge {
+                what: "memory text",
+                size_bytes: p.text.len(),
+                max_bytes: MAX_TEXT_BYTES,
+            }));
+        }
         let embedding = match (p.embedding, &self.inner.embedder) {
             (Some(embedding), _) => Some(embedding),
             (None, Some(embedder)) => Some(embed_one(embedder.as_ref(), &p.text).await?),
@@ -246,11 +254,10 @@ impl EngramMcp {
 async fn embed_one(embedder: &dyn TextEmbedder, text: &str) -> Result<Vec<f32>, ToolFailure> {
     let texts = [text.to_string()];
     let mut vectors = embedder.embed(&texts).await.map_err(|e| ToolFailure::new(e.to_string()))?;
-    match (vectors.pop(), vectors.is_empty()) {
-        (Some(vector), true) => Ok(vector),
-        _ => Err(ToolFailure::new(format!(
-            "the embedder failed: it returned {} vectors for 1 text",
-            vectors.len() + 1
+    match vectors.len() {
+        1 => Ok(vectors.remove(0)),
+        count => Err(ToolFailure::new(format!(
+            "the embedder failed: it returned {count} vectors for 1 text"
         ))),
     }
 }

@@ -263,6 +263,7 @@ impl TextEmbedder for CountingEmbedder {
 /// An embedder that is down, or that answers with the wrong number of vectors.
 enum BrokenEmbedder {
     Down,
+    NoVector,
     TwoVectors,
 }
 
@@ -271,6 +272,7 @@ impl TextEmbedder for BrokenEmbedder {
         Box::pin(async move {
             match self {
                 BrokenEmbedder::Down => Err(EmbedError::new("connection refused")),
+                BrokenEmbedder::NoVector => Ok(vec![]),
                 BrokenEmbedder::TwoVectors => Ok(vec![vec![1.0], vec![2.0]]),
             }
         })
@@ -300,6 +302,10 @@ async fn remember_embeds_text_only_memories_when_the_server_has_an_embedder() {
         Some(vec![1.0, 2.0, 3.0])
     );
     assert_eq!(embedder.calls.load(Ordering::SeqCst), 1);
+    // A text over the size limit is refused before the embedder is asked.
+    let too_long = call(&client, "remember", json!({ "text": "x".repeat(1024 * 1024 + 1) })).await;
+    assert_tool_error(&too_long, "memory text is 1048577 bytes");
+    assert_eq!(embedder.calls.load(Ordering::SeqCst), 1);
 
     // Without an embedder the memory has no vector.
     let (_dir2, plain_db) = open_db();
@@ -315,6 +321,7 @@ async fn remember_embeds_text_only_memories_when_the_server_has_an_embedder() {
 async fn an_embedder_failure_commits_nothing() {
     for (broken, message) in [
         (BrokenEmbedder::Down, "the embedder failed: connection refused"),
+        (BrokenEmbedder::NoVector, "the embedder failed: it returned 0 vectors for 1 text"),
         (BrokenEmbedder::TwoVectors, "the embedder failed: it returned 2 vectors for 1 text"),
     ] {
         let (_dir, db) = open_db();
