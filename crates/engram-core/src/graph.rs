@@ -6,7 +6,9 @@
 //!   no-op;
 //! - reads list entities and relations in insertion order;
 //! - `search_nodes` matches a case-insensitive substring of name, type or any observation;
-//!   `search_nodes` and `open_nodes` return the relations whose both ends are in the result.
+//!   `search_nodes` and `open_nodes` return the relations with at least one end in the result
+//!   (the published reference since 2026: a node's connections to nodes outside the result are
+//!   listed; older releases required both ends).
 //!
 //! One difference, on purpose: names are keys here, so duplicates *within one call* are also
 //! stored once (the reference server would store both copies).
@@ -257,7 +259,7 @@ pub trait GraphReads: RetainedView {
     }
 
     /// Entities whose name, type or an observation contains `query` (case-insensitive), and
-    /// the relations between them.
+    /// the relations that touch them.
     fn search_nodes(&self, namespace: &str, query: &str) -> Result<KnowledgeGraph> {
         let needle = query.to_lowercase();
         let graph = self.read_graph(namespace)?;
@@ -268,7 +270,7 @@ pub trait GraphReads: RetainedView {
         }))
     }
 
-    /// The named entities and the relations between them.
+    /// The named entities and the relations that touch them.
     fn open_nodes(&self, namespace: &str, names: &[String]) -> Result<KnowledgeGraph> {
         let graph = self.read_graph(namespace)?;
         Ok(subgraph(graph, |e| names.contains(&e.name)))
@@ -298,7 +300,7 @@ fn subgraph(graph: KnowledgeGraph, keep: impl Fn(&Entity) -> bool) -> KnowledgeG
     let relations = graph
         .relations
         .into_iter()
-        .filter(|r| names.contains(r.from.as_str()) && names.contains(r.to.as_str()))
+        .filter(|r| names.contains(r.from.as_str()) || names.contains(r.to.as_str()))
         .collect();
     KnowledgeGraph { entities, relations }
 }

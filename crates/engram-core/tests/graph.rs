@@ -125,7 +125,7 @@ fn deleting_an_entity_deletes_its_relations_and_missing_things_are_ignored() {
 }
 
 #[test]
-fn search_nodes_is_a_case_insensitive_substring_match_with_relations_between_hits() {
+fn search_nodes_is_a_case_insensitive_substring_match_with_the_relations_touching_hits() {
     let (_dir, db) = db();
     db.run(1, |t| {
         t.create_entities(
@@ -144,8 +144,14 @@ fn search_nodes_is_a_case_insensitive_substring_match_with_relations_between_hit
     assert_eq!(hits.entities.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["Alice", "Bob"]);
     assert_eq!(
         hits.relations,
-        vec![relation("Alice", "knows", "Bob")],
-        "only relations with both ends found"
+        vec![relation("Alice", "knows", "Bob"), relation("Alice", "visited", "Paris")],
+        "relations with at least one end found, as the reference server lists them"
+    );
+    let city = snap.search_nodes("ns", "capital").unwrap();
+    assert_eq!(
+        city.relations,
+        vec![relation("Alice", "visited", "Paris")],
+        "incoming relations too"
     );
     assert_eq!(snap.search_nodes("ns", "tea").unwrap().entities.len(), 1);
     assert_eq!(
@@ -158,7 +164,13 @@ fn search_nodes_is_a_case_insensitive_substring_match_with_relations_between_hit
         opened.entities.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
         ["Alice", "Paris"]
     );
-    assert_eq!(opened.relations, vec![relation("Alice", "visited", "Paris")]);
+    assert_eq!(
+        opened.relations,
+        vec![relation("Alice", "knows", "Bob"), relation("Alice", "visited", "Paris")]
+    );
+    let bob = snap.open_nodes("ns", &["Bob".into()]).unwrap();
+    assert_eq!(bob.relations, vec![relation("Alice", "knows", "Bob")]);
+    assert!(snap.open_nodes("ns", &[]).unwrap().relations.is_empty());
 }
 
 #[test]
