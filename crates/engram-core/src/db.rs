@@ -6,6 +6,7 @@ use crate::error::{CoreError, Result};
 use crate::model::Key;
 use crate::record::{self, Assembler, CommitRecord, Layout, LogRecord, KIND_COMMIT, KIND_OPS};
 use crate::retention::RetentionPolicy;
+use crate::search::index::{IndexApplier, Indexes};
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
 use engram_wal::storage::{StdStorage, Storage};
@@ -107,6 +108,9 @@ pub(crate) struct Shared {
     /// Every commit at or below this LSN is applied; snapshots are taken here.
     visible_lsn: AtomicU64,
     poisoned: Mutex<Option<String>>,
+    /// Search indexes, kept up to date after commit by `_index_applier` (search/index.rs).
+    pub indexes: Arc<Indexes>,
+    _index_applier: IndexApplier,
 }
 
 /// An embedded Engram database in one directory. Cheap to clone; share it between threads.
@@ -178,6 +182,10 @@ impl Database {
                 }
             }
         }
+        // The indexes are rebuilt from the store (every retained version) at open; see
+        // docs/search.md for why they are not yet read from the checkpoint.
+        let indexes = Arc::new(Indexes::build(&store, last));
+        let index_applier = IndexApplier::spawn(indexes.clone())?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),
             rejected_checkpoints,
@@ -206,6 +214,8 @@ impl Database {
             applier: Mutex::new(()),
             visible_lsn: AtomicU64::new(last),
             poisoned: Mutex::new(None),
+            indexes,
+            _index_applier: index_applier,
         };
         let shared = Arc::new(shared);
         let background = checkpoint::spawn_background(&shared)?;
@@ -383,11 +393,15 @@ impl Shared {
             queue.drain(..n).collect()
         };
         let logged_bytes = ready.iter().map(|(_, _, bytes)| bytes).sum();
+        let mut index_changes = Vec::new();
         for (record_lsn, record, _) in ready {
             // The committer dropped its reference before waiting, so this is usually the last
             // one and the record moves into the store without a copy.
-            self.store.apply(record_lsn, Arc::unwrap_or_clone(record));
+            index_changes.extend(self.store.apply(record_lsn, Arc::unwrap_or_clone(record)));
         }
+        // Queued under the applier lock, so batches reach the index applier in LSN order; the
+        // indexing itself happens on its thread, off the commit path.
+        self.indexes.enqueue(lsn, index_changes);
         self.visible_lsn.store(lsn, Ordering::Release);
         // Counted once visible: a checkpoint covers only visible commits, so bytes counted
         // earlier could be cleared by a checkpoint that does not contain them.

@@ -1,0 +1,345 @@
+//! A hierarchical navigable small-world graph (Malkov & Yashunin, 2016) over memory versions.
+//!
+//! Own code rather than a library because the index must (docs/search.md): keep every version
+//! of a memory as its own node (a version superseded at LSN L is still the answer at a snapshot
+//! below L), accept or reject nodes *during* traversal by snapshot validity and metadata filter
+//! (so a filtered query still fills k), and be deterministic (levels come from a hash of the node
+//! number, ties break by node number), so tests reproduce exactly.
+//!
+//! Nodes are never removed: superseded versions stay as waypoints, which keeps the graph
+//! connected however many updates and deletions happen.
+
+use super::vector::{Metric, Scored};
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Links per node on the upper levels; level 0 keeps twice as many.
+pub(crate) const DEFAULT_M: usize = 16;
+/// Candidate list size while inserting.
+pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 128;
+/// Levels are capped so that a hash that happens to be tiny cannot make a tall, empty tower.
+const MAX_LEVEL: usize = 16;
+
+pub(crate) struct Hnsw {
+    metric: Metric,
+    dimension: usize,
+    m: usize,
+    ef_construction: usize,
+    level_multiplier: f64,
+    /// Node i's prepared vector at `i * dimension`.
+    vectors: Vec<f32>,
+    /// `links[node][level]`: the node's neighbours on that level.
+    links: Vec<Vec<Vec<u32>>>,
+    /// The entry point and its top level.
+    entry: Option<(u32, usize)>,
+}
+
+/// Per-thread visited marks: a generation counter instead of clearing a bitmap per search.
+struct Visited {
+    marks: Vec<u32>,
+    generation: u32,
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), generation: 0 }) };
+}
+
+impl Visited {
+    fn reset(&mut self, nodes: usize) {
+        if self.marks.len() < nodes {
+            self.marks.resize(nodes, 0);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.generation = 1;
+        }
+    }
+
+    /// Marks `node`; true if it was not marked yet in this generation.
+    #[inline]
+    fn first_visit(&mut self, node: u32) -> bool {
+        let mark = &mut self.marks[node as usize];
+        if *mark == self.generation {
+            false
+        } else {
+            *mark = self.generation;
+            true
+        }
+    }
+}
+
+/// A deterministic pseudo-random number for `node` (splitmix64).
+fn node_hash(node: u32) -> u64 {
+    let mut z = u64::from(node).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Hnsw {
+    pub fn new(metric: Metric, dimension: usize) -> Hnsw {
+        Hnsw::with_parameters(metric, dimension, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+    }
+
+    pub fn with_parameters(metric: Metric, dimension: usize, m: usize, ef_construction: usize) -> Hnsw {
+        let m = m.max(2);
+        Hnsw {
+            metric,
+            dimension,
+            m,
+            ef_construction: ef_construction.max(m),
+            level_multiplier: 1.0 / (m as f64).ln(),
+            vectors: Vec::new(),
+            links: Vec::new(),
+            entry: None,
+        }
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    #[inline]
+    pub fn vector(&self, node: u32) -> &[f32] {
+        let start = node as usize * self.dimension;
+        &self.vectors[start..start + self.dimension]
+    }
+
+    /// Bytes held by the graph: vectors and links (not counting allocator overhead).
+    pub fn heap_bytes(&self) -> usize {
+        let links: usize = self
+            .links
+            .iter()
+            .map(|levels| levels.capacity() * 24 + levels.iter().map(|l| l.capacity() * 4).sum::<usize>())
+            .sum();
+        self.vectors.capacity() * 4 + self.links.capacity() * 24 + links
+    }
+
+    fn max_links(&self, level: usize) -> usize {
+        if level == 0 {
+            self.m * 2
+        } else {
+            self.m
+        }
+    }
+
+    fn random_level(&self, node: u32) -> usize {
+        // Uniform in (0, 1]: the top 53 bits of the hash, plus one, over 2^53.
+        let uniform = ((node_hash(node) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        ((-uniform.ln() * self.level_multiplier) as usize).min(MAX_LEVEL)
+    }
+
+    #[inline]
+    fn distance_to(&self, query: &[f32], node: u32) -> f32 {
+        self.metric.distance(query, self.vector(node))
+    }
+
+    /// Adds a prepared vector (see [`Metric::prepare`]) of the graph's dimension; returns its
+    /// node number (nodes are numbered in insertion order).
+    pub fn insert(&mut self, vector: &[f32]) -> u32 {
+        debug_assert_eq!(vector.len(), self.dimension);
+        let node = self.links.len() as u32;
+        let level = self.random_level(node);
+        self.vectors.extend_from_slice(vector);
+        self.links.push(vec![Vec::new(); level + 1]);
+        let Some((entry, top)) = self.entry else {
+            self.entry = Some((node, level));
+            return node;
+        };
+        let mut nearest = Scored {
+            distance: self.distance_to(vector, entry),
+            node: entry,
+        };
+        for l in (level + 1..=top).rev() {
+            nearest = self.greedy(vector, nearest, l);
+        }
+        let mut entry_points = vec![nearest];
+        for l in (0..=level.min(top)).rev() {
+            let found = self.search_layer(vector, &entry_points, self.ef_construction, l, &|_| true);
+            let chosen = self.select_neighbours(&found, self.m);
+            for &neighbour in &chosen {
+                self.link(neighbour, node, l);
+            }
+            self.links[node as usize][l] = chosen;
+            entry_points = found;
+        }
+        if level > top {
+            self.entry = Some((node, level));
+        }
+        node
+    }
+
+    /// Adds `node` to `neighbour`'s links on `level`, pruning them back to the limit with the
+    /// same heuristic as at insertion when they overflow.
+    fn link(&mut self, neighbour: u32, node: u32, level: usize) {
+        let limit = self.max_links(level);
+        let mut current = std::mem::take(&mut self.links[neighbour as usize][level]);
+        current.push(node);
+        if current.len() > limit {
+            let base = self.vector(neighbour);
+            let mut scored: Vec<Scored> = current
+                .iter()
+                .map(|&n| Scored {
+                    distance: self.metric.distance(base, self.vector(n)),
+                    node: n,
+                })
+                .collect();
+            scored.sort();
+            current = self.select_neighbours(&scored, limit);
+        }
+        self.links[neighbour as usize][level] = current;
+    }
+
+    /// The neighbour-selection heuristic of the paper: take candidates nearest first, keeping one
+    /// only if it is closer to the base than to every neighbour kept so far (spreads links across
+    /// directions, which keeps clustered data navigable). `candidates` is sorted nearest first.
+    fn select_neighbours(&self, candidates: &[Scored], limit: usize) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(limit);
+        for c in candidates {
+            if kept.len() >= limit {
+                break;
+            }
+            let candidate = self.vector(c.node);
+            if kept.iter().all(|&k| self.metric.distance(candidate, self.vector(k)) > c.distance) {
+                kept.push(c.node);
+            }
+        }
+        kept
+    }
+
+    fn greedy(&self, query: &[f32], mut nearest: Scored, level: usize) -> Scored {
+        loop {
+            let mut moved = false;
+            for &n in &self.links[nearest.node as usize][level] {
+                let d = self.distance_to(query, n);
+                if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
+                    nearest = Scored { distance: d, node: n };
+                    moved = true;
+                }
+            }
+            if !moved {
+                return nearest;
+            }
+        }
+    }
+
+    /// Best-first search of one level from `entry_points`: the up to `ef` nearest nodes that
+    /// `accept` admits, nearest first. Rejected nodes are still expanded (they are waypoints);
+    /// the search stops when the nearest unexpanded candidate is farther than the worst of `ef`
+    /// admitted results.
+    fn search_layer(&self, query: &[f32], entry_points: &[Scored], ef: usize, level: usize, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        VISITED.with(|visited| {
+            let mut visited = visited.borrow_mut();
+            visited.reset(self.len());
+            let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
+            let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+            for &ep in entry_points {
+                if visited.first_visit(ep.node) {
+                    candidates.push(Reverse(ep));
+                    if accept(ep.node) {
+                        results.push(ep);
+                    }
+                }
+            }
+            while results.len() > ef {
+                results.pop();
+            }
+            while let Some(Reverse(current)) = candidates.pop() {
+                if results.len() >= ef && results.peek().is_some_and(|worst| current.distance > worst.distance) {
+                    break;
+                }
+                for &n in &self.links[current.node as usize][level] {
+                    if !visited.first_visit(n) {
+                        continue;
+                    }
+                    let d = self.distance_to(query, n);
+                    let worst = results.peek().map_or(f32::INFINITY, |w| w.distance);
+                    if results.len() < ef || d < worst {
+                        let scored = Scored { distance: d, node: n };
+                        candidates.push(Reverse(scored));
+                        if accept(n) {
+                            results.push(scored);
+                            if results.len() > ef {
+                                results.pop();
+                            }
+                        }
+                    }
+                }
+            }
+            results.into_sorted_vec()
+        })
+    }
+
+    /// The up to `ef` nearest nodes to a prepared `query` that `accept` admits, nearest first.
+    pub fn search(&self, query: &[f32], ef: usize, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        let Some((entry, top)) = self.entry else { return Vec::new() };
+        let mut nearest = Scored {
+            distance: self.distance_to(query, entry),
+            node: entry,
+        };
+        for l in (1..=top).rev() {
+            nearest = self.greedy(query, nearest, l);
+        }
+        self.search_layer(query, &[nearest], ef.max(1), 0, accept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::vector::TopK;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    #[test]
+    fn finds_the_exact_neighbours_of_small_random_sets_with_a_large_ef() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let mut seed = 7;
+            let mut graph = Hnsw::new(metric, 8);
+            let mut data = Vec::new();
+            for _ in 0..500 {
+                let v: Vec<f32> = metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
+                graph.insert(&v);
+                data.push(v);
+            }
+            for _ in 0..20 {
+                let q = metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
+                let mut exact = TopK::new(10);
+                for (i, v) in data.iter().enumerate() {
+                    exact.push(Scored {
+                        distance: metric.distance(&q, v),
+                        node: i as u32,
+                    });
+                }
+                let expected: Vec<u32> = exact.into_sorted().iter().map(|s| s.node).collect();
+                let got: Vec<u32> = graph.search(&q, 500, &|_| true).iter().take(10).map(|s| s.node).collect();
+                assert_eq!(got, expected, "{metric:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejected_nodes_are_waypoints_not_results() {
+        let mut graph = Hnsw::new(Metric::L2, 2);
+        for i in 0..200 {
+            graph.insert(&[i as f32, 0.0]);
+        }
+        let odd = graph.search(&[100.2, 0.0], 8, &|n| n % 2 == 1);
+        assert_eq!(odd.len(), 8);
+        assert!(odd.iter().all(|s| s.node % 2 == 1));
+        assert_eq!(odd[0].node, 101);
+    }
+}

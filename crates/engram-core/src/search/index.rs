@@ -1,0 +1,488 @@
+//! The search indexes of every namespace, and the background applier that keeps them up to date.
+//!
+//! Each index entry is one *version* of a memory with its validity range
+//! `[created_lsn, superseded_lsn)`; a search at snapshot S admits only entries valid at S, so the
+//! indexes answer for any snapshot or as-of LSN back to the history horizon. Entries are added
+//! after commit by one background thread, fed in LSN order from the commit path (db.rs): commits
+//! never wait for it. Searches wait until the indexes have reached their snapshot's LSN
+//! (`indexed_lsn`), so a search is exact for its snapshot however far the indexes lag.
+
+use super::filter;
+use super::hnsw::Hnsw;
+use super::keyword::{bm25_idf, bm25_term, InvertedIndex};
+use super::vector::{Metric, Scored, TopK};
+use crate::error::{CoreError, Result};
+use crate::model::{Key, Memory, Space, Value};
+use crate::store::Store;
+use engram_wal::Lsn;
+use serde_json::Map;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The Meta key holding a namespace's metric (absent: cosine).
+pub(crate) const METRIC_KEY: &[u8] = b"metric";
+
+/// Below this many vectors in a namespace (every version counts) the vector search is exact:
+/// a scan is as fast as the graph there, and exact.
+pub const EXACT_SEARCH_MAX_VECTORS: usize = 2048;
+
+/// Changes applied per hold of a namespace's write lock, so that searches in a namespace being
+/// written wait at most for this many graph insertions.
+const CHANGES_PER_LOCK: usize = 16;
+
+/// One change the indexes follow: a memory version written (or deleted, `value: None`) at `lsn`,
+/// or a namespace's metric set.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexChange {
+    pub lsn: Lsn,
+    pub key: Key,
+    pub value: Option<Arc<Value>>,
+}
+
+pub(crate) fn is_indexed(key: &Key) -> bool {
+    key.space == Space::Memory || (key.space == Space::Meta && key.id == METRIC_KEY)
+}
+
+/// The metric stored under [`METRIC_KEY`].
+pub(crate) fn metric_of(value: &Value) -> Option<Metric> {
+    match value {
+        Value::Kv(crate::model::KvValue::Json(serde_json::Value::String(name))) => Metric::from_name(name),
+        _ => None,
+    }
+}
+
+pub(crate) struct VersionEntry {
+    pub created_lsn: Lsn,
+    /// `Lsn::MAX` while this is the memory's current version.
+    pub superseded_lsn: Lsn,
+    /// The stored value (shared with the store, not copied).
+    value: Arc<Value>,
+    /// Length of the text in tokens (BM25).
+    pub text_tokens: u32,
+}
+
+impl VersionEntry {
+    #[inline]
+    pub fn valid_at(&self, at: Lsn) -> bool {
+        self.created_lsn <= at && at < self.superseded_lsn
+    }
+
+    pub fn memory(&self) -> &Memory {
+        match &*self.value {
+            Value::Memory(m) => m,
+            // Only memory values are ever made into entries (see `NamespaceIndex::apply`).
+            _ => unreachable!("a search index entry holds a memory"),
+        }
+    }
+}
+
+/// The indexes of one namespace.
+pub(crate) struct NamespaceIndex {
+    pub metric: Metric,
+    pub entries: Vec<VersionEntry>,
+    /// Memory id -> slot of its current version.
+    current: HashMap<Box<str>, u32>,
+    /// Created with the first embedding (its length is the namespace's dimension).
+    pub hnsw: Option<Hnsw>,
+    /// Graph node -> entry slot.
+    node_entry: Vec<u32>,
+    pub keyword: InvertedIndex,
+}
+
+impl NamespaceIndex {
+    fn new() -> NamespaceIndex {
+        NamespaceIndex {
+            metric: Metric::Cosine,
+            entries: Vec::new(),
+            current: HashMap::new(),
+            hnsw: None,
+            node_entry: Vec::new(),
+            keyword: InvertedIndex::default(),
+        }
+    }
+
+    /// Applies one change. Idempotent per version: a version already indexed is skipped.
+    fn apply(&mut self, change: &IndexChange) {
+        if change.key.space == Space::Meta {
+            if let Some(metric) = change.value.as_deref().and_then(metric_of) {
+                if self.hnsw.as_ref().is_some_and(|h| h.metric() != metric) {
+                    // The metric is fixed before the first vector (declare_vector_space), so
+                    // this cannot happen through the API.
+                    tracing::warn!(
+                        ?metric,
+                        "search index: metric changed after vectors were indexed; keeping the first"
+                    );
+                }
+                self.metric = metric;
+            }
+            return;
+        }
+        let Ok(id) = std::str::from_utf8(&change.key.id) else { return };
+        if let Some(&slot) = self.current.get(id) {
+            if self.entries[slot as usize].created_lsn >= change.lsn {
+                return; // already indexed
+            }
+            self.entries[slot as usize].superseded_lsn = change.lsn;
+            self.current.remove(id);
+        }
+        let Some(value) = &change.value else { return };
+        let Value::Memory(memory) = &**value else { return };
+        let slot = self.entries.len() as u32;
+        if let Some(embedding) = &memory.embedding {
+            let metric = self.metric;
+            let graph = self.hnsw.get_or_insert_with(|| Hnsw::new(metric, embedding.len()));
+            if graph.dimension() == embedding.len() {
+                graph.insert(&graph.metric().prepare(embedding));
+                self.node_entry.push(slot);
+            } else {
+                tracing::warn!(id, "search index: embedding of another dimension than the namespace's; not indexed");
+            }
+        }
+        let text_tokens = self.keyword.add(slot, &memory.text);
+        self.entries.push(VersionEntry {
+            created_lsn: change.lsn,
+            superseded_lsn: Lsn::MAX,
+            value: value.clone(),
+            text_tokens,
+        });
+        self.current.insert(id.into(), slot);
+    }
+
+    fn admits(&self, slot: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>) -> bool {
+        let entry = &self.entries[slot as usize];
+        entry.valid_at(at) && filter::matches(filter, &entry.memory().metadata)
+    }
+
+    /// The `k` nearest versions valid at `at` that match `filter`: (slot, score), best first.
+    /// `query` is raw; exact below [`EXACT_SEARCH_MAX_VECTORS`], or when the graph search finds
+    /// fewer than `k` admitted versions (a selective filter), so the answer always has
+    /// min(k, matching) hits.
+    pub fn vector_search(
+        &self,
+        query: &[f32],
+        at: Lsn,
+        k: usize,
+        ef: usize,
+        filter: Option<&Map<String, serde_json::Value>>,
+    ) -> Vec<(u32, f32)> {
+        let Some(graph) = &self.hnsw else { return Vec::new() };
+        let metric = graph.metric();
+        let query = metric.prepare(query);
+        let accept = |node: u32| self.admits(self.node_entry[node as usize], at, filter);
+        let mut found = Vec::new();
+        if graph.len() > EXACT_SEARCH_MAX_VECTORS {
+            found = graph.search(&query, ef.max(k), &accept);
+        }
+        if found.len() < k {
+            found = self.exact_vector_search(graph, &query, k, &accept);
+        }
+        found
+            .into_iter()
+            .take(k)
+            .map(|s| (self.node_entry[s.node as usize], metric.score(s.distance)))
+            .collect()
+    }
+
+    fn exact_vector_search(&self, graph: &Hnsw, query: &[f32], k: usize, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        let mut top = TopK::new(k);
+        for node in 0..graph.len() as u32 {
+            if accept(node) {
+                top.push(Scored {
+                    distance: graph.metric().distance(query, graph.vector(node)),
+                    node,
+                });
+            }
+        }
+        top.into_sorted()
+    }
+
+    /// Every version valid at `at` matching `filter` that contains a query term, with its BM25
+    /// score at that snapshot, best first (ties by memory id). Collection statistics count every
+    /// memory valid at `at`, filtered or not.
+    pub fn keyword_search(&self, terms: &[String], at: Lsn, filter: Option<&Map<String, serde_json::Value>>) -> Vec<(u32, f32)> {
+        let (mut documents, mut total_tokens) = (0u64, 0u64);
+        for e in self.entries.iter().filter(|e| e.valid_at(at)) {
+            documents += 1;
+            total_tokens += u64::from(e.text_tokens);
+        }
+        if documents == 0 {
+            return Vec::new();
+        }
+        let n = documents as f32;
+        let avg_len = total_tokens as f32 / n;
+        let mut scores: HashMap<u32, f32> = HashMap::new();
+        for term in terms {
+            let postings = self.keyword.postings(term);
+            let df = postings
+                .iter()
+                .filter(|(slot, _)| self.entries[*slot as usize].valid_at(at))
+                .count();
+            if df == 0 {
+                continue;
+            }
+            let idf = bm25_idf(n, df as f32);
+            for &(slot, tf) in postings {
+                let entry = &self.entries[slot as usize];
+                if entry.valid_at(at) {
+                    *scores.entry(slot).or_default() += bm25_term(idf, tf as f32, entry.text_tokens as f32, avg_len);
+                }
+            }
+        }
+        let mut hits: Vec<(u32, f32)> = scores.into_iter().filter(|(slot, _)| self.admits(*slot, at, filter)).collect();
+        hits.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| self.entries[a.0 as usize].memory().id.cmp(&self.entries[b.0 as usize].memory().id))
+        });
+        hits
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<VersionEntry>()
+            + self.current.len() * 48
+            + self.node_entry.capacity() * 4
+            + self.hnsw.as_ref().map_or(0, Hnsw::heap_bytes)
+            + self.keyword.heap_bytes()
+    }
+}
+
+struct Queue {
+    /// (LSN every change up to which is in this or an earlier batch, the changes), in LSN order.
+    batches: VecDeque<(Lsn, Vec<IndexChange>)>,
+    stop: bool,
+}
+
+/// Figures about the search indexes (`Database::index_stats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Every commit at or below this LSN is in the indexes.
+    pub indexed_lsn: Lsn,
+    /// The database's visible LSN when the figures were taken.
+    pub visible_lsn: Lsn,
+    /// `visible_lsn - indexed_lsn`: how far (in LSNs) the indexes trail the visible state.
+    pub lag_lsns: u64,
+    /// Applied batches of commits waiting for the index applier.
+    pub queued_batches: usize,
+    pub namespaces: usize,
+    /// Memory versions held (current and past).
+    pub versions: usize,
+    /// Vectors in the graphs (one per version with an embedding).
+    pub vectors: usize,
+    /// Approximate heap bytes of all indexes (vectors, graph links, postings, entries).
+    pub heap_bytes: usize,
+}
+
+pub(crate) struct Indexes {
+    namespaces: RwLock<HashMap<String, Arc<RwLock<NamespaceIndex>>>>,
+    queue: Mutex<Queue>,
+    work: Condvar,
+    indexed_lsn: AtomicU64,
+    progress: Mutex<()>,
+    progressed: Condvar,
+}
+
+impl Indexes {
+    /// Indexes of everything in `store` (all retained versions), complete up to `at`.
+    pub fn build(store: &Store, at: Lsn) -> Indexes {
+        let indexes = Indexes {
+            namespaces: RwLock::new(HashMap::new()),
+            queue: Mutex::new(Queue {
+                batches: VecDeque::new(),
+                stop: false,
+            }),
+            work: Condvar::new(),
+            indexed_lsn: AtomicU64::new(0),
+            progress: Mutex::new(()),
+            progressed: Condvar::new(),
+        };
+        // Metrics first: they decide how vectors are stored.
+        let mut changes = Vec::new();
+        store.visit_space(Space::Meta, |key, chain| {
+            if key.id == METRIC_KEY {
+                if let Some(v) = chain.versions.iter().rev().find(|v| v.value.is_some()) {
+                    changes.push(IndexChange {
+                        lsn: v.lsn,
+                        key: key.clone(),
+                        value: v.value.clone(),
+                    });
+                }
+            }
+        });
+        let mut versions: Vec<(Lsn, u32, IndexChange)> = Vec::new();
+        store.visit_space(Space::Memory, |key, chain| {
+            for v in &chain.versions {
+                let change = IndexChange {
+                    lsn: v.lsn,
+                    key: key.clone(),
+                    value: v.value.clone(),
+                };
+                versions.push((v.lsn, v.op_index, change));
+            }
+        });
+        // In commit order, as the applier would have seen them.
+        versions.sort_by_key(|(lsn, op_index, _)| (*lsn, *op_index));
+        changes.extend(versions.into_iter().map(|(_, _, c)| c));
+        indexes.apply_changes(&changes);
+        indexes.indexed_lsn.store(at, Ordering::Release);
+        indexes
+    }
+
+    pub fn indexed_lsn(&self) -> Lsn {
+        self.indexed_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn namespace(&self, namespace: &str) -> Option<Arc<RwLock<NamespaceIndex>>> {
+        self.namespaces.read().unwrap_or_else(|p| p.into_inner()).get(namespace).cloned()
+    }
+
+    /// Queues the changes of every commit up to `lsn` (called by the applier of the store, in
+    /// LSN order).
+    pub fn enqueue(&self, lsn: Lsn, changes: Vec<IndexChange>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.batches.push_back((lsn, changes));
+        self.work.notify_one();
+    }
+
+    fn apply_changes(&self, changes: &[IndexChange]) {
+        let mut by_namespace: Vec<(&str, Vec<&IndexChange>)> = Vec::new();
+        for change in changes {
+            match by_namespace.iter_mut().find(|(ns, _)| *ns == change.key.namespace) {
+                Some((_, list)) => list.push(change),
+                None => by_namespace.push((&change.key.namespace, vec![change])),
+            }
+        }
+        for (namespace, list) in by_namespace {
+            let index = {
+                let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+                map.entry(namespace.to_string())
+                    .or_insert_with(|| Arc::new(RwLock::new(NamespaceIndex::new())))
+                    .clone()
+            };
+            // Partial progress is safe to expose: entries above a reader's snapshot are
+            // invisible to it, and a superseded mark above it leaves the old version valid there.
+            for chunk in list.chunks(CHANGES_PER_LOCK) {
+                let mut index = index.write().unwrap_or_else(|p| p.into_inner());
+                for change in chunk {
+                    index.apply(change);
+                }
+            }
+        }
+    }
+
+    fn apply_batch(&self, lsn: Lsn, changes: &[IndexChange]) {
+        let indexed = self.indexed_lsn();
+        if lsn <= indexed {
+            return;
+        }
+        // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version).
+        let fresh: Vec<IndexChange> = changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
+        self.apply_changes(&fresh);
+        let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        self.indexed_lsn.store(lsn, Ordering::Release);
+        self.progressed.notify_all();
+    }
+
+    /// Waits until every commit up to `lsn` is indexed; `IndexTimeout` after `timeout`.
+    pub fn wait_for(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
+        if self.indexed_lsn() >= lsn {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let indexed = self.indexed_lsn();
+            if indexed >= lsn {
+                return Ok(());
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(CoreError::IndexTimeout {
+                    lsn,
+                    indexed_lsn: indexed,
+                    waited_ms: waited.as_millis() as u64,
+                });
+            }
+            guard = self
+                .progressed
+                .wait_timeout(guard, timeout - waited)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub fn stats(&self, visible_lsn: Lsn) -> IndexStats {
+        let indexed_lsn = self.indexed_lsn();
+        let queued_batches = self.queue.lock().unwrap_or_else(|p| p.into_inner()).batches.len();
+        let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        let (mut versions, mut vectors, mut heap_bytes) = (0, 0, 0);
+        for index in map.values() {
+            let index = index.read().unwrap_or_else(|p| p.into_inner());
+            versions += index.entries.len();
+            vectors += index.hnsw.as_ref().map_or(0, Hnsw::len);
+            heap_bytes += index.heap_bytes();
+        }
+        IndexStats {
+            indexed_lsn,
+            visible_lsn,
+            lag_lsns: visible_lsn.saturating_sub(indexed_lsn),
+            queued_batches,
+            namespaces: map.len(),
+            versions,
+            vectors,
+            heap_bytes,
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let batches: Vec<(Lsn, Vec<IndexChange>)> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                while queue.batches.is_empty() && !queue.stop {
+                    queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                if queue.batches.is_empty() {
+                    return; // stopped, and nothing left to apply
+                }
+                queue.batches.drain(..).collect()
+            };
+            for (lsn, changes) in batches {
+                self.apply_batch(lsn, &changes);
+            }
+        }
+    }
+}
+
+/// The index applier thread; stops (after applying what is queued) when dropped.
+pub(crate) struct IndexApplier {
+    indexes: Arc<Indexes>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IndexApplier {
+    pub fn spawn(indexes: Arc<Indexes>) -> Result<IndexApplier> {
+        let for_thread = indexes.clone();
+        let thread = std::thread::Builder::new()
+            .name("engram-indexer".into())
+            .spawn(move || for_thread.run())
+            .map_err(|e| CoreError::Io {
+                context: "starting the search index thread".into(),
+                source: Arc::new(e),
+            })?;
+        Ok(IndexApplier {
+            indexes,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for IndexApplier {
+    fn drop(&mut self) {
+        self.indexes.queue.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.indexes.work.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
