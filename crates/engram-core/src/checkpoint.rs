@@ -813,8 +813,10 @@ impl CheckpointState {
     fn apply_retention(&mut self, storage: &dyn Storage) -> Result<usize> {
         self.retained.truncate(2);
         let keep: Vec<&std::ffi::OsStr> = self.retained.iter().filter_map(|c| c.path.file_name()).collect();
+        let keep_lsns: Vec<Lsn> = self.retained.iter().map(|c| c.lsn).collect();
         let removed = self.remove_files(storage, |name| {
-            parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name))
+            (parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name)))
+                || crate::search::persist::parse_file_name(name).is_some_and(|lsn| !keep_lsns.contains(&lsn))
         })?;
         if removed > 0 {
             storage
@@ -944,6 +946,15 @@ impl Database {
             (report.keys, report.versions, report.commits) = (header.key_count, header.version_count, header.commit_count);
             state.retained.insert(0, file);
             shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
+            // The search indexes as of `lsn`, so that open need not rebuild them. Not fatal: a
+            // checkpoint without its index file is complete, and open rebuilds the indexes.
+            let saved = shared
+                .indexes
+                .wait_for(lsn, crate::search::SEARCH_INDEX_WAIT)
+                .and_then(|()| crate::search::persist::save(storage, &state.dir, lsn, shared.indexes.all()));
+            if let Err(e) = saved {
+                tracing::warn!(lsn, error = %e, "the checkpoint was written without its search index file");
+            }
             report.removed_files += state.apply_retention(storage)?;
         }
         report.history_horizon_lsn = shared.store.history_horizon();

@@ -6,7 +6,10 @@ use crate::error::{CoreError, Result};
 use crate::model::Key;
 use crate::record::{self, Assembler, CommitRecord, Layout, LogRecord, KIND_COMMIT, KIND_OPS};
 use crate::retention::RetentionPolicy;
-use crate::search::index::{IndexApplier, Indexes};
+use crate::search::{
+    self,
+    index::{IndexApplier, IndexOrigin, Indexes},
+};
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
 use engram_wal::storage::{StdStorage, Storage};
@@ -155,6 +158,25 @@ impl Database {
         };
         store.restore_history_horizon(checkpoint_file.as_ref().map_or(0, |c| c.history_horizon_lsn));
         let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
+        // The search indexes: from the checkpoint's index file when it verifies (then caught up
+        // with the replayed log below), otherwise rebuilt from the store after replay.
+        let mut rebuild_reason = None;
+        let loaded_indexes = match &checkpoint_file {
+            None => None,
+            Some(file) => match search::persist::load(&*storage, &checkpoint_dir, file.lsn, &store) {
+                Ok(Some(namespaces)) => Some(Indexes::from_loaded(namespaces, file.lsn)),
+                Ok(None) => {
+                    rebuild_reason = Some(format!("the checkpoint at LSN {} has no index file", file.lsn));
+                    None
+                }
+                Err(reason) => {
+                    let reason = format!("the index file of the checkpoint at LSN {} is not usable: {reason}", file.lsn);
+                    tracing::warn!(%reason, "rebuilding the search indexes from the store");
+                    rebuild_reason = Some(reason);
+                    None
+                }
+            },
+        };
         let mut replayed = 0u64;
         let mut replayed_bytes = 0u64;
         // A large transaction's OPS records are held until its COMMIT, which redoes the whole
@@ -172,7 +194,10 @@ impl Database {
             let read_back = |txn_id, from, to| record::read_streamed(wal.reader(from)?, txn_id, to, |_| true);
             if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
                 max_ts = max_ts.max(commit.commit_ts_ms);
-                store.apply(lsn, commit);
+                let changes = store.apply(lsn, commit);
+                if let Some(indexes) = &loaded_indexes {
+                    indexes.apply_changes(&changes);
+                }
             }
             replayed += 1;
             replayed_bytes += record.payload.len() as u64;
@@ -182,9 +207,13 @@ impl Database {
                 }
             }
         }
-        // The indexes are rebuilt from the store (every retained version) at open; see
-        // docs/search.md for why they are not yet read from the checkpoint.
-        let indexes = Arc::new(Indexes::build(&store, last));
+        let indexes = Arc::new(match loaded_indexes {
+            Some(indexes) => {
+                indexes.set_indexed(last);
+                indexes
+            }
+            None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
+        });
         let index_applier = IndexApplier::spawn(indexes.clone())?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),

@@ -35,8 +35,8 @@ pub use names::{validate_namespace, MAX_DIMENSION, MAX_KEY_BYTES, MAX_NAMESPACE_
 pub use record::{CommitRecord, LogRecord, Op, KIND_COMMIT, KIND_OPS, RECORD_VERSION, STREAM_RECORD_BYTES};
 pub use retention::{RetainedView, RetentionPolicy};
 pub use search::{
-    bm25_idf, bm25_term, tokenize, Direction, EntityHit, IndexStats, Metric, SearchHit, SearchMode, SearchReads, SearchRequest,
-    SignalScore, BM25_B, BM25_K1, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_VECTORS, HYBRID_CANDIDATES, MAX_EF_SEARCH, MAX_K,
+    bm25_idf, bm25_term, tokenize, Direction, EntityHit, IndexOrigin, IndexStats, Metric, SearchHit, SearchMode, SearchReads,
+    SearchRequest, SignalScore, BM25_B, BM25_K1, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_VECTORS, HYBRID_CANDIDATES, MAX_EF_SEARCH, MAX_K,
     MAX_NEIGHBOUR_DEPTH, MAX_QUERY_TEXT_BYTES, RRF_K, SEARCH_INDEX_WAIT,
 };
 pub use store::VersionInfo;

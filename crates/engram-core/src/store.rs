@@ -488,6 +488,15 @@ impl Store {
         changes
     }
 
+    /// The value of `key`'s version written exactly at `lsn` (None if there is none, or it is a
+    /// deletion).
+    pub fn version_at_exactly(&self, key: &Key, lsn: Lsn) -> Option<Arc<Value>> {
+        let map = self.read();
+        let chain = map.get(key)?;
+        let i = chain.versions.binary_search_by_key(&lsn, |v| v.lsn).ok()?;
+        chain.versions[i].value.clone()
+    }
+
     /// Calls `visit` with every key of `space` and its retained versions, in key order, under
     /// one read lock (used once at open, to build the search indexes).
     pub fn visit_space(&self, space: Space, mut visit: impl FnMut(&Key, &Chain)) {

@@ -41,7 +41,10 @@ fn recall_at_10(metric: Metric, count: usize, dimension: usize, queries: usize, 
 
 #[test]
 fn approximate_search_recalls_at_least_95_percent_of_the_exact_top_10_cosine() {
-    let count = std::env::var("ENGRAM_RECALL_VECTORS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let count = std::env::var("ENGRAM_RECALL_VECTORS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
     let recall = recall_at_10(Metric::Cosine, count, 128, 200, 1);
     assert!(recall >= 0.95, "recall@10 {recall}");
 }

@@ -23,7 +23,10 @@ struct ModelMemory {
 type State = BTreeMap<String, ModelMemory>;
 
 fn random_text(rng: &mut Rng) -> String {
-    (0..1 + rng.below(4)).map(|_| WORDS[rng.below(WORDS.len())]).collect::<Vec<_>>().join(" ")
+    (0..1 + rng.below(4))
+        .map(|_| WORDS[rng.below(WORDS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn random_metadata(rng: &mut Rng) -> Map<String, Json> {
@@ -92,7 +95,10 @@ fn matches_filter(m: &ModelMemory, filter: Option<&Map<String, Json>>) -> bool {
 /// BM25 (k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5))) over the model, written out
 /// independently of the engine: (id, score) best first, ties by id.
 fn model_bm25(state: &State, query: &str, filter: Option<&Map<String, Json>>) -> Vec<(String, f32)> {
-    let docs: Vec<(&String, Vec<String>)> = state.iter().map(|(id, m)| (id, m.text.split(' ').map(str::to_string).collect())).collect();
+    let docs: Vec<(&String, Vec<String>)> = state
+        .iter()
+        .map(|(id, m)| (id, m.text.split(' ').map(str::to_string).collect()))
+        .collect();
     let n = docs.len() as f32;
     let avg = docs.iter().map(|(_, d)| d.len()).sum::<usize>() as f32 / n;
     let mut terms: Vec<&str> = Vec::new();
@@ -156,7 +162,12 @@ fn check_snapshot(db: &Database, lsn: Lsn, state: &State, rng: &mut Rng) {
         for (i, hit) in hits.iter().enumerate() {
             assert_hit_is_the_model_version(hit, state, lsn);
             assert!(matches_filter(&state[&hit.memory.id], filter_ref));
-            assert!((hit.score - expected[i].0).abs() < 1e-5, "at LSN {lsn}: rank {i} score {} vs {}", hit.score, expected[i].0);
+            assert!(
+                (hit.score - expected[i].0).abs() < 1e-5,
+                "at LSN {lsn}: rank {i} score {} vs {}",
+                hit.score,
+                expected[i].0
+            );
             assert_eq!(hit.vector.map(|s| s.rank), Some(i + 1));
         }
         // Keyword: every matching memory, with the model's BM25 scores in the model's order.
@@ -197,7 +208,8 @@ fn check_snapshot(db: &Database, lsn: Lsn, state: &State, rng: &mut Rng) {
         let keyword_ranks: HashMap<String, usize> = expected.iter().enumerate().map(|(i, (id, _))| (id.clone(), i + 1)).collect();
         for hit in &fused {
             assert_hit_is_the_model_version(hit, state, lsn);
-            let rrf = hit.vector.map_or(0.0, |s| 1.0 / (RRF_K + s.rank as f32)) + hit.keyword.map_or(0.0, |s| 1.0 / (RRF_K + s.rank as f32));
+            let rrf =
+                hit.vector.map_or(0.0, |s| 1.0 / (RRF_K + s.rank as f32)) + hit.keyword.map_or(0.0, |s| 1.0 / (RRF_K + s.rank as f32));
             assert!((hit.score - rrf).abs() < 1e-6);
             assert_eq!(hit.vector.map(|s| s.rank), vector_ranks.get(&hit.memory.id).copied());
             if let Some(s) = hit.keyword {
@@ -219,7 +231,10 @@ fn check_all(db: &Database, history: &[(Lsn, State)], rng: &mut Rng) {
 
 #[test]
 fn search_at_every_snapshot_equals_exact_search_over_the_model_before_and_after_reopen() {
-    let cases: u64 = std::env::var("ENGRAM_SEARCH_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let cases: u64 = std::env::var("ENGRAM_SEARCH_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     for seed in 0..cases {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Rng(seed);
@@ -232,6 +247,11 @@ fn search_at_every_snapshot_equals_exact_search_over_the_model_before_and_after_
             history
         };
         let db = open(dir.path());
+        assert!(
+            matches!(db.index_stats().origin, IndexOrigin::Checkpoint { .. }),
+            "{:?}",
+            db.index_stats().origin
+        );
         check_all(&db, &history, &mut rng);
         // More commits after the checkpoint, then reopen: they are replayed from the log.
         history.extend(random_history(&db, &mut rng, &mut state, 30));
@@ -294,10 +314,17 @@ fn the_approximate_index_never_returns_a_version_invalid_at_the_snapshot() {
         found_old += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
         let hits = new.search(&vector_request("ns", q.clone(), 10)).unwrap();
         assert_eq!(hits.len(), 10);
-        let expected: Vec<&String> = exact_top(Metric::Cosine, &live_vectors, &q, 10).into_iter().map(|j| &ids[live[j].0]).collect();
+        let expected: Vec<&String> = exact_top(Metric::Cosine, &live_vectors, &q, 10)
+            .into_iter()
+            .map(|j| &ids[live[j].0])
+            .collect();
         for h in &hits {
             let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
-            assert_eq!(h.memory.embedding.as_ref(), current[i].as_ref(), "a new snapshot saw a superseded or deleted version");
+            assert_eq!(
+                h.memory.embedding.as_ref(),
+                current[i].as_ref(),
+                "a new snapshot saw a superseded or deleted version"
+            );
         }
         found_new += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
     }

@@ -58,8 +58,10 @@ pub(crate) struct VersionEntry {
     pub created_lsn: Lsn,
     /// `Lsn::MAX` while this is the memory's current version.
     pub superseded_lsn: Lsn,
-    /// The stored value (shared with the store, not copied).
-    value: Arc<Value>,
+    /// The stored value (shared with the store, not copied). `None` only for a version loaded
+    /// from a checkpoint's index file whose value the store no longer retains (pruned by the
+    /// retention policy); such an entry is valid at no LSN.
+    pub(super) value: Option<Arc<Value>>,
     /// Length of the text in tokens (BM25).
     pub text_tokens: u32,
 }
@@ -70,11 +72,10 @@ impl VersionEntry {
         self.created_lsn <= at && at < self.superseded_lsn
     }
 
-    pub fn memory(&self) -> &Memory {
-        match &*self.value {
-            Value::Memory(m) => m,
-            // Only memory values are ever made into entries (see `NamespaceIndex::apply`).
-            _ => unreachable!("a search index entry holds a memory"),
+    pub fn memory(&self) -> Option<&Memory> {
+        match self.value.as_deref() {
+            Some(Value::Memory(m)) => Some(m),
+            _ => None,
         }
     }
 }
@@ -84,16 +85,16 @@ pub(crate) struct NamespaceIndex {
     pub metric: Metric,
     pub entries: Vec<VersionEntry>,
     /// Memory id -> slot of its current version.
-    current: HashMap<Box<str>, u32>,
+    pub(super) current: HashMap<Box<str>, u32>,
     /// Created with the first embedding (its length is the namespace's dimension).
     pub hnsw: Option<Hnsw>,
     /// Graph node -> entry slot.
-    node_entry: Vec<u32>,
+    pub(super) node_entry: Vec<u32>,
     pub keyword: InvertedIndex,
 }
 
 impl NamespaceIndex {
-    fn new() -> NamespaceIndex {
+    pub(super) fn new() -> NamespaceIndex {
         NamespaceIndex {
             metric: Metric::Cosine,
             entries: Vec::new(),
@@ -145,7 +146,7 @@ impl NamespaceIndex {
         self.entries.push(VersionEntry {
             created_lsn: change.lsn,
             superseded_lsn: Lsn::MAX,
-            value: value.clone(),
+            value: Some(value.clone()),
             text_tokens,
         });
         self.current.insert(id.into(), slot);
@@ -153,7 +154,7 @@ impl NamespaceIndex {
 
     fn admits(&self, slot: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>) -> bool {
         let entry = &self.entries[slot as usize];
-        entry.valid_at(at) && filter::matches(filter, &entry.memory().metadata)
+        entry.valid_at(at) && entry.memory().is_some_and(|m| filter::matches(filter, &m.metadata))
     }
 
     /// The `k` nearest versions valid at `at` that match `filter`: (slot, score), best first.
@@ -233,8 +234,12 @@ impl NamespaceIndex {
         }
         let mut hits: Vec<(u32, f32)> = scores.into_iter().filter(|(slot, _)| self.admits(*slot, at, filter)).collect();
         hits.sort_by(|a, b| {
-            b.1.total_cmp(&a.1)
-                .then_with(|| self.entries[a.0 as usize].memory().id.cmp(&self.entries[b.0 as usize].memory().id))
+            b.1.total_cmp(&a.1).then_with(|| {
+                self.entries[a.0 as usize]
+                    .memory()
+                    .map(|m| &m.id)
+                    .cmp(&self.entries[b.0 as usize].memory().map(|m| &m.id))
+            })
         });
         hits
     }
@@ -272,6 +277,8 @@ pub struct IndexStats {
     pub vectors: usize,
     /// Approximate heap bytes of all indexes (vectors, graph links, postings, entries).
     pub heap_bytes: usize,
+    /// Whether open loaded the indexes from a checkpoint or rebuilt them.
+    pub origin: IndexOrigin,
 }
 
 pub(crate) struct Indexes {
@@ -281,13 +288,23 @@ pub(crate) struct Indexes {
     indexed_lsn: AtomicU64,
     progress: Mutex<()>,
     progressed: Condvar,
+    origin: IndexOrigin,
+}
+
+/// Where the indexes of an open database came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// Loaded from the index file of the checkpoint at this LSN, then caught up from the log.
+    Checkpoint { lsn: Lsn },
+    /// Built from the store at open: `reason` says why no index file was used (none for a
+    /// database opened without a checkpoint).
+    Rebuilt { reason: Option<String> },
 }
 
 impl Indexes {
-    /// Indexes of everything in `store` (all retained versions), complete up to `at`.
-    pub fn build(store: &Store, at: Lsn) -> Indexes {
-        let indexes = Indexes {
-            namespaces: RwLock::new(HashMap::new()),
+    fn with_namespaces(namespaces: HashMap<String, Arc<RwLock<NamespaceIndex>>>, origin: IndexOrigin) -> Indexes {
+        Indexes {
+            namespaces: RwLock::new(namespaces),
             queue: Mutex::new(Queue {
                 batches: VecDeque::new(),
                 stop: false,
@@ -296,7 +313,38 @@ impl Indexes {
             indexed_lsn: AtomicU64::new(0),
             progress: Mutex::new(()),
             progressed: Condvar::new(),
-        };
+            origin,
+        }
+    }
+
+    /// Indexes loaded from a checkpoint's index file, complete up to the checkpoint's LSN; the
+    /// log replayed after it is applied with [`Indexes::apply_changes`], then
+    /// [`Indexes::set_indexed`].
+    pub fn from_loaded(namespaces: Vec<(String, NamespaceIndex)>, lsn: Lsn) -> Indexes {
+        let map = namespaces
+            .into_iter()
+            .map(|(name, index)| (name, Arc::new(RwLock::new(index))))
+            .collect();
+        let indexes = Indexes::with_namespaces(map, IndexOrigin::Checkpoint { lsn });
+        indexes.indexed_lsn.store(lsn, Ordering::Release);
+        indexes
+    }
+
+    pub fn set_indexed(&self, lsn: Lsn) {
+        self.indexed_lsn.store(lsn, Ordering::Release);
+    }
+
+    /// Every namespace's index, by name (for the checkpoint's index file).
+    pub fn all(&self) -> Vec<(String, Arc<RwLock<NamespaceIndex>>)> {
+        let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(n, i)| (n.clone(), i.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Indexes of everything in `store` (all retained versions), complete up to `at`.
+    pub fn build(store: &Store, at: Lsn, origin: IndexOrigin) -> Indexes {
+        let indexes = Indexes::with_namespaces(HashMap::new(), origin);
         // Metrics first: they decide how vectors are stored.
         let mut changes = Vec::new();
         store.visit_space(Space::Meta, |key, chain| {
@@ -345,7 +393,7 @@ impl Indexes {
         self.work.notify_one();
     }
 
-    fn apply_changes(&self, changes: &[IndexChange]) {
+    pub(crate) fn apply_changes(&self, changes: &[IndexChange]) {
         let mut by_namespace: Vec<(&str, Vec<&IndexChange>)> = Vec::new();
         for change in changes {
             match by_namespace.iter_mut().find(|(ns, _)| *ns == change.key.namespace) {
@@ -432,6 +480,7 @@ impl Indexes {
             versions,
             vectors,
             heap_bytes,
+            origin: self.origin.clone(),
         }
     }
 

@@ -12,10 +12,11 @@ pub(crate) mod hybrid;
 pub(crate) mod index;
 pub(crate) mod keyword;
 pub(crate) mod neighbours;
+pub(crate) mod persist;
 pub(crate) mod vector;
 
 pub use hybrid::RRF_K;
-pub use index::{IndexStats, EXACT_SEARCH_MAX_VECTORS};
+pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS};
 pub use keyword::{bm25_idf, bm25_term, tokenize, BM25_B, BM25_K1};
 pub use vector::Metric;
 
@@ -218,18 +219,19 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
         }
         _ => Vec::new(),
     };
-    let memory = |slot: u32| index.entries[slot as usize].memory().clone();
+    // Every ranked slot was admitted, so it holds a memory.
+    let memory = |slot: u32| index.entries[slot as usize].memory().cloned();
     let ranked = |hits: &[(u32, f32)], vector: bool| -> Vec<SearchHit> {
         hits.iter()
             .enumerate()
-            .map(|(i, &(slot, score))| {
+            .filter_map(|(i, &(slot, score))| {
                 let place = Some(SignalScore { rank: i + 1, score });
-                SearchHit {
-                    memory: memory(slot),
+                Some(SearchHit {
+                    memory: memory(slot)?,
                     score,
                     vector: if vector { place } else { None },
                     keyword: if vector { None } else { place },
-                }
+                })
             })
             .collect()
     };
@@ -239,11 +241,13 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
         SearchMode::Hybrid => hybrid::fuse(&vector_hits, &keyword_hits)
             .into_iter()
             .take(k)
-            .map(|f| SearchHit {
-                memory: memory(f.item),
-                score: f.score,
-                vector: f.vector,
-                keyword: f.keyword,
+            .filter_map(|f| {
+                Some(SearchHit {
+                    memory: memory(f.item)?,
+                    score: f.score,
+                    vector: f.vector,
+                    keyword: f.keyword,
+                })
             })
             .collect(),
     };
