@@ -249,7 +249,10 @@ fn main() {
     );
     let stats = db.index_stats();
     println!(
-        "after the writers: indexed LSN {} of visible {}",
-        stats.indexed_lsn, stats.visible_lsn
+        "after the writers: indexed LSN {} of visible {}; commits that waited for the indexer (more than {} changes queued): {}",
+        stats.indexed_lsn,
+        stats.visible_lsn,
+        engram_core::MAX_QUEUED_INDEX_CHANGES,
+        stats.throttled_commits
     );
 }

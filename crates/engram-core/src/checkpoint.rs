@@ -813,10 +813,8 @@ impl CheckpointState {
     fn apply_retention(&mut self, storage: &dyn Storage) -> Result<usize> {
         self.retained.truncate(2);
         let keep: Vec<&std::ffi::OsStr> = self.retained.iter().filter_map(|c| c.path.file_name()).collect();
-        let keep_lsns: Vec<Lsn> = self.retained.iter().map(|c| c.lsn).collect();
         let removed = self.remove_files(storage, |name| {
-            (parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name)))
-                || crate::search::persist::parse_file_name(name).is_some_and(|lsn| !keep_lsns.contains(&lsn))
+            parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name))
         })?;
         if removed > 0 {
             storage
@@ -946,16 +944,16 @@ impl Database {
             (report.keys, report.versions, report.commits) = (header.key_count, header.version_count, header.commit_count);
             state.retained.insert(0, file);
             shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
-            // The search indexes as of `lsn`, so that open need not rebuild them. Not fatal: a
-            // checkpoint without its index file is complete, and open rebuilds the indexes.
-            let saved = shared
-                .indexes
-                .wait_for(lsn, crate::search::SEARCH_INDEX_WAIT)
-                .and_then(|()| crate::search::persist::save(storage, &state.dir, lsn, shared.indexes.all()));
-            if let Err(e) = saved {
-                tracing::warn!(lsn, error = %e, "the checkpoint was written without its search index file");
-            }
+
             report.removed_files += state.apply_retention(storage)?;
+        }
+        // The search indexes as of the newest checkpoint, so that open need not rebuild them:
+        // written after a new checkpoint, and by the next run when an earlier one failed (or the
+        // file open found was unusable). A failure fails the run; the `.ckpt` stays valid, and
+        // open rebuilds the indexes while its index file is missing.
+        let keep: Vec<Lsn> = state.retained.iter().map(|c| c.lsn).collect();
+        if let Some(&newest) = keep.first() {
+            crate::search::persist::ensure_for_checkpoint(shared, newest, &keep)?;
         }
         report.history_horizon_lsn = shared.store.history_horizon();
         shared.log_bytes_since_checkpoint.fetch_sub(bytes_counted, Ordering::AcqRel);
@@ -998,7 +996,7 @@ impl Database {
 }
 
 /// Creates the checkpoint directory, durably, if it does not exist.
-fn ensure_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+pub(crate) fn ensure_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let what = |action: &str, p: &Path| format!("{action} {}", p.display());
     if storage.kind_of(dir).map_err(|e| io_error(what("inspecting", dir), e))?.is_some() {
         return Ok(());

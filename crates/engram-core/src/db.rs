@@ -163,7 +163,7 @@ impl Database {
         let mut rebuild_reason = None;
         let loaded_indexes = match &checkpoint_file {
             None => None,
-            Some(file) => match search::persist::load(&*storage, &checkpoint_dir, file.lsn, &store) {
+            Some(file) => match search::persist::load(&*storage, &dir.join(search::persist::INDEX_DIR), file.lsn, &store) {
                 Ok(Some(namespaces)) => Some(Indexes::from_loaded(namespaces, file.lsn)),
                 Ok(None) => {
                     rebuild_reason = Some(format!("the checkpoint at LSN {} has no index file", file.lsn));

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 fn index_file(dir: &Path) -> PathBuf {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(CHECKPOINT_DIR))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(SEARCH_INDEX_DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "index"))

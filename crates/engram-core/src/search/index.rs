@@ -17,7 +17,7 @@ use crate::store::Store;
 use engram_wal::Lsn;
 use serde_json::Map;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,6 +28,11 @@ pub(crate) const METRIC_KEY: &[u8] = b"metric";
 /// Below this many vectors in a namespace (every version counts) the vector search is exact:
 /// a scan is as fast as the graph there, and exact.
 pub const EXACT_SEARCH_MAX_VECTORS: usize = 2048;
+
+/// Index changes queued and not yet applied beyond which a committing transaction that wrote
+/// memories waits (after its commit is durable and visible) until the queue is half as long:
+/// bounds the index lag, and the queue's memory, when commits outpace the indexer for long.
+pub const MAX_QUEUED_INDEX_CHANGES: usize = 1024;
 
 /// Changes applied per hold of a namespace's write lock, so that searches in a namespace being
 /// written wait at most for this many graph insertions.
@@ -270,6 +275,10 @@ pub struct IndexStats {
     pub lag_lsns: u64,
     /// Applied batches of commits waiting for the index applier.
     pub queued_batches: usize,
+    /// Index changes (memory versions) in those batches.
+    pub queued_changes: usize,
+    /// Commits since open that waited for the indexer (see [`MAX_QUEUED_INDEX_CHANGES`]).
+    pub throttled_commits: u64,
     pub namespaces: usize,
     /// Memory versions held (current and past).
     pub versions: usize,
@@ -289,6 +298,11 @@ pub(crate) struct Indexes {
     progress: Mutex<()>,
     progressed: Condvar,
     origin: IndexOrigin,
+    /// Changes queued and not yet applied.
+    queued_changes: AtomicUsize,
+    throttled_commits: AtomicU64,
+    /// LSN of the checkpoint whose index file this process loaded or wrote (0: none).
+    file_lsn: AtomicU64,
 }
 
 /// Where the indexes of an open database came from.
@@ -314,6 +328,9 @@ impl Indexes {
             progress: Mutex::new(()),
             progressed: Condvar::new(),
             origin,
+            queued_changes: AtomicUsize::new(0),
+            throttled_commits: AtomicU64::new(0),
+            file_lsn: AtomicU64::new(0),
         }
     }
 
@@ -327,7 +344,16 @@ impl Indexes {
             .collect();
         let indexes = Indexes::with_namespaces(map, IndexOrigin::Checkpoint { lsn });
         indexes.indexed_lsn.store(lsn, Ordering::Release);
+        indexes.set_file_lsn(lsn);
         indexes
+    }
+
+    pub fn file_lsn(&self) -> Option<Lsn> {
+        Some(self.file_lsn.load(Ordering::Acquire)).filter(|&l| l > 0)
+    }
+
+    pub fn set_file_lsn(&self, lsn: Lsn) {
+        self.file_lsn.store(lsn, Ordering::Release);
     }
 
     pub fn set_indexed(&self, lsn: Lsn) {
@@ -389,6 +415,7 @@ impl Indexes {
     /// LSN order).
     pub fn enqueue(&self, lsn: Lsn, changes: Vec<IndexChange>) {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued_changes.fetch_add(changes.len(), Ordering::AcqRel);
         queue.batches.push_back((lsn, changes));
         self.work.notify_one();
     }
@@ -430,6 +457,29 @@ impl Indexes {
         let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         self.indexed_lsn.store(lsn, Ordering::Release);
         self.progressed.notify_all();
+    }
+
+    /// Called by a commit that wrote memories, after it is visible: if more than
+    /// [`MAX_QUEUED_INDEX_CHANGES`] changes wait for the indexer, waits until half as many do
+    /// (at most `SEARCH_INDEX_WAIT`; the commit has succeeded either way).
+    pub fn throttle(&self) {
+        if self.queued_changes.load(Ordering::Acquire) <= MAX_QUEUED_INDEX_CHANGES {
+            return;
+        }
+        self.throttled_commits.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        while self.queued_changes.load(Ordering::Acquire) > MAX_QUEUED_INDEX_CHANGES / 2 {
+            let waited = started.elapsed();
+            if waited >= super::SEARCH_INDEX_WAIT {
+                return;
+            }
+            guard = self
+                .progressed
+                .wait_timeout(guard, super::SEARCH_INDEX_WAIT - waited)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Waits until every commit up to `lsn` is indexed; `IndexTimeout` after `timeout`.
@@ -476,6 +526,8 @@ impl Indexes {
             visible_lsn,
             lag_lsns: visible_lsn.saturating_sub(indexed_lsn),
             queued_batches,
+            queued_changes: self.queued_changes.load(Ordering::Acquire),
+            throttled_commits: self.throttled_commits.load(Ordering::Relaxed),
             namespaces: map.len(),
             versions,
             vectors,
@@ -498,6 +550,9 @@ impl Indexes {
             };
             for (lsn, changes) in batches {
                 self.apply_batch(lsn, &changes);
+                self.queued_changes.fetch_sub(changes.len(), Ordering::AcqRel);
+                let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+                self.progressed.notify_all();
             }
         }
     }

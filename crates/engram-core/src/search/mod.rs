@@ -16,7 +16,7 @@ pub(crate) mod persist;
 pub(crate) mod vector;
 
 pub use hybrid::RRF_K;
-pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS};
+pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS, MAX_QUEUED_INDEX_CHANGES};
 pub use keyword::{bm25_idf, bm25_term, tokenize, BM25_B, BM25_K1};
 pub use vector::Metric;
 

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Directory of the index files inside the database directory (next to `checkpoints/`).
+pub const INDEX_DIR: &str = "search-index";
+
 const MAGIC: &[u8; 8] = b"ENGRMIDX";
 pub(crate) const INDEX_FORMAT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 40;
@@ -134,6 +137,46 @@ pub(crate) fn save(
         .map_err(|e| io_error(format!("renaming {} to {}", tmp.display(), path.display()), e))?;
     storage.sync_dir(dir).map_err(|e| io_error(what("syncing directory", dir), e))?;
     Ok(file_bytes.len() as u64)
+}
+
+/// Makes sure the newest checkpoint (at `lsn`) has a good index file: writes it unless this
+/// process wrote or loaded it (after waiting for the indexes to reach `lsn`), then deletes the
+/// index files of checkpoints no longer retained (`keep`: the retained checkpoints' LSNs) and
+/// leftovers of interrupted runs.
+pub(crate) fn ensure_for_checkpoint(shared: &crate::db::Shared, lsn: Lsn, keep: &[Lsn]) -> Result<()> {
+    let storage = &*shared.storage;
+    let dir = shared.dir.join(INDEX_DIR);
+    if shared.indexes.file_lsn() != Some(lsn) {
+        crate::checkpoint::ensure_dir(storage, &dir)?;
+        shared.indexes.wait_for(lsn, super::SEARCH_INDEX_WAIT)?;
+        save(storage, &dir, lsn, shared.indexes.all())?;
+        shared.indexes.set_file_lsn(lsn);
+    }
+    if storage
+        .kind_of(&dir)
+        .map_err(|e| io_error(format!("inspecting {}", dir.display()), e))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let names = storage.list(&dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+    let mut removed = false;
+    for name in names {
+        let stale = name.ends_with(".tmp") || parse_file_name(&name).is_some_and(|l| !keep.contains(&l));
+        if stale {
+            let path = dir.join(&name);
+            storage
+                .remove(&path)
+                .map_err(|e| io_error(format!("removing {}", path.display()), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        storage
+            .sync_dir(&dir)
+            .map_err(|e| io_error(format!("syncing directory {}", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 /// Why an index file was not used.
