@@ -175,3 +175,54 @@ fn a_database_without_checkpoints_builds_its_indexes_at_open() {
     assert_eq!(db.index_stats().origin, IndexOrigin::Rebuilt { reason: None });
     assert_eq!(db.snapshot().search(&keyword_request("ns", "hello", 5)).unwrap().len(), 1);
 }
+
+#[test]
+fn index_files_stay_usable_when_the_retention_policy_prunes_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || DatabaseOptions {
+        retention: RetentionPolicy::KeepVersions { per_key: 1 },
+        ..options()
+    };
+    let mut rng = Rng(5);
+    let vectors: Vec<Vec<f32>> = (0..50).map(|_| rng.vector(4)).collect();
+    let expected = {
+        let db = Database::open(dir.path(), options()).unwrap();
+        let ids = load(&db, "ns", &vectors, |i| format!("first {i}"), |_| serde_json::Value::Null);
+        let mut txn = db.begin();
+        for id in &ids {
+            let patch = MemoryPatch {
+                text: Some("second".into()),
+                embedding: Some(rng.vector(4)),
+                ..Default::default()
+            };
+            txn.update_memory("ns", id, patch).unwrap();
+        }
+        txn.commit().unwrap();
+        // Prunes the first versions, which the index still holds.
+        db.checkpoint().unwrap();
+        db.snapshot().search(&vector_request("ns", vec![1.0, 0.0, 0.0, 0.0], 50)).unwrap()
+    };
+    for round in 0..2 {
+        let db = Database::open(dir.path(), options()).unwrap();
+        assert!(
+            matches!(db.index_stats().origin, IndexOrigin::Checkpoint { .. }),
+            "round {round}: {:?}",
+            db.index_stats().origin
+        );
+        let hits = db.snapshot().search(&vector_request("ns", vec![1.0, 0.0, 0.0, 0.0], 50)).unwrap();
+        assert_eq!(hits, expected);
+        assert!(hits.iter().all(|h| h.memory.text == "second"));
+        // A new checkpoint re-saves the pruned versions as valid nowhere; the next open loads it.
+        let mut txn = db.begin();
+        txn.insert_memory(
+            "other",
+            NewMemory {
+                text: format!("round {round}"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        txn.commit().unwrap();
+        db.checkpoint().unwrap();
+    }
+}

@@ -255,10 +255,12 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
     let mut index = NamespaceIndex::new();
     index.metric = saved.metric;
     let mut previous = 0;
+    // `superseded_lsn == created_lsn` is an entry valid nowhere: a version pruned from the store
+    // before the file was written (see below).
     for (slot, e) in saved.entries.into_iter().enumerate() {
         if e.created_lsn < previous
             || e.created_lsn > lsn
-            || e.superseded_lsn <= e.created_lsn
+            || e.superseded_lsn < e.created_lsn
             || (e.superseded_lsn > lsn && e.superseded_lsn != Lsn::MAX)
         {
             return Err(format!("entry {slot}: bad validity [{}, {})", e.created_lsn, e.superseded_lsn));
