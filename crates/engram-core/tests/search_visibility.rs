@@ -331,3 +331,65 @@ fn the_approximate_index_never_returns_a_version_invalid_at_the_snapshot() {
     assert!(found_old >= 475, "recall at the old snapshot {found_old}/500");
     assert!(found_new >= 475, "recall at the new snapshot {found_new}/500");
 }
+
+#[test]
+fn searches_racing_with_writers_see_exactly_their_snapshot() {
+    // Writers insert, update and delete while a reader searches at fresh snapshots (the
+    // indexer applying changes meanwhile): every hit is the version the store holds at that
+    // snapshot, a vector search returns min(k, live) hits and a keyword search every memory
+    // containing the word.
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..3u64 {
+            let (db, stop) = (&db, &stop);
+            s.spawn(move || {
+                let mut rng = Rng(100 + w);
+                let mut mine: Vec<String> = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut txn = db.begin();
+                    if mine.len() < 40 || rng.below(3) == 0 {
+                        let memory = NewMemory {
+                            text: random_text(&mut rng),
+                            embedding: Some(rng.vector(DIMENSION)),
+                            metadata: Json::Object(random_metadata(&mut rng)),
+                        };
+                        mine.push(txn.insert_memory("ns", memory).unwrap());
+                    } else if rng.below(2) == 0 {
+                        let id = &mine[rng.below(mine.len())];
+                        let patch = MemoryPatch {
+                            embedding: Some(rng.vector(DIMENSION)),
+                            text: Some(random_text(&mut rng)),
+                            ..Default::default()
+                        };
+                        txn.update_memory("ns", id, patch).unwrap();
+                    } else {
+                        let id = mine.swap_remove(rng.below(mine.len()));
+                        txn.delete_memory("ns", &id).unwrap();
+                    }
+                    txn.commit().unwrap();
+                }
+            });
+        }
+        let mut rng = Rng(7);
+        for _ in 0..300 {
+            let view = db.snapshot();
+            let live = view.list_memories("ns").unwrap();
+            let k = 1 + rng.below(20);
+            let hits = view.search(&vector_request("ns", rng.vector(DIMENSION), k)).unwrap();
+            assert_eq!(hits.len(), live.len().min(k));
+            for hit in &hits {
+                assert_eq!(view.get_memory("ns", &hit.memory.id).unwrap().as_ref(), Some(&hit.memory));
+            }
+            let word = WORDS[rng.below(WORDS.len())];
+            let hits = view.search(&keyword_request("ns", word, MAX_K)).unwrap();
+            let containing = live.iter().filter(|m| m.text.split(' ').any(|t| t == word)).count();
+            assert_eq!(hits.len(), containing);
+            for hit in &hits {
+                assert_eq!(view.get_memory("ns", &hit.memory.id).unwrap().as_ref(), Some(&hit.memory));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
