@@ -29,8 +29,13 @@ pub(crate) struct Hnsw {
     level_multiplier: f64,
     /// Node i's prepared vector at `i * dimension`.
     vectors: Vec<f32>,
-    /// `links[node][level]`: the node's neighbours on that level.
-    links: Vec<Vec<Vec<u32>>>,
+    /// Level-0 links, the ones every search walks, in one flat array (one cache-friendly block
+    /// per node): at `node * (2m + 1)`, the count, then up to `2m` neighbours.
+    level0: Vec<u32>,
+    /// `upper[node][level - 1]`: the node's neighbours on the levels above 0.
+    upper: Vec<Vec<Vec<u32>>>,
+    /// Each node's top level.
+    levels: Vec<u8>,
     /// The entry point and its top level.
     entry: Option<(u32, usize)>,
 }
@@ -92,7 +97,9 @@ impl Hnsw {
             ef_construction: ef_construction.max(m),
             level_multiplier: 1.0 / (m as f64).ln(),
             vectors: Vec::new(),
-            links: Vec::new(),
+            level0: Vec::new(),
+            upper: Vec::new(),
+            levels: Vec::new(),
             entry: None,
         }
     }
@@ -106,7 +113,34 @@ impl Hnsw {
     }
 
     pub fn len(&self) -> usize {
-        self.links.len()
+        self.levels.len()
+    }
+
+    fn level0_stride(&self) -> usize {
+        2 * self.m + 1
+    }
+
+    /// The neighbours of `node` on `level` (which the node must have).
+    #[inline]
+    fn neighbours(&self, node: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            let base = node as usize * self.level0_stride();
+            let count = self.level0[base] as usize;
+            &self.level0[base + 1..base + 1 + count]
+        } else {
+            &self.upper[node as usize][level - 1]
+        }
+    }
+
+    /// Replaces the neighbours of `node` on `level` (at most `max_links(level)` of them).
+    fn set_neighbours(&mut self, node: u32, level: usize, list: Vec<u32>) {
+        if level == 0 {
+            let base = node as usize * self.level0_stride();
+            self.level0[base] = list.len() as u32;
+            self.level0[base + 1..base + 1 + list.len()].copy_from_slice(&list);
+        } else {
+            self.upper[node as usize][level - 1] = list;
+        }
     }
 
     #[inline]
@@ -117,12 +151,12 @@ impl Hnsw {
 
     /// Bytes held by the graph: vectors and links (not counting allocator overhead).
     pub fn heap_bytes(&self) -> usize {
-        let links: usize = self
-            .links
+        let upper: usize = self
+            .upper
             .iter()
             .map(|levels| levels.capacity() * 24 + levels.iter().map(|l| l.capacity() * 4).sum::<usize>())
             .sum();
-        self.vectors.capacity() * 4 + self.links.capacity() * 24 + links
+        self.vectors.capacity() * 4 + self.level0.capacity() * 4 + self.upper.capacity() * 24 + upper + self.levels.capacity()
     }
 
     fn max_links(&self, level: usize) -> usize {
@@ -148,10 +182,12 @@ impl Hnsw {
     /// node number (nodes are numbered in insertion order).
     pub fn insert(&mut self, vector: &[f32]) -> u32 {
         debug_assert_eq!(vector.len(), self.dimension);
-        let node = self.links.len() as u32;
+        let node = self.len() as u32;
         let level = self.random_level(node);
         self.vectors.extend_from_slice(vector);
-        self.links.push(vec![Vec::new(); level + 1]);
+        self.level0.resize(self.level0.len() + self.level0_stride(), 0);
+        self.upper.push(vec![Vec::new(); level]);
+        self.levels.push(level as u8);
         let Some((entry, top)) = self.entry else {
             self.entry = Some((node, level));
             return node;
@@ -170,7 +206,7 @@ impl Hnsw {
             for &neighbour in &chosen {
                 self.link(neighbour, node, l);
             }
-            self.links[node as usize][l] = chosen;
+            self.set_neighbours(node, l, chosen);
             entry_points = found;
         }
         if level > top {
@@ -185,7 +221,7 @@ impl Hnsw {
     /// to 16 of them: most of the insertion's cost (docs/search.md).
     fn link(&mut self, neighbour: u32, node: u32, level: usize) {
         let limit = self.max_links(level);
-        let mut current = std::mem::take(&mut self.links[neighbour as usize][level]);
+        let mut current = self.neighbours(neighbour, level).to_vec();
         current.push(node);
         if current.len() > limit {
             let base = self.vector(neighbour);
@@ -199,7 +235,7 @@ impl Hnsw {
             scored.sort();
             current = scored.iter().take(limit).map(|s| s.node).collect();
         }
-        self.links[neighbour as usize][level] = current;
+        self.set_neighbours(neighbour, level, current);
     }
 
     /// The neighbour-selection heuristic of the paper: take candidates nearest first, keeping one
@@ -222,7 +258,7 @@ impl Hnsw {
     fn greedy(&self, query: &[f32], mut nearest: Scored, level: usize) -> Scored {
         loop {
             let mut moved = false;
-            for &n in &self.links[nearest.node as usize][level] {
+            for &n in self.neighbours(nearest.node, level) {
                 let d = self.distance_to(query, n);
                 if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
                     nearest = Scored { distance: d, node: n };
@@ -260,7 +296,7 @@ impl Hnsw {
                 if results.len() >= ef && results.peek().is_some_and(|worst| current.distance > worst.distance) {
                     break;
                 }
-                for &n in &self.links[current.node as usize][level] {
+                for &n in self.neighbours(current.node, level) {
                     if !visited.first_visit(n) {
                         continue;
                     }
@@ -322,9 +358,14 @@ impl Hnsw {
         let limit = limit.min(self.len());
         let nodes: Vec<SavedNode> = (0..limit)
             .map(|n| SavedNode {
-                links: self.links[n]
-                    .iter()
-                    .map(|level| level.iter().copied().filter(|&l| (l as usize) < limit).collect())
+                links: (0..=self.levels[n] as usize)
+                    .map(|level| {
+                        self.neighbours(n as u32, level)
+                            .iter()
+                            .copied()
+                            .filter(|&l| (l as usize) < limit)
+                            .collect()
+                    })
                     .collect(),
                 vector: self.vector(n as u32).to_vec(),
             })
@@ -332,8 +373,8 @@ impl Hnsw {
         let entry = match self.entry {
             Some((node, level)) if (node as usize) < limit => Some((node, level as u32)),
             _ => (0..limit)
-                .max_by_key(|&n| (self.links[n].len(), std::cmp::Reverse(n)))
-                .map(|n| (n as u32, (self.links[n].len() - 1) as u32)),
+                .max_by_key(|&n| (self.levels[n], std::cmp::Reverse(n)))
+                .map(|n| (n as u32, u32::from(self.levels[n]))),
         };
         SavedGraph {
             dimension: self.dimension as u32,
@@ -386,9 +427,19 @@ impl Hnsw {
             }
             other => return Err(format!("entry point {other:?} with {count} nodes")),
         };
+        let stride = graph.level0_stride();
+        graph.level0.reserve(count * stride);
         for node in saved.nodes {
             graph.vectors.extend_from_slice(&node.vector);
-            graph.links.push(node.links);
+            let mut levels = node.links.into_iter();
+            let level0 = levels.next().unwrap_or_default();
+            let base = graph.level0.len();
+            graph.level0.resize(base + stride, 0);
+            graph.level0[base] = level0.len() as u32;
+            graph.level0[base + 1..base + 1 + level0.len()].copy_from_slice(&level0);
+            let upper: Vec<Vec<u32>> = levels.collect();
+            graph.levels.push(upper.len() as u8);
+            graph.upper.push(upper);
         }
         Ok(graph)
     }
