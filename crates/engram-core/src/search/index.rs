@@ -4,12 +4,14 @@
 //! `[created_lsn, superseded_lsn)`; a search at snapshot S admits only entries valid at S, so the
 //! indexes answer for any snapshot or as-of LSN back to the history horizon. Entries are added
 //! after commit by one background thread, fed in LSN order from the commit path (db.rs): commits
-//! never wait for it. Searches wait until the indexes have reached their snapshot's LSN
-//! (`indexed_lsn`), so a search is exact for its snapshot however far the indexes lag.
+//! do not wait for it (unless the queue passes a memory bound normal bursts never reach).
+//! Searches never wait either: the queued changes not yet indexed (the tail, LSNs above
+//! `indexed_lsn`) are searched exactly and merged with the index's answer (search/tail.rs).
 
 use super::filter;
 use super::hnsw::Hnsw;
-use super::keyword::{bm25_idf, bm25_term, InvertedIndex};
+use super::keyword::InvertedIndex;
+use super::tail::{KeywordStatistics, TailView};
 use super::vector::{Metric, Scored, TopK};
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Memory, Space, Value};
@@ -30,9 +32,14 @@ pub(crate) const METRIC_KEY: &[u8] = b"metric";
 pub const EXACT_SEARCH_MAX_VECTORS: usize = 2048;
 
 /// Index changes queued and not yet applied beyond which a committing transaction that wrote
-/// memories waits (after its commit is durable and visible) until the queue is half as long:
-/// bounds the index lag, and the queue's memory, when commits outpace the indexer for long.
-pub const MAX_QUEUED_INDEX_CHANGES: usize = 1024;
+/// memories waits (after its commit is durable and visible) until the queue is half as long.
+/// A memory bound, not a lag target: searches do not wait for the indexer (the queued tail is
+/// searched exactly), so this only stops a sustained overload from growing the queue forever.
+pub const MAX_QUEUED_INDEX_CHANGES: usize = 1_000_000;
+
+/// Bytes of embeddings in the queued changes beyond which committing writers wait, as for
+/// [`MAX_QUEUED_INDEX_CHANGES`] (256 MiB: about 175,000 vectors of 384 dimensions).
+pub const MAX_QUEUED_INDEX_VECTOR_BYTES: usize = 256 << 20;
 
 /// Changes applied per hold of a namespace's write lock, so that searches in a namespace being
 /// written wait at most for this many graph insertions.
@@ -45,6 +52,16 @@ pub(crate) struct IndexChange {
     pub lsn: Lsn,
     pub key: Key,
     pub value: Option<Arc<Value>>,
+}
+
+impl IndexChange {
+    /// Bytes of the embedding this change adds (0 for deletions and metrics).
+    fn vector_bytes(&self) -> usize {
+        match self.value.as_deref() {
+            Some(Value::Memory(m)) => m.embedding.as_ref().map_or(0, |e| e.len() * 4),
+            _ => 0,
+        }
+    }
 }
 
 pub(crate) fn is_indexed(key: &Key) -> bool {
@@ -157,15 +174,20 @@ impl NamespaceIndex {
         self.current.insert(id.into(), slot);
     }
 
-    fn admits(&self, slot: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>) -> bool {
+    /// Whether the entry in `slot` is the version valid at `at` of a memory the tail did not
+    /// change (the tail's version replaces it) and matches `filter`.
+    fn admits(&self, slot: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>, tail: &TailView) -> bool {
         let entry = &self.entries[slot as usize];
-        entry.valid_at(at) && entry.memory().is_some_and(|m| filter::matches(filter, &m.metadata))
+        entry.valid_at(at)
+            && entry
+                .memory()
+                .is_some_and(|m| !tail.changed(&m.id) && filter::matches(filter, &m.metadata))
     }
 
-    /// The `k` nearest versions valid at `at` that match `filter`: (slot, score), best first.
-    /// `query` is raw; exact below [`EXACT_SEARCH_MAX_VECTORS`], or when the graph search finds
-    /// fewer than `k` admitted versions (a selective filter), so the answer always has
-    /// min(k, matching) hits.
+    /// The `k` nearest versions valid at `at` that match `filter` and whose memory `tail` did
+    /// not change: (slot, score), best first. `query` is raw; exact below
+    /// [`EXACT_SEARCH_MAX_VECTORS`], or when the graph search finds fewer than `k` admitted
+    /// versions (a selective filter), so the answer always has min(k, matching) hits.
     pub fn vector_search(
         &self,
         query: &[f32],
@@ -173,11 +195,12 @@ impl NamespaceIndex {
         k: usize,
         ef: usize,
         filter: Option<&Map<String, serde_json::Value>>,
+        tail: &TailView,
     ) -> Vec<(u32, f32)> {
         let Some(graph) = &self.hnsw else { return Vec::new() };
         let metric = graph.metric();
         let query = metric.prepare(query);
-        let accept = |node: u32| self.admits(self.node_entry[node as usize], at, filter);
+        let accept = |node: u32| self.admits(self.node_entry[node as usize], at, filter, tail);
         let mut found = Vec::new();
         if graph.len() > EXACT_SEARCH_MAX_VECTORS {
             found = graph.search(&query, ef.max(k), &accept);
@@ -205,48 +228,39 @@ impl NamespaceIndex {
         top.into_sorted()
     }
 
-    /// Every version valid at `at` matching `filter` that contains a query term, with its BM25
-    /// score at that snapshot, best first (ties by memory id). Collection statistics count every
-    /// memory valid at `at`, filtered or not.
-    pub fn keyword_search(&self, terms: &[String], at: Lsn, filter: Option<&Map<String, serde_json::Value>>) -> Vec<(u32, f32)> {
+    /// The documents of the snapshot `at` this index holds: entries valid at `at` whose memory
+    /// `tail` did not change.
+    fn visible(&self, slot: u32, at: Lsn, tail: &TailView) -> bool {
+        let entry = &self.entries[slot as usize];
+        entry.valid_at(at) && (tail.is_empty() || entry.memory().is_some_and(|m| !tail.changed(&m.id)))
+    }
+
+    /// BM25 inputs of the snapshot `at` from this index (see [`TailView`] for the rest): the
+    /// document count and total length, and per query term its postings among those documents.
+    pub fn keyword_statistics(&self, terms: &[String], at: Lsn, tail: &TailView) -> KeywordStatistics {
         let (mut documents, mut total_tokens) = (0u64, 0u64);
-        for e in self.entries.iter().filter(|e| e.valid_at(at)) {
-            documents += 1;
-            total_tokens += u64::from(e.text_tokens);
-        }
-        if documents == 0 {
-            return Vec::new();
-        }
-        let n = documents as f32;
-        let avg_len = total_tokens as f32 / n;
-        let mut scores: HashMap<u32, f32> = HashMap::new();
-        for term in terms {
-            let postings = self.keyword.postings(term);
-            let df = postings
-                .iter()
-                .filter(|(slot, _)| self.entries[*slot as usize].valid_at(at))
-                .count();
-            if df == 0 {
-                continue;
-            }
-            let idf = bm25_idf(n, df as f32);
-            for &(slot, tf) in postings {
-                let entry = &self.entries[slot as usize];
-                if entry.valid_at(at) {
-                    *scores.entry(slot).or_default() += bm25_term(idf, tf as f32, entry.text_tokens as f32, avg_len);
-                }
+        for (slot, e) in self.entries.iter().enumerate() {
+            if self.visible(slot as u32, at, tail) {
+                documents += 1;
+                total_tokens += u64::from(e.text_tokens);
             }
         }
-        let mut hits: Vec<(u32, f32)> = scores.into_iter().filter(|(slot, _)| self.admits(*slot, at, filter)).collect();
-        hits.sort_by(|a, b| {
-            b.1.total_cmp(&a.1).then_with(|| {
-                self.entries[a.0 as usize]
-                    .memory()
-                    .map(|m| &m.id)
-                    .cmp(&self.entries[b.0 as usize].memory().map(|m| &m.id))
+        let postings = terms
+            .iter()
+            .map(|term| {
+                self.keyword
+                    .postings(term)
+                    .iter()
+                    .filter(|(slot, _)| self.visible(*slot, at, tail))
+                    .map(|&(slot, tf)| (slot, tf, self.entries[slot as usize].text_tokens))
+                    .collect()
             })
-        });
-        hits
+            .collect();
+        KeywordStatistics {
+            documents,
+            total_tokens,
+            postings,
+        }
     }
 
     fn heap_bytes(&self) -> usize {
@@ -258,9 +272,21 @@ impl NamespaceIndex {
     }
 }
 
+/// The changes of the commits up to `lsn` (every change of a commit at or below `lsn` is in
+/// this batch or an earlier one).
+struct QueuedBatch {
+    lsn: Lsn,
+    changes: Arc<[IndexChange]>,
+    vector_bytes: usize,
+}
+
 struct Queue {
-    /// (LSN every change up to which is in this or an earlier batch, the changes), in LSN order.
-    batches: VecDeque<(Lsn, Vec<IndexChange>)>,
+    /// Every batch not yet indexed, in LSN order; a batch leaves only when `indexed_lsn` passes
+    /// it (both under this lock), so `indexed_lsn` and these batches always cover every commit:
+    /// the tail a search merges (search/tail.rs).
+    batches: VecDeque<QueuedBatch>,
+    /// Test hook: the indexer applies nothing while set (until stopped).
+    paused: bool,
     stop: bool,
 }
 
@@ -275,9 +301,12 @@ pub struct IndexStats {
     pub lag_lsns: u64,
     /// Applied batches of commits waiting for the index applier.
     pub queued_batches: usize,
-    /// Index changes (memory versions) in those batches.
+    /// Index changes (memory versions) in those batches: the tail searches scan exactly.
     pub queued_changes: usize,
-    /// Commits since open that waited for the indexer (see [`MAX_QUEUED_INDEX_CHANGES`]).
+    /// Bytes of embeddings in those changes.
+    pub queued_vector_bytes: usize,
+    /// Commits since open that waited for the indexer (see [`MAX_QUEUED_INDEX_CHANGES`] and
+    /// [`MAX_QUEUED_INDEX_VECTOR_BYTES`]).
     pub throttled_commits: u64,
     pub namespaces: usize,
     /// Memory versions held (current and past).
@@ -298,8 +327,9 @@ pub(crate) struct Indexes {
     progress: Mutex<()>,
     progressed: Condvar,
     origin: IndexOrigin,
-    /// Changes queued and not yet applied.
+    /// Changes queued and not yet applied, and the bytes of their embeddings.
     queued_changes: AtomicUsize,
+    queued_vector_bytes: AtomicUsize,
     throttled_commits: AtomicU64,
     /// LSN of the checkpoint whose index file this process loaded or wrote (0: none).
     file_lsn: AtomicU64,
@@ -321,6 +351,7 @@ impl Indexes {
             namespaces: RwLock::new(namespaces),
             queue: Mutex::new(Queue {
                 batches: VecDeque::new(),
+                paused: false,
                 stop: false,
             }),
             work: Condvar::new(),
@@ -329,6 +360,7 @@ impl Indexes {
             progressed: Condvar::new(),
             origin,
             queued_changes: AtomicUsize::new(0),
+            queued_vector_bytes: AtomicUsize::new(0),
             throttled_commits: AtomicU64::new(0),
             file_lsn: AtomicU64::new(0),
         }
@@ -412,12 +444,46 @@ impl Indexes {
     }
 
     /// Queues the changes of every commit up to `lsn` (called by the applier of the store, in
-    /// LSN order).
+    /// LSN order, before the commits become visible).
     pub fn enqueue(&self, lsn: Lsn, changes: Vec<IndexChange>) {
+        let vector_bytes = changes.iter().map(IndexChange::vector_bytes).sum();
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.queued_changes.fetch_add(changes.len(), Ordering::AcqRel);
-        queue.batches.push_back((lsn, changes));
+        self.queued_vector_bytes.fetch_add(vector_bytes, Ordering::AcqRel);
+        queue.batches.push_back(QueuedBatch {
+            lsn,
+            changes: changes.into(),
+            vector_bytes,
+        });
         self.work.notify_one();
+    }
+
+    /// The changes of the commits in `(indexed_lsn, at]` to namespace `namespace`, taken with
+    /// `indexed_lsn` under one lock: what a search at `at` merges with the index.
+    pub fn tail(&self, namespace: &str, at: Lsn) -> TailView {
+        let (indexed_lsn, batches): (Lsn, Vec<Arc<[IndexChange]>>) = {
+            let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let indexed_lsn = self.indexed_lsn();
+            if at <= indexed_lsn {
+                return TailView::empty();
+            }
+            // Batches are in LSN order; a batch's changes may reach past `at` only in the last
+            // one needed, filtered below.
+            let needed = queue.batches.iter().take_while(|b| b.lsn <= at).count() + 1;
+            (indexed_lsn, queue.batches.iter().take(needed).map(|b| b.changes.clone()).collect())
+        };
+        let changes = batches
+            .iter()
+            .flat_map(|b| b.iter())
+            .filter(|c| c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace);
+        TailView::new(changes)
+    }
+
+    /// Test hook: while paused the indexer applies nothing, so the tail grows (it resumes, and
+    /// drains, when unpaused or when the database closes).
+    pub fn set_paused(&self, paused: bool) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).paused = paused;
+        self.work.notify_all();
     }
 
     pub(crate) fn apply_changes(&self, changes: &[IndexChange]) {
@@ -446,30 +512,46 @@ impl Indexes {
         }
     }
 
-    fn apply_batch(&self, lsn: Lsn, changes: &[IndexChange]) {
+    /// Applies the front batch of the queue, then publishes its LSN and removes it from the
+    /// queue in one step (under the queue lock), so a search always sees the index and the tail
+    /// together covering every commit.
+    fn apply_batch(&self, batch: &QueuedBatch) {
         let indexed = self.indexed_lsn();
-        if lsn <= indexed {
-            return;
+        if batch.lsn > indexed {
+            // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version).
+            let fresh: Vec<IndexChange> = batch.changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
+            self.apply_changes(&fresh);
         }
-        // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version).
-        let fresh: Vec<IndexChange> = changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
-        self.apply_changes(&fresh);
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.batches.front().is_some_and(|b| b.lsn == batch.lsn) {
+                queue.batches.pop_front();
+            }
+            self.indexed_lsn.fetch_max(batch.lsn, Ordering::AcqRel);
+        }
+        self.queued_changes.fetch_sub(batch.changes.len(), Ordering::AcqRel);
+        self.queued_vector_bytes.fetch_sub(batch.vector_bytes, Ordering::AcqRel);
         let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        self.indexed_lsn.store(lsn, Ordering::Release);
         self.progressed.notify_all();
     }
 
-    /// Called by a commit that wrote memories, after it is visible: if more than
-    /// [`MAX_QUEUED_INDEX_CHANGES`] changes wait for the indexer, waits until half as many do
-    /// (at most `SEARCH_INDEX_WAIT`; the commit has succeeded either way).
+    fn over_bound(&self, divisor: usize) -> bool {
+        self.queued_changes.load(Ordering::Acquire) > MAX_QUEUED_INDEX_CHANGES / divisor
+            || self.queued_vector_bytes.load(Ordering::Acquire) > MAX_QUEUED_INDEX_VECTOR_BYTES / divisor
+    }
+
+    /// Called by a commit that wrote memories, after it is visible: if the queue holds more than
+    /// [`MAX_QUEUED_INDEX_CHANGES`] changes or [`MAX_QUEUED_INDEX_VECTOR_BYTES`] of embeddings,
+    /// waits until it holds half as much (at most `SEARCH_INDEX_WAIT`; the commit has succeeded
+    /// either way). A memory bound for sustained overload; ordinary bursts never reach it.
     pub fn throttle(&self) {
-        if self.queued_changes.load(Ordering::Acquire) <= MAX_QUEUED_INDEX_CHANGES {
+        if !self.over_bound(1) {
             return;
         }
         self.throttled_commits.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        while self.queued_changes.load(Ordering::Acquire) > MAX_QUEUED_INDEX_CHANGES / 2 {
+        while self.over_bound(2) {
             let waited = started.elapsed();
             if waited >= super::SEARCH_INDEX_WAIT {
                 return;
@@ -513,6 +595,7 @@ impl Indexes {
     pub fn stats(&self, visible_lsn: Lsn) -> IndexStats {
         let indexed_lsn = self.indexed_lsn();
         let queued_batches = self.queue.lock().unwrap_or_else(|p| p.into_inner()).batches.len();
+        let queued_vector_bytes = self.queued_vector_bytes.load(Ordering::Acquire);
         let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
         let (mut versions, mut vectors, mut heap_bytes) = (0, 0, 0);
         for index in map.values() {
@@ -527,6 +610,7 @@ impl Indexes {
             lag_lsns: visible_lsn.saturating_sub(indexed_lsn),
             queued_batches,
             queued_changes: self.queued_changes.load(Ordering::Acquire),
+            queued_vector_bytes,
             throttled_commits: self.throttled_commits.load(Ordering::Relaxed),
             namespaces: map.len(),
             versions,
@@ -538,21 +622,33 @@ impl Indexes {
 
     fn run(&self) {
         loop {
-            let batches: Vec<(Lsn, Vec<IndexChange>)> = {
+            // The batches stay queued (they are the searches' tail) until applied.
+            let batches: Vec<QueuedBatch> = {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                while queue.batches.is_empty() && !queue.stop {
+                while (queue.batches.is_empty() || queue.paused) && !queue.stop {
                     queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
                 if queue.batches.is_empty() {
                     return; // stopped, and nothing left to apply
                 }
-                queue.batches.drain(..).collect()
+                queue
+                    .batches
+                    .iter()
+                    .map(|b| QueuedBatch {
+                        lsn: b.lsn,
+                        changes: b.changes.clone(),
+                        vector_bytes: b.vector_bytes,
+                    })
+                    .collect()
             };
-            for (lsn, changes) in batches {
-                self.apply_batch(lsn, &changes);
-                self.queued_changes.fetch_sub(changes.len(), Ordering::AcqRel);
-                let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-                self.progressed.notify_all();
+            for batch in &batches {
+                {
+                    let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    if queue.paused && !queue.stop {
+                        break;
+                    }
+                }
+                self.apply_batch(batch);
             }
         }
     }

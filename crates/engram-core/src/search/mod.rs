@@ -13,10 +13,11 @@ pub(crate) mod index;
 pub(crate) mod keyword;
 pub(crate) mod neighbours;
 pub(crate) mod persist;
+pub(crate) mod tail;
 pub(crate) mod vector;
 
 pub use hybrid::RRF_K;
-pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS, MAX_QUEUED_INDEX_CHANGES};
+pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES};
 pub use keyword::{bm25_idf, bm25_term, tokenize, BM25_B, BM25_K1};
 pub use vector::Metric;
 
@@ -44,7 +45,8 @@ pub const MAX_QUERY_TEXT_BYTES: usize = 4096;
 pub const MAX_NEIGHBOUR_DEPTH: usize = 16;
 /// How many of each ranking a hybrid search fuses (at least `k`).
 pub const HYBRID_CANDIDATES: usize = 100;
-/// How long a search waits for the indexes to reach its snapshot before `IndexTimeout`.
+/// How long a checkpoint waits for the indexes to reach its LSN (to save them), and the longest
+/// a committing writer is held by the queue's memory bound. Searches never wait for the indexes.
 pub const SEARCH_INDEX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,12 +196,11 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
             });
         }
     }
-    db.indexes.wait_for(lsn, SEARCH_INDEX_WAIT)?;
-    let Some(index) = db.indexes.namespace(&request.namespace) else {
-        view.check_retained()?;
-        return Ok(Vec::new());
-    };
-    let index = index.read().unwrap_or_else(|p| p.into_inner());
+    // No wait for the indexer: what it has not applied yet is searched exactly (tail.rs).
+    let tail = db.indexes.tail(&request.namespace, lsn);
+    let index = db.indexes.namespace(&request.namespace);
+    let guard = index.as_ref().map(|i| i.read().unwrap_or_else(|p| p.into_inner()));
+    let index = guard.as_deref();
     let k = request.k;
     let ef = request.ef_search.unwrap_or(DEFAULT_EF_SEARCH).max(k);
     let filter = request.filter.as_ref();
@@ -208,26 +209,28 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
         _ => k,
     };
     let vector_hits = match (&request.vector, request.mode) {
-        (Some(query), SearchMode::Vector | SearchMode::Hybrid) => index.vector_search(query, lsn, depth, ef.max(depth), filter),
+        (Some(query), SearchMode::Vector | SearchMode::Hybrid) => {
+            tail::vector_search(index, &tail, query, lsn, depth, ef.max(depth), filter)
+        }
         _ => Vec::new(),
     };
     let keyword_hits = match (&request.text, request.mode) {
         (Some(text), SearchMode::Keyword | SearchMode::Hybrid) => {
-            let mut hits = index.keyword_search(&keyword::query_terms(text), lsn, filter);
+            let mut hits = tail::keyword_search(index, &tail, &keyword::query_terms(text), lsn, filter);
             hits.truncate(depth);
             hits
         }
         _ => Vec::new(),
     };
-    // Every ranked slot was admitted, so it holds a memory.
-    let memory = |slot: u32| index.entries[slot as usize].memory().cloned();
-    let ranked = |hits: &[(u32, f32)], vector: bool| -> Vec<SearchHit> {
+    // Every ranked document was admitted, so it holds a memory.
+    let memory = |document| tail::memory_of(index, &tail, document).cloned();
+    let ranked = |hits: &[(tail::Document, f32)], vector: bool| -> Vec<SearchHit> {
         hits.iter()
             .enumerate()
-            .filter_map(|(i, &(slot, score))| {
+            .filter_map(|(i, &(document, score))| {
                 let place = Some(SignalScore { rank: i + 1, score });
                 Some(SearchHit {
-                    memory: memory(slot)?,
+                    memory: memory(document)?,
                     score,
                     vector: if vector { place } else { None },
                     keyword: if vector { None } else { place },
@@ -251,7 +254,7 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
             })
             .collect(),
     };
-    drop(index);
+    drop(guard);
     // Versions below the history horizon may be gone from the store: refuse rather than answer
     // from a snapshot that can no longer be read consistently.
     view.check_retained()?;
@@ -366,9 +369,10 @@ impl Transaction {
 }
 
 impl Database {
-    /// Waits until the search indexes contain every commit up to `lsn` (read-your-writes for a
-    /// search after `commit()` returned that LSN). Searches already wait for their own snapshot;
-    /// this bounds the wait explicitly. `IndexTimeout` after `timeout`.
+    /// Waits until the search indexes contain every commit up to `lsn`. Searches do not need it
+    /// (they search what the indexer has not applied yet exactly); it is for callers who want
+    /// the approximate index to hold their writes (benchmarks, timing). `IndexTimeout` after
+    /// `timeout`.
     pub fn wait_for_index(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
         self.shared.indexes.wait_for(lsn, timeout)
     }
@@ -376,6 +380,14 @@ impl Database {
     /// How far the search indexes trail the visible state, and their size.
     pub fn index_stats(&self) -> IndexStats {
         self.shared.indexes.stats(self.visible_lsn())
+    }
+
+    /// Test hook: pauses (or resumes) the search indexer, so tests can search while the index
+    /// lags by as much as they like. Searches stay exact; `wait_for_index` waits until resumed.
+    /// A database closed while paused still applies what is queued first.
+    #[doc(hidden)]
+    pub fn pause_indexer(&self, paused: bool) {
+        self.shared.indexes.set_paused(paused);
     }
 
     /// The metric of a namespace's vectors at the current snapshot (cosine unless declared).
