@@ -178,10 +178,16 @@ impl NamespaceIndex {
     /// change (the tail's version replaces it) and matches `filter`.
     fn admits(&self, slot: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>, tail: &TailView) -> bool {
         let entry = &self.entries[slot as usize];
-        entry.valid_at(at)
-            && entry
-                .memory()
-                .is_some_and(|m| !tail.changed(&m.id) && filter::matches(filter, &m.metadata))
+        if !entry.valid_at(at) {
+            return false;
+        }
+        if filter.is_none() && tail.is_empty() {
+            // The common case, decided without loading the memory (a cache miss per node).
+            return entry.value.is_some();
+        }
+        entry
+            .memory()
+            .is_some_and(|m| !tail.changed(&m.id) && filter::matches(filter, &m.metadata))
     }
 
     /// The `k` nearest versions valid at `at` that match `filter` and whose memory `tail` did
