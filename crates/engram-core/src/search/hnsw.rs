@@ -245,6 +245,16 @@ impl Hnsw {
     /// to 16 of them: most of the insertion's cost (docs/search.md).
     fn link(&mut self, neighbour: u32, node: u32, level: usize) {
         let limit = self.max_links(level);
+        if level == 0 {
+            // Room left: append in place in the flat array (no allocation).
+            let base = neighbour as usize * self.level0_stride();
+            let count = self.level0[base] as usize;
+            if count < limit {
+                self.level0[base + 1 + count] = node;
+                self.level0[base] = count as u32 + 1;
+                return;
+            }
+        }
         let mut current = self.neighbours(neighbour, level).to_vec();
         current.push(node);
         if current.len() > limit {

@@ -485,8 +485,7 @@ impl Indexes {
         TailView::new(changes)
     }
 
-    /// Test hook: while paused the indexer applies nothing, so the tail grows (it resumes, and
-    /// drains, when unpaused or when the database closes).
+    /// Test hook: while paused the indexer applies nothing, so the tail grows.
     pub fn set_paused(&self, paused: bool) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).paused = paused;
         self.work.notify_all();
@@ -634,8 +633,11 @@ impl Indexes {
                 while (queue.batches.is_empty() || queue.paused) && !queue.stop {
                     queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
-                if queue.batches.is_empty() {
-                    return; // stopped, and nothing left to apply
+                if queue.stop {
+                    // Closing: what is still queued is in the log, and the next open catches the
+                    // index up from it (index file of the last checkpoint + replay), so applying
+                    // it now would only delay the close.
+                    return;
                 }
                 queue
                     .batches
@@ -650,7 +652,7 @@ impl Indexes {
             for batch in &batches {
                 {
                     let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                    if queue.paused && !queue.stop {
+                    if queue.paused || queue.stop {
                         break;
                     }
                 }
@@ -660,7 +662,8 @@ impl Indexes {
     }
 }
 
-/// The index applier thread; stops (after applying what is queued) when dropped.
+/// The index applier thread; stops when dropped (at close), leaving what is still queued to the
+/// next open, which catches the index up from the log.
 pub(crate) struct IndexApplier {
     indexes: Arc<Indexes>,
     thread: Option<JoinHandle<()>>,

@@ -384,7 +384,6 @@ impl Database {
 
     /// Test hook: pauses (or resumes) the search indexer, so tests can search while the index
     /// lags by as much as they like. Searches stay exact; `wait_for_index` waits until resumed.
-    /// A database closed while paused still applies what is queued first.
     #[doc(hidden)]
     pub fn pause_indexer(&self, paused: bool) {
         self.shared.indexes.set_paused(paused);

@@ -18,8 +18,7 @@ use serde_json::Map;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A document of a search: an index entry (its slot) or a tail memory (its place in
-/// [`TailView::documents`]).
+/// A document of a search: an index entry (its slot) or a tail memory (its place in the tail).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Document {
     Indexed(u32),
@@ -28,10 +27,11 @@ pub(crate) enum Document {
 
 /// The tail of one namespace as of a snapshot.
 pub(crate) struct TailView {
-    /// Memory id -> its version valid at the snapshot (`None`: deleted there).
-    changed: HashMap<String, Option<Arc<Value>>>,
-    /// The memories of `changed` that exist at the snapshot, by id.
-    documents: Vec<Arc<Value>>,
+    /// Memory id -> its place in `versions`.
+    changed: HashMap<Box<str>, u32>,
+    /// Per memory the tail changed, in order of its first change there: its version valid at
+    /// the snapshot (`None`: deleted there). A fixed order, so ties break the same way every time.
+    versions: Vec<Option<Arc<Value>>>,
     /// The namespace's metric if the tail sets it.
     pub metric: Option<Metric>,
 }
@@ -48,7 +48,7 @@ impl TailView {
     pub fn empty() -> TailView {
         TailView {
             changed: HashMap::new(),
-            documents: Vec::new(),
+            versions: Vec::new(),
             metric: None,
         }
     }
@@ -64,20 +64,18 @@ impl TailView {
                     }
                 }
                 Space::Memory => {
-                    if let Ok(id) = std::str::from_utf8(&change.key.id) {
-                        tail.changed.insert(id.to_string(), change.value.clone());
+                    let Ok(id) = std::str::from_utf8(&change.key.id) else { continue };
+                    match tail.changed.get(id) {
+                        Some(&place) => tail.versions[place as usize] = change.value.clone(),
+                        None => {
+                            tail.changed.insert(id.into(), tail.versions.len() as u32);
+                            tail.versions.push(change.value.clone());
+                        }
                     }
                 }
                 _ => {}
             }
         }
-        let mut documents: Vec<(&String, Arc<Value>)> = tail
-            .changed
-            .iter()
-            .filter_map(|(id, v)| v.as_ref().filter(|v| matches!(***v, Value::Memory(_))).map(|v| (id, v.clone())))
-            .collect();
-        documents.sort_by(|a, b| a.0.cmp(b.0)); // a fixed order: ties break the same way every time
-        tail.documents = documents.into_iter().map(|(_, v)| v).collect();
         tail
     }
 
@@ -92,14 +90,15 @@ impl TailView {
     }
 
     pub fn memory(&self, place: u32) -> Option<&Memory> {
-        match self.documents.get(place as usize).map(|v| &**v) {
+        match self.versions.get(place as usize).and_then(Option::as_deref) {
             Some(Value::Memory(m)) => Some(m),
             _ => None,
         }
     }
 
+    /// The memories the tail holds at the snapshot (not the ones it deleted), with their places.
     fn memories(&self) -> impl Iterator<Item = (u32, &Memory)> {
-        (0..self.documents.len() as u32).filter_map(|p| self.memory(p).map(|m| (p, m)))
+        (0..self.versions.len() as u32).filter_map(|p| self.memory(p).map(|m| (p, m)))
     }
 }
 
@@ -128,7 +127,7 @@ pub(crate) fn vector_search(
         .into_iter()
         .map(|(slot, score)| (Document::Indexed(slot), score))
         .collect();
-    if tail.documents.is_empty() {
+    if tail.is_empty() {
         return hits;
     }
     // The metric is fixed before the first vector, so the graph's (when there is one) is the
@@ -139,6 +138,7 @@ pub(crate) fn vector_search(
         .or(index.map(|i| i.metric))
         .unwrap_or_default();
     let prepared_query = metric.prepare(query);
+    let mut prepared = Vec::with_capacity(query.len());
     for (place, memory) in tail.memories() {
         let Some(embedding) = memory.embedding.as_ref().filter(|e| e.len() == query.len()) else {
             continue;
@@ -146,7 +146,8 @@ pub(crate) fn vector_search(
         if !super::filter::matches(filter, &memory.metadata) {
             continue;
         }
-        let distance = metric.distance(&prepared_query, &metric.prepare(embedding));
+        metric.prepare_into(embedding, &mut prepared);
+        let distance = metric.distance(&prepared_query, &prepared);
         hits.push((Document::Tail(place), metric.score(distance)));
     }
     hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -36,16 +36,24 @@ impl Metric {
     /// The vector as the index stores it: unit length for cosine (a zero vector stays zero, and
     /// is then at similarity 0 from everything), unchanged otherwise.
     pub(crate) fn prepare(self, vector: &[f32]) -> Vec<f32> {
+        let mut prepared = Vec::with_capacity(vector.len());
+        self.prepare_into(vector, &mut prepared);
+        prepared
+    }
+
+    /// [`Metric::prepare`] into a reused buffer.
+    pub(crate) fn prepare_into(self, vector: &[f32], prepared: &mut Vec<f32>) {
+        prepared.clear();
         match self {
             Metric::Cosine => {
                 let norm = dot(vector, vector).sqrt();
                 if norm > 0.0 {
-                    vector.iter().map(|x| x / norm).collect()
+                    prepared.extend(vector.iter().map(|x| x / norm));
                 } else {
-                    vector.to_vec()
+                    prepared.extend_from_slice(vector);
                 }
             }
-            Metric::Dot | Metric::L2 => vector.to_vec(),
+            Metric::Dot | Metric::L2 => prepared.extend_from_slice(vector),
         }
     }
 
