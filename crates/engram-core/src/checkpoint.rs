@@ -948,7 +948,16 @@ impl Database {
             (report.keys, report.versions, report.commits) = (header.key_count, header.version_count, header.commit_count);
             state.retained.insert(0, file);
             shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
+
             report.removed_files += state.apply_retention(storage)?;
+        }
+        // The search indexes as of the newest checkpoint, so that open need not rebuild them:
+        // written after a new checkpoint, and by the next run when an earlier one failed (or the
+        // file open found was unusable). A failure fails the run; the `.ckpt` stays valid, and
+        // open rebuilds the indexes while its index file is missing.
+        let keep: Vec<Lsn> = state.retained.iter().map(|c| c.lsn).collect();
+        if let Some(&newest) = keep.first() {
+            crate::search::persist::ensure_for_checkpoint(shared, newest, &keep)?;
         }
         report.history_horizon_lsn = shared.store.history_horizon();
         shared.log_bytes_since_checkpoint.fetch_sub(bytes_counted, Ordering::AcqRel);
@@ -991,7 +1000,7 @@ impl Database {
 }
 
 /// Creates the checkpoint directory, durably, if it does not exist.
-fn ensure_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+pub(crate) fn ensure_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let what = |action: &str, p: &Path| format!("{action} {}", p.display());
     if storage.kind_of(dir).map_err(|e| io_error(what("inspecting", dir), e))?.is_some() {
         return Ok(());

@@ -6,6 +6,10 @@ use crate::error::{CoreError, Result};
 use crate::model::Key;
 use crate::record::{self, Assembler, CommitRecord, Layout, LogRecord, KIND_COMMIT, KIND_OPS};
 use crate::retention::RetentionPolicy;
+use crate::search::{
+    self,
+    index::{IndexApplier, IndexOrigin, Indexes},
+};
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
 use engram_wal::storage::{StdStorage, Storage};
@@ -107,6 +111,9 @@ pub(crate) struct Shared {
     /// Every commit at or below this LSN is applied; snapshots are taken here.
     visible_lsn: AtomicU64,
     poisoned: Mutex<Option<String>>,
+    /// Search indexes, kept up to date after commit by `_index_applier` (search/index.rs).
+    pub indexes: Arc<Indexes>,
+    _index_applier: IndexApplier,
 }
 
 /// An embedded Engram database in one directory. Cheap to clone; share it between threads.
@@ -151,6 +158,25 @@ impl Database {
         };
         store.restore_history_horizon(checkpoint_file.as_ref().map_or(0, |c| c.history_horizon_lsn));
         let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
+        // The search indexes: from the checkpoint's index file when it verifies (then caught up
+        // with the replayed log below), otherwise rebuilt from the store after replay.
+        let mut rebuild_reason = None;
+        let loaded_indexes = match &checkpoint_file {
+            None => None,
+            Some(file) => match search::persist::load(&*storage, &dir.join(search::persist::INDEX_DIR), file.lsn, &store) {
+                Ok(Some(namespaces)) => Some(Indexes::from_loaded(namespaces, file.lsn)),
+                Ok(None) => {
+                    rebuild_reason = Some(format!("the checkpoint at LSN {} has no index file", file.lsn));
+                    None
+                }
+                Err(reason) => {
+                    let reason = format!("the index file of the checkpoint at LSN {} is not usable: {reason}", file.lsn);
+                    tracing::warn!(%reason, "rebuilding the search indexes from the store");
+                    rebuild_reason = Some(reason);
+                    None
+                }
+            },
+        };
         let mut replayed = 0u64;
         let mut replayed_bytes = 0u64;
         // A large transaction's OPS records are held until its COMMIT, which redoes the whole
@@ -168,7 +194,10 @@ impl Database {
             let read_back = |txn_id, from, to| record::read_streamed(wal.reader(from)?, txn_id, to, |_| true);
             if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
                 max_ts = max_ts.max(commit.commit_ts_ms);
-                store.apply(lsn, commit);
+                let changes = store.apply(lsn, commit);
+                if let Some(indexes) = &loaded_indexes {
+                    indexes.apply_changes(&changes);
+                }
             }
             replayed += 1;
             replayed_bytes += record.payload.len() as u64;
@@ -178,6 +207,14 @@ impl Database {
                 }
             }
         }
+        let indexes = Arc::new(match loaded_indexes {
+            Some(indexes) => {
+                indexes.set_indexed(last);
+                indexes
+            }
+            None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
+        });
+        let index_applier = IndexApplier::spawn(indexes.clone())?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),
             rejected_checkpoints,
@@ -206,6 +243,8 @@ impl Database {
             applier: Mutex::new(()),
             visible_lsn: AtomicU64::new(last),
             poisoned: Mutex::new(None),
+            indexes,
+            _index_applier: index_applier,
         };
         let shared = Arc::new(shared);
         let background = checkpoint::spawn_background(&shared)?;
@@ -383,11 +422,15 @@ impl Shared {
             queue.drain(..n).collect()
         };
         let logged_bytes = ready.iter().map(|(_, _, bytes)| bytes).sum();
+        let mut index_changes = Vec::new();
         for (record_lsn, record, _) in ready {
             // The committer dropped its reference before waiting, so this is usually the last
             // one and the record moves into the store without a copy.
-            self.store.apply(record_lsn, Arc::unwrap_or_clone(record));
+            index_changes.extend(self.store.apply(record_lsn, Arc::unwrap_or_clone(record)));
         }
+        // Queued under the applier lock, so batches reach the index applier in LSN order; the
+        // indexing itself happens on its thread, off the commit path.
+        self.indexes.enqueue(lsn, index_changes);
         self.visible_lsn.store(lsn, Ordering::Release);
         // Counted once visible: a checkpoint covers only visible commits, so bytes counted
         // earlier could be cleared by a checkpoint that does not contain them.

@@ -58,6 +58,27 @@ pub enum CoreError {
 
     #[error(transparent)]
     Wal(#[from] engram_wal::Error),
+
+    #[error("{what} is {got}; it must be between {min} and {max}")]
+    OutOfRange {
+        what: &'static str,
+        got: usize,
+        min: usize,
+        max: usize,
+    },
+
+    #[error("a {mode} search needs {needs}")]
+    MissingQuery { mode: &'static str, needs: &'static str },
+
+    #[error("namespace {namespace:?} uses the {expected} metric; it cannot change to {got}")]
+    MetricMismatch {
+        namespace: String,
+        expected: &'static str,
+        got: &'static str,
+    },
+
+    #[error("the search indexes reached LSN {indexed_lsn} but not LSN {lsn} within {waited_ms} ms")]
+    IndexTimeout { lsn: Lsn, indexed_lsn: Lsn, waited_ms: u64 },
 }
 
 impl CoreError {

@@ -19,6 +19,7 @@ mod model;
 mod names;
 mod record;
 mod retention;
+mod search;
 mod store;
 mod txn;
 
@@ -34,5 +35,11 @@ pub use model::{Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Space, Va
 pub use names::{validate_namespace, MAX_DIMENSION, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 pub use record::{CommitRecord, LogRecord, Op, KIND_COMMIT, KIND_OPS, RECORD_VERSION, STREAM_RECORD_BYTES};
 pub use retention::{RetainedView, RetentionPolicy};
+pub use search::persist::INDEX_DIR as SEARCH_INDEX_DIR;
+pub use search::{
+    bm25_idf, bm25_term, tokenize, Direction, EntityHit, IndexOrigin, IndexStats, Metric, SearchHit, SearchMode, SearchReads,
+    SearchRequest, SignalScore, BM25_B, BM25_K1, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_VECTORS, HYBRID_CANDIDATES, MAX_EF_SEARCH, MAX_K,
+    MAX_NEIGHBOUR_DEPTH, MAX_QUERY_TEXT_BYTES, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES, RRF_K, SEARCH_INDEX_WAIT,
+};
 pub use store::VersionInfo;
 pub use txn::{CommitInfo, ReadView, Snapshot, Transaction};

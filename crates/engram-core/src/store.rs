@@ -12,6 +12,7 @@
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
 use crate::record::{CommitRecord, Op};
+use crate::search::index::{is_indexed, IndexChange};
 use engram_wal::Lsn;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -471,8 +472,12 @@ impl Store {
     /// Adds the versions written by the commit at `lsn`. Commits are applied in LSN order.
     /// Takes the record by value: its keys and values move into the store (no copies, which
     /// showed up as a fifth of the time of opening a large database).
-    pub fn apply(&self, lsn: Lsn, record: CommitRecord) {
+    ///
+    /// Returns the changes the search indexes follow (memories and the vector metric), sharing
+    /// the stored values, for the index applier (search/index.rs).
+    pub fn apply(&self, lsn: Lsn, record: CommitRecord) -> Vec<IndexChange> {
         let commit_ts_ms = record.commit_ts_ms;
+        let mut changes = Vec::new();
         let mut map = self.write();
         for (op_index, op) in record.ops.into_iter().enumerate() {
             let (key, value) = match op {
@@ -480,6 +485,13 @@ impl Store {
                 Op::Delete { key, .. } => (key, None),
                 Op::Event { .. } => continue,
             };
+            if is_indexed(&key) {
+                changes.push(IndexChange {
+                    lsn,
+                    key: key.clone(),
+                    value: value.clone(),
+                });
+            }
             map.entry(key).or_default().versions.push(Version {
                 lsn,
                 op_index: op_index as u32,
@@ -491,6 +503,24 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push((lsn, commit_ts_ms));
+        changes
+    }
+
+    /// The value of `key`'s version written exactly at `lsn` (None if there is none, or it is a
+    /// deletion).
+    pub fn version_at_exactly(&self, key: &Key, lsn: Lsn) -> Option<Arc<Value>> {
+        let map = self.read();
+        let chain = map.get(key)?;
+        let i = chain.versions.binary_search_by_key(&lsn, |v| v.lsn).ok()?;
+        chain.versions[i].value.clone()
+    }
+
+    /// Calls `visit` with every key of `space` and its retained versions, in key order, under
+    /// one read lock (used once at open, to build the search indexes).
+    pub fn visit_space(&self, space: Space, mut visit: impl FnMut(&Key, &Chain)) {
+        for (key, chain) in self.read().iter().filter(|(k, _)| k.space == space) {
+            visit(key, chain);
+        }
     }
 }
 

@@ -150,6 +150,7 @@ impl Transaction {
     pub fn commit(self) -> Result<CommitInfo> {
         let db = self.db.clone();
         db.check_running()?;
+        let writes_memories = self.writes.keys().any(|k| k.space == Space::Memory);
         if self.is_empty() {
             return Ok(CommitInfo {
                 lsn: self.snapshot,
@@ -218,6 +219,10 @@ impl Transaction {
             CommitInfo { lsn, txn_id, commit_ts_ms }
         };
         db.finish_commit(info.lsn, self.durability)?;
+        if writes_memories {
+            // Keeps the search index lag bounded when commits outpace the indexer for long.
+            db.indexes.throttle();
+        }
         Ok(info)
     }
 }

@@ -1,0 +1,538 @@
+//! A hierarchical navigable small-world graph (Malkov & Yashunin, 2016) over memory versions.
+//!
+//! Own code rather than a library because the index must (docs/search.md): keep every version
+//! of a memory as its own node (a version superseded at LSN L is still the answer at a snapshot
+//! below L), accept or reject nodes *during* traversal by snapshot validity and metadata filter
+//! (so a filtered query still fills k), and be deterministic (levels come from a hash of the node
+//! number, ties break by node number), so tests reproduce exactly.
+//!
+//! Nodes are never removed: superseded versions stay as waypoints, which keeps the graph
+//! connected however many updates and deletions happen.
+
+use super::vector::{Metric, Scored};
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Links per node on the upper levels; level 0 keeps twice as many.
+pub(crate) const DEFAULT_M: usize = 16;
+/// Candidate list size while inserting.
+pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 64;
+/// Cache lines of a neighbour's vector prefetched before its distance is computed.
+const PREFETCH_LINES: usize = 4;
+/// Levels are capped so that a hash that happens to be tiny cannot make a tall, empty tower.
+const MAX_LEVEL: usize = 16;
+
+pub(crate) struct Hnsw {
+    metric: Metric,
+    dimension: usize,
+    m: usize,
+    ef_construction: usize,
+    level_multiplier: f64,
+    /// Node i's prepared vector at `i * dimension`.
+    vectors: Vec<f32>,
+    /// Level-0 links, the ones every search walks, in one flat array (one cache-friendly block
+    /// per node): at `node * (2m + 1)`, the count, then up to `2m` neighbours.
+    level0: Vec<u32>,
+    /// `upper[node][level - 1]`: the node's neighbours on the levels above 0.
+    upper: Vec<Vec<Vec<u32>>>,
+    /// Each node's top level.
+    levels: Vec<u8>,
+    /// The entry point and its top level.
+    entry: Option<(u32, usize)>,
+}
+
+/// Per-thread visited marks: a generation counter instead of clearing a bitmap per search.
+struct Visited {
+    marks: Vec<u32>,
+    generation: u32,
+    /// Scratch for the unvisited neighbours of the node being expanded (reused, not allocated
+    /// per expansion).
+    fresh: Vec<u32>,
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), generation: 0, fresh: Vec::new() }) };
+}
+
+impl Visited {
+    fn reset(&mut self, nodes: usize) {
+        if self.marks.len() < nodes {
+            self.marks.resize(nodes, 0);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.generation = 1;
+        }
+    }
+
+    /// Marks `node`; true if it was not marked yet in this generation.
+    #[inline]
+    fn first_visit(&mut self, node: u32) -> bool {
+        let mark = &mut self.marks[node as usize];
+        if *mark == self.generation {
+            false
+        } else {
+            *mark = self.generation;
+            true
+        }
+    }
+}
+
+/// A deterministic pseudo-random number for `node` (splitmix64).
+fn node_hash(node: u32) -> u64 {
+    let mut z = u64::from(node).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Hnsw {
+    pub fn new(metric: Metric, dimension: usize) -> Hnsw {
+        Hnsw::with_parameters(metric, dimension, DEFAULT_M, DEFAULT_EF_CONSTRUCTION)
+    }
+
+    pub fn with_parameters(metric: Metric, dimension: usize, m: usize, ef_construction: usize) -> Hnsw {
+        let m = m.max(2);
+        Hnsw {
+            metric,
+            dimension,
+            m,
+            ef_construction: ef_construction.max(m),
+            level_multiplier: 1.0 / (m as f64).ln(),
+            vectors: Vec::new(),
+            level0: Vec::new(),
+            upper: Vec::new(),
+            levels: Vec::new(),
+            entry: None,
+        }
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn len(&self) -> usize {
+        self.levels.len()
+    }
+
+    fn level0_stride(&self) -> usize {
+        2 * self.m + 1
+    }
+
+    /// The neighbours of `node` on `level` (which the node must have).
+    #[inline]
+    fn neighbours(&self, node: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            let base = node as usize * self.level0_stride();
+            let count = self.level0[base] as usize;
+            &self.level0[base + 1..base + 1 + count]
+        } else {
+            &self.upper[node as usize][level - 1]
+        }
+    }
+
+    /// Replaces the neighbours of `node` on `level` (at most `max_links(level)` of them).
+    fn set_neighbours(&mut self, node: u32, level: usize, list: Vec<u32>) {
+        if level == 0 {
+            let base = node as usize * self.level0_stride();
+            self.level0[base] = list.len() as u32;
+            self.level0[base + 1..base + 1 + list.len()].copy_from_slice(&list);
+        } else {
+            self.upper[node as usize][level - 1] = list;
+        }
+    }
+
+    #[inline]
+    pub fn vector(&self, node: u32) -> &[f32] {
+        let start = node as usize * self.dimension;
+        &self.vectors[start..start + self.dimension]
+    }
+
+    /// Bytes held by the graph: vectors and links (not counting allocator overhead).
+    pub fn heap_bytes(&self) -> usize {
+        let upper: usize = self
+            .upper
+            .iter()
+            .map(|levels| levels.capacity() * 24 + levels.iter().map(|l| l.capacity() * 4).sum::<usize>())
+            .sum();
+        self.vectors.capacity() * 4 + self.level0.capacity() * 4 + self.upper.capacity() * 24 + upper + self.levels.capacity()
+    }
+
+    fn max_links(&self, level: usize) -> usize {
+        if level == 0 {
+            self.m * 2
+        } else {
+            self.m
+        }
+    }
+
+    fn random_level(&self, node: u32) -> usize {
+        // Uniform in (0, 1]: the top 53 bits of the hash, plus one, over 2^53.
+        let uniform = ((node_hash(node) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        ((-uniform.ln() * self.level_multiplier) as usize).min(MAX_LEVEL)
+    }
+
+    /// Asks the CPU to start loading the first cache lines of `node`'s vector (the hardware
+    /// prefetcher follows the rest of the sequential read).
+    #[inline]
+    fn prefetch_vector(&self, node: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            const LINE_FLOATS: usize = 16;
+            let vector = self.vector(node);
+            for line in vector.chunks(LINE_FLOATS).take(PREFETCH_LINES) {
+                // SAFETY: SSE is part of the x86-64 baseline, and a prefetch never faults (it
+                // only hints; the address is inside the vector anyway).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = node;
+    }
+
+    #[inline]
+    fn distance_to(&self, query: &[f32], node: u32) -> f32 {
+        self.metric.distance(query, self.vector(node))
+    }
+
+    /// Adds a prepared vector (see [`Metric::prepare`]) of the graph's dimension; returns its
+    /// node number (nodes are numbered in insertion order).
+    pub fn insert(&mut self, vector: &[f32]) -> u32 {
+        debug_assert_eq!(vector.len(), self.dimension);
+        let node = self.len() as u32;
+        let level = self.random_level(node);
+        self.vectors.extend_from_slice(vector);
+        self.level0.resize(self.level0.len() + self.level0_stride(), 0);
+        self.upper.push(vec![Vec::new(); level]);
+        self.levels.push(level as u8);
+        let Some((entry, top)) = self.entry else {
+            self.entry = Some((node, level));
+            return node;
+        };
+        let mut nearest = Scored {
+            distance: self.distance_to(vector, entry),
+            node: entry,
+        };
+        for l in (level + 1..=top).rev() {
+            nearest = self.greedy(vector, nearest, l);
+        }
+        let mut entry_points = vec![nearest];
+        for l in (0..=level.min(top)).rev() {
+            let found = self.search_layer(vector, &entry_points, self.ef_construction, l, &|_| true);
+            let chosen = self.select_neighbours(&found, self.m);
+            for &neighbour in &chosen {
+                self.link(neighbour, node, l);
+            }
+            self.set_neighbours(node, l, chosen);
+            entry_points = found;
+        }
+        if level > top {
+            self.entry = Some((node, level));
+        }
+        node
+    }
+
+    /// Adds `node` to `neighbour`'s links on `level`; when they overflow, keeps the nearest.
+    /// Re-running the selection heuristic here (as hnswlib does) costs up to about 500 distance
+    /// computations per overflowing neighbour instead of about 33, and an insertion overflows up
+    /// to 16 of them: most of the insertion's cost (docs/search.md).
+    fn link(&mut self, neighbour: u32, node: u32, level: usize) {
+        let limit = self.max_links(level);
+        if level == 0 {
+            // Room left: append in place in the flat array (no allocation).
+            let base = neighbour as usize * self.level0_stride();
+            let count = self.level0[base] as usize;
+            if count < limit {
+                self.level0[base + 1 + count] = node;
+                self.level0[base] = count as u32 + 1;
+                return;
+            }
+        }
+        let mut current = self.neighbours(neighbour, level).to_vec();
+        current.push(node);
+        if current.len() > limit {
+            let base = self.vector(neighbour);
+            let mut scored: Vec<Scored> = current
+                .iter()
+                .map(|&n| Scored {
+                    distance: self.metric.distance(base, self.vector(n)),
+                    node: n,
+                })
+                .collect();
+            scored.sort();
+            current = scored.iter().take(limit).map(|s| s.node).collect();
+        }
+        self.set_neighbours(neighbour, level, current);
+    }
+
+    /// The neighbour-selection heuristic of the paper: take candidates nearest first, keeping one
+    /// only if it is closer to the base than to every neighbour kept so far (spreads links across
+    /// directions, which keeps clustered data navigable). `candidates` is sorted nearest first.
+    fn select_neighbours(&self, candidates: &[Scored], limit: usize) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(limit);
+        for c in candidates {
+            if kept.len() >= limit {
+                break;
+            }
+            let candidate = self.vector(c.node);
+            if kept.iter().all(|&k| self.metric.distance(candidate, self.vector(k)) > c.distance) {
+                kept.push(c.node);
+            }
+        }
+        kept
+    }
+
+    fn greedy(&self, query: &[f32], mut nearest: Scored, level: usize) -> Scored {
+        loop {
+            let mut moved = false;
+            for &n in self.neighbours(nearest.node, level) {
+                let d = self.distance_to(query, n);
+                if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
+                    nearest = Scored { distance: d, node: n };
+                    moved = true;
+                }
+            }
+            if !moved {
+                return nearest;
+            }
+        }
+    }
+
+    /// Best-first search of one level from `entry_points`: the up to `ef` nearest nodes that
+    /// `accept` admits, nearest first. Rejected nodes are still expanded (they are waypoints);
+    /// the search stops when the nearest unexpanded candidate is farther than the worst of `ef`
+    /// admitted results.
+    fn search_layer(&self, query: &[f32], entry_points: &[Scored], ef: usize, level: usize, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        VISITED.with(|visited| {
+            let mut visited = visited.borrow_mut();
+            visited.reset(self.len());
+            let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
+            let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+            for &ep in entry_points {
+                if visited.first_visit(ep.node) {
+                    candidates.push(Reverse(ep));
+                    if accept(ep.node) {
+                        results.push(ep);
+                    }
+                }
+            }
+            while results.len() > ef {
+                results.pop();
+            }
+            while let Some(Reverse(current)) = candidates.pop() {
+                if results.len() >= ef && results.peek().is_some_and(|worst| current.distance > worst.distance) {
+                    break;
+                }
+                // Unvisited neighbours first, their vectors prefetched together, so the memory
+                // loads of the distance computations below overlap instead of queueing one by one.
+                let mut fresh = std::mem::take(&mut visited.fresh);
+                fresh.clear();
+                for &n in self.neighbours(current.node, level) {
+                    if visited.first_visit(n) {
+                        self.prefetch_vector(n);
+                        fresh.push(n);
+                    }
+                }
+                for &n in &fresh {
+                    let d = self.distance_to(query, n);
+                    let worst = results.peek().map_or(f32::INFINITY, |w| w.distance);
+                    if results.len() < ef || d < worst {
+                        let scored = Scored { distance: d, node: n };
+                        candidates.push(Reverse(scored));
+                        if accept(n) {
+                            results.push(scored);
+                            if results.len() > ef {
+                                results.pop();
+                            }
+                        }
+                    }
+                }
+                visited.fresh = fresh;
+            }
+            results.into_sorted_vec()
+        })
+    }
+
+    /// The up to `ef` nearest nodes to a prepared `query` that `accept` admits, nearest first.
+    pub fn search(&self, query: &[f32], ef: usize, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        let Some((entry, top)) = self.entry else { return Vec::new() };
+        let mut nearest = Scored {
+            distance: self.distance_to(query, entry),
+            node: entry,
+        };
+        for l in (1..=top).rev() {
+            nearest = self.greedy(query, nearest, l);
+        }
+        self.search_layer(query, &[nearest], ef.max(1), 0, accept)
+    }
+}
+
+/// A graph as a checkpoint stores it (search/persist.rs).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedGraph {
+    pub dimension: u32,
+    pub m: u32,
+    pub ef_construction: u32,
+    /// Entry point and its top level (absent when the graph is empty).
+    pub entry: Option<(u32, u32)>,
+    pub nodes: Vec<SavedNode>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedNode {
+    /// The node's links, level 0 first.
+    pub links: Vec<Vec<u32>>,
+    /// The prepared vector.
+    pub vector: Vec<f32>,
+}
+
+impl Hnsw {
+    /// The graph restricted to its first `limit` nodes (links to later nodes dropped; the entry
+    /// point moved to the highest kept node if it was later).
+    pub fn export(&self, limit: usize) -> SavedGraph {
+        let limit = limit.min(self.len());
+        let nodes: Vec<SavedNode> = (0..limit)
+            .map(|n| SavedNode {
+                links: (0..=self.levels[n] as usize)
+                    .map(|level| {
+                        self.neighbours(n as u32, level)
+                            .iter()
+                            .copied()
+                            .filter(|&l| (l as usize) < limit)
+                            .collect()
+                    })
+                    .collect(),
+                vector: self.vector(n as u32).to_vec(),
+            })
+            .collect();
+        let entry = match self.entry {
+            Some((node, level)) if (node as usize) < limit => Some((node, level as u32)),
+            _ => (0..limit)
+                .max_by_key(|&n| (self.levels[n], std::cmp::Reverse(n)))
+                .map(|n| (n as u32, u32::from(self.levels[n]))),
+        };
+        SavedGraph {
+            dimension: self.dimension as u32,
+            m: self.m as u32,
+            ef_construction: self.ef_construction as u32,
+            entry,
+            nodes,
+        }
+    }
+
+    /// Rebuilds a graph from its saved form, checking every invariant searches rely on (a
+    /// damaged file must fail here, never panic later).
+    pub fn import(metric: Metric, saved: SavedGraph) -> std::result::Result<Hnsw, String> {
+        let dimension = saved.dimension as usize;
+        if dimension == 0 || dimension > crate::names::MAX_DIMENSION {
+            return Err(format!("graph dimension {dimension}"));
+        }
+        if saved.m < 2 || saved.m > 1024 || saved.ef_construction < saved.m || saved.ef_construction > 100_000 {
+            return Err(format!("graph parameters m {} ef_construction {}", saved.m, saved.ef_construction));
+        }
+        let count = saved.nodes.len();
+        let mut graph = Hnsw::with_parameters(metric, dimension, saved.m as usize, saved.ef_construction as usize);
+        graph.vectors.reserve(count * dimension);
+        for (n, node) in saved.nodes.iter().enumerate() {
+            if node.vector.len() != dimension || node.vector.iter().any(|x| !x.is_finite()) {
+                return Err(format!("node {n}: bad vector"));
+            }
+            if node.links.is_empty() || node.links.len() > MAX_LEVEL + 1 {
+                return Err(format!("node {n}: {} levels", node.links.len()));
+            }
+        }
+        for (n, node) in saved.nodes.iter().enumerate() {
+            for (level, links) in node.links.iter().enumerate() {
+                if links.len() > graph.max_links(level) {
+                    return Err(format!("node {n}: {} links on level {level}", links.len()));
+                }
+                // A link must point at a node that exists on that level.
+                if let Some(bad) = links
+                    .iter()
+                    .find(|&&l| saved.nodes.get(l as usize).is_none_or(|t| t.links.len() <= level))
+                {
+                    return Err(format!("node {n}: link to {bad} on level {level}"));
+                }
+            }
+        }
+        graph.entry = match saved.entry {
+            None if count == 0 => None,
+            Some((node, level)) if (node as usize) < count && saved.nodes[node as usize].links.len() == level as usize + 1 => {
+                Some((node, level as usize))
+            }
+            other => return Err(format!("entry point {other:?} with {count} nodes")),
+        };
+        let stride = graph.level0_stride();
+        graph.level0.reserve(count * stride);
+        for node in saved.nodes {
+            graph.vectors.extend_from_slice(&node.vector);
+            let mut levels = node.links.into_iter();
+            let level0 = levels.next().unwrap_or_default();
+            let base = graph.level0.len();
+            graph.level0.resize(base + stride, 0);
+            graph.level0[base] = level0.len() as u32;
+            graph.level0[base + 1..base + 1 + level0.len()].copy_from_slice(&level0);
+            let upper: Vec<Vec<u32>> = levels.collect();
+            graph.levels.push(upper.len() as u8);
+            graph.upper.push(upper);
+        }
+        Ok(graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::vector::TopK;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    #[test]
+    fn finds_the_exact_neighbours_of_small_random_sets_with_a_large_ef() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let mut seed = 7;
+            let mut graph = Hnsw::new(metric, 8);
+            let mut data = Vec::new();
+            for _ in 0..500 {
+                let v: Vec<f32> = metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
+                graph.insert(&v);
+                data.push(v);
+            }
+            for _ in 0..20 {
+                let q = metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
+                let mut exact = TopK::new(10);
+                for (i, v) in data.iter().enumerate() {
+                    exact.push(Scored {
+                        distance: metric.distance(&q, v),
+                        node: i as u32,
+                    });
+                }
+                let expected: Vec<u32> = exact.into_sorted().iter().map(|s| s.node).collect();
+                let got: Vec<u32> = graph.search(&q, 500, &|_| true).iter().take(10).map(|s| s.node).collect();
+                assert_eq!(got, expected, "{metric:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejected_nodes_are_waypoints_not_results() {
+        let mut graph = Hnsw::new(Metric::L2, 2);
+        for i in 0..200 {
+            graph.insert(&[i as f32, 0.0]);
+        }
+        let odd = graph.search(&[100.2, 0.0], 8, &|n| n % 2 == 1);
+        assert_eq!(odd.len(), 8);
+        assert!(odd.iter().all(|s| s.node % 2 == 1));
+        assert_eq!(odd[0].node, 101);
+    }
+}

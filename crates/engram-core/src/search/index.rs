@@ -1,0 +1,697 @@
+//! The search indexes of every namespace, and the background applier that keeps them up to date.
+//!
+//! Each index entry is one *version* of a memory with its validity range
+//! `[created_lsn, superseded_lsn)`; a search at snapshot S admits only entries valid at S, so the
+//! indexes answer for any snapshot or as-of LSN back to the history horizon. Entries are added
+//! after commit by one background thread, fed in LSN order from the commit path (db.rs): commits
+//! do not wait for it (unless the queue passes a memory bound normal bursts never reach).
+//! Searches never wait either: the queued changes not yet indexed (the tail, LSNs above
+//! `indexed_lsn`) are searched exactly and merged with the index's answer (search/tail.rs).
+
+use super::filter;
+use super::hnsw::Hnsw;
+use super::keyword::InvertedIndex;
+use super::tail::{KeywordStatistics, TailView};
+use super::vector::{Metric, Scored, TopK};
+use crate::error::{CoreError, Result};
+use crate::model::{Key, Memory, Space, Value};
+use crate::store::Store;
+use engram_wal::Lsn;
+use serde_json::Map;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The Meta key holding a namespace's metric (absent: cosine).
+pub(crate) const METRIC_KEY: &[u8] = b"metric";
+
+/// Below this many vectors in a namespace (every version counts) the vector search is exact:
+/// a scan is as fast as the graph there, and exact.
+pub const EXACT_SEARCH_MAX_VECTORS: usize = 2048;
+
+/// Index changes queued and not yet applied beyond which a committing transaction that wrote
+/// memories waits (after its commit is durable and visible) until the queue is half as long.
+/// A memory bound, not a lag target: searches do not wait for the indexer (the queued tail is
+/// searched exactly), so this only stops a sustained overload from growing the queue forever.
+pub const MAX_QUEUED_INDEX_CHANGES: usize = 1_000_000;
+
+/// Bytes of embeddings in the queued changes beyond which committing writers wait, as for
+/// [`MAX_QUEUED_INDEX_CHANGES`] (256 MiB: about 175,000 vectors of 384 dimensions).
+pub const MAX_QUEUED_INDEX_VECTOR_BYTES: usize = 256 << 20;
+
+/// Changes applied per hold of a namespace's write lock, so that searches in a namespace being
+/// written wait at most for this many graph insertions.
+const CHANGES_PER_LOCK: usize = 16;
+
+/// One change the indexes follow: a memory version written (or deleted, `value: None`) at `lsn`,
+/// or a namespace's metric set.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexChange {
+    pub lsn: Lsn,
+    pub key: Key,
+    pub value: Option<Arc<Value>>,
+}
+
+impl IndexChange {
+    /// Bytes of the embedding this change adds (0 for deletions and metrics).
+    fn vector_bytes(&self) -> usize {
+        match self.value.as_deref() {
+            Some(Value::Memory(m)) => m.embedding.as_ref().map_or(0, |e| e.len() * 4),
+            _ => 0,
+        }
+    }
+}
+
+pub(crate) fn is_indexed(key: &Key) -> bool {
+    key.space == Space::Memory || (key.space == Space::Meta && key.id == METRIC_KEY)
+}
+
+/// The metric stored under [`METRIC_KEY`].
+pub(crate) fn metric_of(value: &Value) -> Option<Metric> {
+    match value {
+        Value::Kv(crate::model::KvValue::Json(serde_json::Value::String(name))) => Metric::from_name(name),
+        _ => None,
+    }
+}
+
+pub(crate) struct VersionEntry {
+    pub created_lsn: Lsn,
+    /// `Lsn::MAX` while this is the memory's current version.
+    pub superseded_lsn: Lsn,
+    /// The stored value (shared with the store, not copied). `None` only for a version loaded
+    /// from a checkpoint's index file whose value the store no longer retains (pruned by the
+    /// retention policy); such an entry is valid at no LSN.
+    pub(super) value: Option<Arc<Value>>,
+    /// Length of the text in tokens (BM25).
+    pub text_tokens: u32,
+}
+
+impl VersionEntry {
+    #[inline]
+    pub fn valid_at(&self, at: Lsn) -> bool {
+        self.created_lsn <= at && at < self.superseded_lsn
+    }
+
+    pub fn memory(&self) -> Option<&Memory> {
+        match self.value.as_deref() {
+            Some(Value::Memory(m)) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// The indexes of one namespace.
+pub(crate) struct NamespaceIndex {
+    pub metric: Metric,
+    pub entries: Vec<VersionEntry>,
+    /// Memory id -> slot of its current version.
+    pub(super) current: HashMap<Box<str>, u32>,
+    /// Created with the first embedding (its length is the namespace's dimension).
+    pub hnsw: Option<Hnsw>,
+    /// Graph node -> entry slot.
+    pub(super) node_entry: Vec<u32>,
+    pub keyword: InvertedIndex,
+}
+
+impl NamespaceIndex {
+    pub(super) fn new() -> NamespaceIndex {
+        NamespaceIndex {
+            metric: Metric::Cosine,
+            entries: Vec::new(),
+            current: HashMap::new(),
+            hnsw: None,
+            node_entry: Vec::new(),
+            keyword: InvertedIndex::default(),
+        }
+    }
+
+    /// Applies one change. Idempotent per version: a version already indexed is skipped.
+    fn apply(&mut self, change: &IndexChange) {
+        if change.key.space == Space::Meta {
+            if let Some(metric) = change.value.as_deref().and_then(metric_of) {
+                if self.hnsw.as_ref().is_some_and(|h| h.metric() != metric) {
+                    // The metric is fixed before the first vector (declare_vector_space), so
+                    // this cannot happen through the API.
+                    tracing::warn!(
+                        ?metric,
+                        "search index: metric changed after vectors were indexed; keeping the first"
+                    );
+                }
+                self.metric = metric;
+            }
+            return;
+        }
+        let Ok(id) = std::str::from_utf8(&change.key.id) else { return };
+        if let Some(&slot) = self.current.get(id) {
+            if self.entries[slot as usize].created_lsn >= change.lsn {
+                return; // already indexed
+            }
+            self.entries[slot as usize].superseded_lsn = change.lsn;
+            self.current.remove(id);
+        }
+        let Some(value) = &change.value else { return };
+        let Value::Memory(memory) = &**value else { return };
+        let slot = self.entries.len() as u32;
+        if let Some(embedding) = &memory.embedding {
+            let metric = self.metric;
+            let graph = self.hnsw.get_or_insert_with(|| Hnsw::new(metric, embedding.len()));
+            if graph.dimension() == embedding.len() {
+                graph.insert(&graph.metric().prepare(embedding));
+                self.node_entry.push(slot);
+            } else {
+                tracing::warn!(id, "search index: embedding of another dimension than the namespace's; not indexed");
+            }
+        }
+        let text_tokens = self.keyword.add(slot, &memory.text);
+        self.entries.push(VersionEntry {
+            created_lsn: change.lsn,
+            superseded_lsn: Lsn::MAX,
+            value: Some(value.clone()),
+            text_tokens,
+        });
+        self.current.insert(id.into(), slot);
+    }
+
+    /// Whether the entry in `slot` is the version valid at `at` of a memory the tail did not
+    /// change (the tail's version replaces it) and matches `filter`.
+    fn admits(&self, slot: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>, tail: &TailView) -> bool {
+        let entry = &self.entries[slot as usize];
+        if !entry.valid_at(at) {
+            return false;
+        }
+        if filter.is_none() && tail.is_empty() {
+            // The common case, decided without loading the memory (a cache miss per node).
+            return entry.value.is_some();
+        }
+        entry
+            .memory()
+            .is_some_and(|m| !tail.changed(&m.id) && filter::matches(filter, &m.metadata))
+    }
+
+    /// The `k` nearest versions valid at `at` that match `filter` and whose memory `tail` did
+    /// not change: (slot, score), best first. `query` is raw; exact below
+    /// [`EXACT_SEARCH_MAX_VECTORS`], or when the graph search finds fewer than `k` admitted
+    /// versions (a selective filter), so the answer always has min(k, matching) hits.
+    pub fn vector_search(
+        &self,
+        query: &[f32],
+        at: Lsn,
+        k: usize,
+        ef: usize,
+        filter: Option<&Map<String, serde_json::Value>>,
+        tail: &TailView,
+    ) -> Vec<(u32, f32)> {
+        let Some(graph) = &self.hnsw else { return Vec::new() };
+        let metric = graph.metric();
+        let query = metric.prepare(query);
+        let accept = |node: u32| self.admits(self.node_entry[node as usize], at, filter, tail);
+        let mut found = Vec::new();
+        if graph.len() > EXACT_SEARCH_MAX_VECTORS {
+            found = graph.search(&query, ef.max(k), &accept);
+        }
+        if found.len() < k {
+            found = self.exact_vector_search(graph, &query, k, &accept);
+        }
+        found
+            .into_iter()
+            .take(k)
+            .map(|s| (self.node_entry[s.node as usize], metric.score(s.distance)))
+            .collect()
+    }
+
+    fn exact_vector_search(&self, graph: &Hnsw, query: &[f32], k: usize, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        let mut top = TopK::new(k);
+        for node in 0..graph.len() as u32 {
+            if accept(node) {
+                top.push(Scored {
+                    distance: graph.metric().distance(query, graph.vector(node)),
+                    node,
+                });
+            }
+        }
+        top.into_sorted()
+    }
+
+    /// The documents of the snapshot `at` this index holds: entries valid at `at` whose memory
+    /// `tail` did not change.
+    fn visible(&self, slot: u32, at: Lsn, tail: &TailView) -> bool {
+        let entry = &self.entries[slot as usize];
+        entry.valid_at(at) && (tail.is_empty() || entry.memory().is_some_and(|m| !tail.changed(&m.id)))
+    }
+
+    /// BM25 inputs of the snapshot `at` from this index (see [`TailView`] for the rest): the
+    /// document count and total length, and per query term its postings among those documents.
+    pub fn keyword_statistics(&self, terms: &[String], at: Lsn, tail: &TailView) -> KeywordStatistics {
+        let (mut documents, mut total_tokens) = (0u64, 0u64);
+        for (slot, e) in self.entries.iter().enumerate() {
+            if self.visible(slot as u32, at, tail) {
+                documents += 1;
+                total_tokens += u64::from(e.text_tokens);
+            }
+        }
+        let postings = terms
+            .iter()
+            .map(|term| {
+                self.keyword
+                    .postings(term)
+                    .iter()
+                    .filter(|(slot, _)| self.visible(*slot, at, tail))
+                    .map(|&(slot, tf)| (slot, tf, self.entries[slot as usize].text_tokens))
+                    .collect()
+            })
+            .collect();
+        KeywordStatistics {
+            documents,
+            total_tokens,
+            postings,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<VersionEntry>()
+            + self.current.len() * 48
+            + self.node_entry.capacity() * 4
+            + self.hnsw.as_ref().map_or(0, Hnsw::heap_bytes)
+            + self.keyword.heap_bytes()
+    }
+}
+
+/// The changes of the commits up to `lsn` (every change of a commit at or below `lsn` is in
+/// this batch or an earlier one).
+struct QueuedBatch {
+    lsn: Lsn,
+    changes: Arc<[IndexChange]>,
+    vector_bytes: usize,
+}
+
+struct Queue {
+    /// Every batch not yet indexed, in LSN order; a batch leaves only when `indexed_lsn` passes
+    /// it (both under this lock), so `indexed_lsn` and these batches always cover every commit:
+    /// the tail a search merges (search/tail.rs).
+    batches: VecDeque<QueuedBatch>,
+    /// Test hook: the indexer applies nothing while set (until stopped).
+    paused: bool,
+    stop: bool,
+}
+
+/// Figures about the search indexes (`Database::index_stats`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Every commit at or below this LSN is in the indexes.
+    pub indexed_lsn: Lsn,
+    /// The database's visible LSN when the figures were taken.
+    pub visible_lsn: Lsn,
+    /// `visible_lsn - indexed_lsn`: how far (in LSNs) the indexes trail the visible state.
+    pub lag_lsns: u64,
+    /// Applied batches of commits waiting for the index applier.
+    pub queued_batches: usize,
+    /// Index changes (memory versions) in those batches: the tail searches scan exactly.
+    pub queued_changes: usize,
+    /// Bytes of embeddings in those changes.
+    pub queued_vector_bytes: usize,
+    /// Commits since open that waited for the indexer (see [`MAX_QUEUED_INDEX_CHANGES`] and
+    /// [`MAX_QUEUED_INDEX_VECTOR_BYTES`]).
+    pub throttled_commits: u64,
+    pub namespaces: usize,
+    /// Memory versions held (current and past).
+    pub versions: usize,
+    /// Vectors in the graphs (one per version with an embedding).
+    pub vectors: usize,
+    /// Approximate heap bytes of all indexes (vectors, graph links, postings, entries).
+    pub heap_bytes: usize,
+    /// Whether open loaded the indexes from a checkpoint or rebuilt them.
+    pub origin: IndexOrigin,
+}
+
+pub(crate) struct Indexes {
+    namespaces: RwLock<HashMap<String, Arc<RwLock<NamespaceIndex>>>>,
+    queue: Mutex<Queue>,
+    work: Condvar,
+    indexed_lsn: AtomicU64,
+    progress: Mutex<()>,
+    progressed: Condvar,
+    origin: IndexOrigin,
+    /// Changes queued and not yet applied, and the bytes of their embeddings.
+    queued_changes: AtomicUsize,
+    queued_vector_bytes: AtomicUsize,
+    throttled_commits: AtomicU64,
+    /// LSN of the checkpoint whose index file this process loaded or wrote (0: none).
+    file_lsn: AtomicU64,
+}
+
+/// Where the indexes of an open database came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// Loaded from the index file of the checkpoint at this LSN, then caught up from the log.
+    Checkpoint { lsn: Lsn },
+    /// Built from the store at open: `reason` says why no index file was used (none for a
+    /// database opened without a checkpoint).
+    Rebuilt { reason: Option<String> },
+}
+
+impl Indexes {
+    fn with_namespaces(namespaces: HashMap<String, Arc<RwLock<NamespaceIndex>>>, origin: IndexOrigin) -> Indexes {
+        Indexes {
+            namespaces: RwLock::new(namespaces),
+            queue: Mutex::new(Queue {
+                batches: VecDeque::new(),
+                paused: false,
+                stop: false,
+            }),
+            work: Condvar::new(),
+            indexed_lsn: AtomicU64::new(0),
+            progress: Mutex::new(()),
+            progressed: Condvar::new(),
+            origin,
+            queued_changes: AtomicUsize::new(0),
+            queued_vector_bytes: AtomicUsize::new(0),
+            throttled_commits: AtomicU64::new(0),
+            file_lsn: AtomicU64::new(0),
+        }
+    }
+
+    /// Indexes loaded from a checkpoint's index file, complete up to the checkpoint's LSN; the
+    /// log replayed after it is applied with [`Indexes::apply_changes`], then
+    /// [`Indexes::set_indexed`].
+    pub fn from_loaded(namespaces: Vec<(String, NamespaceIndex)>, lsn: Lsn) -> Indexes {
+        let map = namespaces
+            .into_iter()
+            .map(|(name, index)| (name, Arc::new(RwLock::new(index))))
+            .collect();
+        let indexes = Indexes::with_namespaces(map, IndexOrigin::Checkpoint { lsn });
+        indexes.indexed_lsn.store(lsn, Ordering::Release);
+        indexes.set_file_lsn(lsn);
+        indexes
+    }
+
+    pub fn file_lsn(&self) -> Option<Lsn> {
+        Some(self.file_lsn.load(Ordering::Acquire)).filter(|&l| l > 0)
+    }
+
+    pub fn set_file_lsn(&self, lsn: Lsn) {
+        self.file_lsn.store(lsn, Ordering::Release);
+    }
+
+    pub fn set_indexed(&self, lsn: Lsn) {
+        self.indexed_lsn.store(lsn, Ordering::Release);
+    }
+
+    /// Every namespace's index, by name (for the checkpoint's index file).
+    pub fn all(&self) -> Vec<(String, Arc<RwLock<NamespaceIndex>>)> {
+        let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(n, i)| (n.clone(), i.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Indexes of everything in `store` (all retained versions), complete up to `at`.
+    pub fn build(store: &Store, at: Lsn, origin: IndexOrigin) -> Indexes {
+        let indexes = Indexes::with_namespaces(HashMap::new(), origin);
+        // Metrics first: they decide how vectors are stored.
+        let mut changes = Vec::new();
+        store.visit_space(Space::Meta, |key, chain| {
+            if key.id == METRIC_KEY {
+                if let Some(v) = chain.versions.iter().rev().find(|v| v.value.is_some()) {
+                    changes.push(IndexChange {
+                        lsn: v.lsn,
+                        key: key.clone(),
+                        value: v.value.clone(),
+                    });
+                }
+            }
+        });
+        let mut versions: Vec<(Lsn, u32, IndexChange)> = Vec::new();
+        store.visit_space(Space::Memory, |key, chain| {
+            for v in &chain.versions {
+                let change = IndexChange {
+                    lsn: v.lsn,
+                    key: key.clone(),
+                    value: v.value.clone(),
+                };
+                versions.push((v.lsn, v.op_index, change));
+            }
+        });
+        // In commit order, as the applier would have seen them.
+        versions.sort_by_key(|(lsn, op_index, _)| (*lsn, *op_index));
+        changes.extend(versions.into_iter().map(|(_, _, c)| c));
+        indexes.apply_changes(&changes);
+        indexes.indexed_lsn.store(at, Ordering::Release);
+        indexes
+    }
+
+    pub fn indexed_lsn(&self) -> Lsn {
+        self.indexed_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn namespace(&self, namespace: &str) -> Option<Arc<RwLock<NamespaceIndex>>> {
+        self.namespaces.read().unwrap_or_else(|p| p.into_inner()).get(namespace).cloned()
+    }
+
+    /// Queues the changes of every commit up to `lsn` (called by the applier of the store, in
+    /// LSN order, before the commits become visible).
+    pub fn enqueue(&self, lsn: Lsn, changes: Vec<IndexChange>) {
+        let vector_bytes = changes.iter().map(IndexChange::vector_bytes).sum();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued_changes.fetch_add(changes.len(), Ordering::AcqRel);
+        self.queued_vector_bytes.fetch_add(vector_bytes, Ordering::AcqRel);
+        queue.batches.push_back(QueuedBatch {
+            lsn,
+            changes: changes.into(),
+            vector_bytes,
+        });
+        self.work.notify_one();
+    }
+
+    /// The changes of the commits in `(indexed_lsn, at]` to namespace `namespace`, taken with
+    /// `indexed_lsn` under one lock: what a search at `at` merges with the index.
+    pub fn tail(&self, namespace: &str, at: Lsn) -> TailView {
+        let (indexed_lsn, batches): (Lsn, Vec<Arc<[IndexChange]>>) = {
+            let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let indexed_lsn = self.indexed_lsn();
+            if at <= indexed_lsn {
+                return TailView::empty();
+            }
+            // Batches are in LSN order; a batch's changes may reach past `at` only in the last
+            // one needed, filtered below.
+            let needed = queue.batches.iter().take_while(|b| b.lsn <= at).count() + 1;
+            (indexed_lsn, queue.batches.iter().take(needed).map(|b| b.changes.clone()).collect())
+        };
+        let changes = batches
+            .iter()
+            .flat_map(|b| b.iter())
+            .filter(|c| c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace);
+        TailView::new(changes)
+    }
+
+    /// Test hook: while paused the indexer applies nothing, so the tail grows.
+    pub fn set_paused(&self, paused: bool) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).paused = paused;
+        self.work.notify_all();
+    }
+
+    pub(crate) fn apply_changes(&self, changes: &[IndexChange]) {
+        let mut by_namespace: Vec<(&str, Vec<&IndexChange>)> = Vec::new();
+        for change in changes {
+            match by_namespace.iter_mut().find(|(ns, _)| *ns == change.key.namespace) {
+                Some((_, list)) => list.push(change),
+                None => by_namespace.push((&change.key.namespace, vec![change])),
+            }
+        }
+        for (namespace, list) in by_namespace {
+            let index = {
+                let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+                map.entry(namespace.to_string())
+                    .or_insert_with(|| Arc::new(RwLock::new(NamespaceIndex::new())))
+                    .clone()
+            };
+            // Partial progress is safe to expose: entries above a reader's snapshot are
+            // invisible to it, and a superseded mark above it leaves the old version valid there.
+            for chunk in list.chunks(CHANGES_PER_LOCK) {
+                let mut index = index.write().unwrap_or_else(|p| p.into_inner());
+                for change in chunk {
+                    index.apply(change);
+                }
+            }
+        }
+    }
+
+    /// Applies the front batch of the queue, then publishes its LSN and removes it from the
+    /// queue in one step (under the queue lock), so a search always sees the index and the tail
+    /// together covering every commit.
+    fn apply_batch(&self, batch: &QueuedBatch) {
+        let indexed = self.indexed_lsn();
+        if batch.lsn > indexed {
+            // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version).
+            let fresh: Vec<IndexChange> = batch.changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
+            self.apply_changes(&fresh);
+        }
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.batches.front().is_some_and(|b| b.lsn == batch.lsn) {
+                queue.batches.pop_front();
+            }
+            self.indexed_lsn.fetch_max(batch.lsn, Ordering::AcqRel);
+        }
+        self.queued_changes.fetch_sub(batch.changes.len(), Ordering::AcqRel);
+        self.queued_vector_bytes.fetch_sub(batch.vector_bytes, Ordering::AcqRel);
+        let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        self.progressed.notify_all();
+    }
+
+    fn over_bound(&self, divisor: usize) -> bool {
+        self.queued_changes.load(Ordering::Acquire) > MAX_QUEUED_INDEX_CHANGES / divisor
+            || self.queued_vector_bytes.load(Ordering::Acquire) > MAX_QUEUED_INDEX_VECTOR_BYTES / divisor
+    }
+
+    /// Called by a commit that wrote memories, after it is visible: if the queue holds more than
+    /// [`MAX_QUEUED_INDEX_CHANGES`] changes or [`MAX_QUEUED_INDEX_VECTOR_BYTES`] of embeddings,
+    /// waits until it holds half as much (at most `SEARCH_INDEX_WAIT`; the commit has succeeded
+    /// either way). A memory bound for sustained overload; ordinary bursts never reach it.
+    pub fn throttle(&self) {
+        if !self.over_bound(1) {
+            return;
+        }
+        self.throttled_commits.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        while self.over_bound(2) {
+            let waited = started.elapsed();
+            if waited >= super::SEARCH_INDEX_WAIT {
+                return;
+            }
+            guard = self
+                .progressed
+                .wait_timeout(guard, super::SEARCH_INDEX_WAIT - waited)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until every commit up to `lsn` is indexed; `IndexTimeout` after `timeout`.
+    pub fn wait_for(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
+        if self.indexed_lsn() >= lsn {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let indexed = self.indexed_lsn();
+            if indexed >= lsn {
+                return Ok(());
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(CoreError::IndexTimeout {
+                    lsn,
+                    indexed_lsn: indexed,
+                    waited_ms: waited.as_millis() as u64,
+                });
+            }
+            guard = self
+                .progressed
+                .wait_timeout(guard, timeout - waited)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub fn stats(&self, visible_lsn: Lsn) -> IndexStats {
+        let indexed_lsn = self.indexed_lsn();
+        let queued_batches = self.queue.lock().unwrap_or_else(|p| p.into_inner()).batches.len();
+        let queued_vector_bytes = self.queued_vector_bytes.load(Ordering::Acquire);
+        let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        let (mut versions, mut vectors, mut heap_bytes) = (0, 0, 0);
+        for index in map.values() {
+            let index = index.read().unwrap_or_else(|p| p.into_inner());
+            versions += index.entries.len();
+            vectors += index.hnsw.as_ref().map_or(0, Hnsw::len);
+            heap_bytes += index.heap_bytes();
+        }
+        IndexStats {
+            indexed_lsn,
+            visible_lsn,
+            lag_lsns: visible_lsn.saturating_sub(indexed_lsn),
+            queued_batches,
+            queued_changes: self.queued_changes.load(Ordering::Acquire),
+            queued_vector_bytes,
+            throttled_commits: self.throttled_commits.load(Ordering::Relaxed),
+            namespaces: map.len(),
+            versions,
+            vectors,
+            heap_bytes,
+            origin: self.origin.clone(),
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            // The batches stay queued (they are the searches' tail) until applied.
+            let batches: Vec<QueuedBatch> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                while (queue.batches.is_empty() || queue.paused) && !queue.stop {
+                    queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                if queue.stop {
+                    // Closing: what is still queued is in the log, and the next open catches the
+                    // index up from it (index file of the last checkpoint + replay), so applying
+                    // it now would only delay the close.
+                    return;
+                }
+                queue
+                    .batches
+                    .iter()
+                    .map(|b| QueuedBatch {
+                        lsn: b.lsn,
+                        changes: b.changes.clone(),
+                        vector_bytes: b.vector_bytes,
+                    })
+                    .collect()
+            };
+            for batch in &batches {
+                {
+                    let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    if queue.paused || queue.stop {
+                        break;
+                    }
+                }
+                self.apply_batch(batch);
+            }
+        }
+    }
+}
+
+/// The index applier thread; stops when dropped (at close), leaving what is still queued to the
+/// next open, which catches the index up from the log.
+pub(crate) struct IndexApplier {
+    indexes: Arc<Indexes>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IndexApplier {
+    pub fn spawn(indexes: Arc<Indexes>) -> Result<IndexApplier> {
+        let for_thread = indexes.clone();
+        let thread = std::thread::Builder::new()
+            .name("engram-indexer".into())
+            .spawn(move || for_thread.run())
+            .map_err(|e| CoreError::Io {
+                context: "starting the search index thread".into(),
+                source: Arc::new(e),
+            })?;
+        Ok(IndexApplier {
+            indexes,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for IndexApplier {
+    fn drop(&mut self) {
+        self.indexes.queue.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.indexes.work.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The search indexes in a checkpoint: `ckpt-<L>.index` next to `ckpt-<L>.ckpt`, holding every
+//! namespace's versions and HNSW graph as of the checkpoint LSN `L`, so that open does not
+//! rebuild the graphs (docs/checkpoint-format.md, *The index file*). The inverted index is not
+//! stored: it is rebuilt from the versions' texts at load, which costs little next to a graph.
+//!
+//! A missing, damaged or inconsistent index file is never used: open logs a warning and rebuilds
+//! the indexes from the store, which is always the source of truth.
+
+use super::hnsw::{Hnsw, SavedGraph};
+use super::index::{NamespaceIndex, VersionEntry};
+use super::vector::Metric;
+use crate::error::{CoreError, Result};
+use crate::model::{Key, Space, Value};
+use crate::store::Store;
+use engram_wal::storage::{read_exact_at, OpenMode, Storage};
+use engram_wal::Lsn;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Directory of the index files inside the database directory (next to `checkpoints/`).
+pub const INDEX_DIR: &str = "search-index";
+
+const MAGIC: &[u8; 8] = b"ENGRMIDX";
+pub(crate) const INDEX_FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 40;
+const TRAILER_BYTES: usize = 4;
+const SECTION_LENGTH_BYTES: usize = 8;
+
+pub(crate) fn file_name(lsn: Lsn) -> String {
+    format!("ckpt-{lsn:020}.index")
+}
+
+/// The LSN in an index file name (`ckpt-<20 digits>.index`).
+pub(crate) fn parse_file_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix("ckpt-")?.strip_suffix(".index")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedNamespace {
+    name: String,
+    metric: Metric,
+    entries: Vec<SavedEntry>,
+    /// Graph node -> entry slot.
+    node_entry: Vec<u32>,
+    graph: Option<SavedGraph>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedEntry {
+    /// The memory id (the key's id).
+    id: String,
+    created_lsn: Lsn,
+    /// `u64::MAX` while current at `L`.
+    superseded_lsn: Lsn,
+}
+
+fn io_error(context: String, source: std::io::Error) -> CoreError {
+    CoreError::Io {
+        context,
+        source: Arc::new(source),
+    }
+}
+
+/// The state of one namespace's index as of `lsn`: versions created after it are left out, and
+/// a supersession after it is undone (the version was current at `lsn`). Nodes and entries are
+/// numbered in LSN order, so both are prefixes.
+fn saved_namespace(name: &str, index: &NamespaceIndex, lsn: Lsn) -> SavedNamespace {
+    let entry_limit = index.entries.partition_point(|e| e.created_lsn <= lsn);
+    let node_limit = index.node_entry.partition_point(|&slot| (slot as usize) < entry_limit);
+    SavedNamespace {
+        name: name.to_string(),
+        metric: index.metric,
+        entries: index.entries[..entry_limit]
+            .iter()
+            .map(|e| SavedEntry {
+                id: e.memory().map(|m| m.id.clone()).unwrap_or_default(),
+                created_lsn: e.created_lsn,
+                superseded_lsn: if e.superseded_lsn > lsn { Lsn::MAX } else { e.superseded_lsn },
+            })
+            .collect(),
+        node_entry: index.node_entry[..node_limit].to_vec(),
+        graph: index.hnsw.as_ref().map(|g| g.export(node_limit)),
+    }
+}
+
+/// Writes the index file of the checkpoint at `lsn` (the indexes must have reached `lsn`):
+/// temp file, fdatasync, rename, directory sync, as for the checkpoint itself. Returns its size.
+pub(crate) fn save(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: Lsn,
+    namespaces: Vec<(String, Arc<std::sync::RwLock<NamespaceIndex>>)>,
+) -> Result<u64> {
+    let mut body = Vec::new();
+    let count = namespaces.len() as u64;
+    for (name, index) in namespaces {
+        // Copied out under the read lock; encoded after it is released.
+        let saved = {
+            let index = index.read().unwrap_or_else(|p| p.into_inner());
+            saved_namespace(&name, &index, lsn)
+        };
+        let start = body.len();
+        body.extend_from_slice(&[0; SECTION_LENGTH_BYTES]);
+        body = postcard::to_extend(&saved, body).map_err(|e| CoreError::Io {
+            context: "encoding the search index".into(),
+            source: Arc::new(std::io::Error::other(e)),
+        })?;
+        let section = (body.len() - start - SECTION_LENGTH_BYTES) as u64;
+        body[start..start + SECTION_LENGTH_BYTES].copy_from_slice(&section.to_le_bytes());
+    }
+    let mut file_bytes = Vec::with_capacity(HEADER_BYTES + body.len() + TRAILER_BYTES);
+    file_bytes.extend_from_slice(MAGIC);
+    file_bytes.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
+    file_bytes.extend_from_slice(&0u32.to_le_bytes());
+    file_bytes.extend_from_slice(&lsn.to_le_bytes());
+    file_bytes.extend_from_slice(&count.to_le_bytes());
+    file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file_bytes.extend_from_slice(&body);
+    drop(body);
+    let crc = crc32c::crc32c(&file_bytes);
+    file_bytes.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{}.tmp", file_name(lsn)));
+    let path = dir.join(file_name(lsn));
+    let what = |action: &str, p: &Path| format!("{action} {}", p.display());
+    let _ = storage.remove(&tmp); // a leftover of an interrupted run may carry this name
+    let file = storage
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| io_error(what("creating", &tmp), e))?;
+    file.write_all_at(&file_bytes, 0).map_err(|e| io_error(what("writing", &tmp), e))?;
+    file.sync_data().map_err(|e| io_error(what("fdatasync of", &tmp), e))?;
+    storage
+        .rename(&tmp, &path)
+        .map_err(|e| io_error(format!("renaming {} to {}", tmp.display(), path.display()), e))?;
+    storage.sync_dir(dir).map_err(|e| io_error(what("syncing directory", dir), e))?;
+    Ok(file_bytes.len() as u64)
+}
+
+/// Makes sure the newest checkpoint (at `lsn`) has a good index file: writes it unless this
+/// process wrote or loaded it (after waiting for the indexes to reach `lsn`), then deletes the
+/// index files of checkpoints no longer retained (`keep`: the retained checkpoints' LSNs) and
+/// leftovers of interrupted runs.
+pub(crate) fn ensure_for_checkpoint(shared: &crate::db::Shared, lsn: Lsn, keep: &[Lsn]) -> Result<()> {
+    let storage = &*shared.storage;
+    let dir = shared.dir.join(INDEX_DIR);
+    if shared.indexes.file_lsn() != Some(lsn) {
+        crate::checkpoint::ensure_dir(storage, &dir)?;
+        shared.indexes.wait_for(lsn, super::SEARCH_INDEX_WAIT)?;
+        save(storage, &dir, lsn, shared.indexes.all())?;
+        shared.indexes.set_file_lsn(lsn);
+    }
+    if storage
+        .kind_of(&dir)
+        .map_err(|e| io_error(format!("inspecting {}", dir.display()), e))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let names = storage.list(&dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+    let mut removed = false;
+    for name in names {
+        let stale = name.ends_with(".tmp") || parse_file_name(&name).is_some_and(|l| !keep.contains(&l));
+        if stale {
+            let path = dir.join(&name);
+            storage
+                .remove(&path)
+                .map_err(|e| io_error(format!("removing {}", path.display()), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        storage
+            .sync_dir(&dir)
+            .map_err(|e| io_error(format!("syncing directory {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Why an index file was not used.
+pub(crate) type Rejection = String;
+
+/// Loads the index file of the checkpoint at `lsn` against `store` (built from that
+/// checkpoint). `Ok(None)`: there is none. `Err`: it exists but is unusable (the reason).
+pub(crate) fn load(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: Lsn,
+    store: &Store,
+) -> std::result::Result<Option<Vec<(String, NamespaceIndex)>>, Rejection> {
+    let path: PathBuf = dir.join(file_name(lsn));
+    match storage.kind_of(&path) {
+        Ok(None) => return Ok(None),
+        Ok(Some(true)) => return Err("it is a directory".into()),
+        Ok(Some(false)) => {}
+        Err(e) => return Err(format!("cannot stat it: {e}")),
+    }
+    let file = storage.open(&path, OpenMode::Read).map_err(|e| format!("cannot open it: {e}"))?;
+    let size = file.size_bytes().map_err(|e| format!("cannot read its size: {e}"))?;
+    if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
+        return Err(format!("{size} bytes is too short"));
+    }
+    let size = usize::try_from(size).map_err(|_| "too large for this machine".to_string())?;
+    let mut bytes = vec![0u8; size];
+    read_exact_at(&*file, &mut bytes, 0).map_err(|e| format!("cannot read it: {e}"))?;
+    let (content, trailer) = bytes.split_at(size - TRAILER_BYTES);
+    let stored_crc = u32::from_le_bytes(trailer.try_into().map_err(|_| "short trailer")?);
+    if crc32c::crc32c(content) != stored_crc {
+        return Err("checksum mismatch".into());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(content[at..at + 8].try_into().unwrap_or([0; 8]));
+    if &content[..8] != MAGIC {
+        return Err("bad magic".into());
+    }
+    let version = u32::from_le_bytes(content[8..12].try_into().unwrap_or([0; 4]));
+    if version != INDEX_FORMAT_VERSION {
+        return Err(format!("format version {version}, this build reads {INDEX_FORMAT_VERSION}"));
+    }
+    if u64_at(16) != lsn {
+        return Err(format!("it is for LSN {}, not {lsn}", u64_at(16)));
+    }
+    let count = u64_at(24);
+    if u64_at(32) != (content.len() - HEADER_BYTES) as u64 {
+        return Err("body length does not match the file".into());
+    }
+    let mut body = &content[HEADER_BYTES..];
+    let mut out = Vec::new();
+    for _ in 0..count {
+        if body.len() < SECTION_LENGTH_BYTES {
+            return Err("truncated section".into());
+        }
+        let section = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
+        let section = usize::try_from(section)
+            .ok()
+            .filter(|&s| s <= body.len() - SECTION_LENGTH_BYTES)
+            .ok_or("section overruns the body")?;
+        let saved: SavedNamespace = postcard::from_bytes(&body[SECTION_LENGTH_BYTES..SECTION_LENGTH_BYTES + section])
+            .map_err(|e| format!("section does not decode: {e}"))?;
+        body = &body[SECTION_LENGTH_BYTES + section..];
+        let name = saved.name.clone();
+        out.push((
+            name.clone(),
+            restore(saved, lsn, store).map_err(|r| format!("namespace {name:?}: {r}"))?,
+        ));
+    }
+    if !body.is_empty() {
+        return Err("bytes after the last section".into());
+    }
+    Ok(Some(out))
+}
+
+fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Result<NamespaceIndex, Rejection> {
+    let mut index = NamespaceIndex::new();
+    index.metric = saved.metric;
+    let mut previous = 0;
+    // `superseded_lsn == created_lsn` is an entry valid nowhere: a version pruned from the store
+    // before the file was written (see below).
+    for (slot, e) in saved.entries.into_iter().enumerate() {
+        if e.created_lsn < previous
+            || e.created_lsn > lsn
+            || e.superseded_lsn < e.created_lsn
+            || (e.superseded_lsn > lsn && e.superseded_lsn != Lsn::MAX)
+        {
+            return Err(format!("entry {slot}: bad validity [{}, {})", e.created_lsn, e.superseded_lsn));
+        }
+        previous = e.created_lsn;
+        let key = Key::new(&saved.name, Space::Memory, e.id.as_bytes().to_vec());
+        let value = store.version_at_exactly(&key, e.created_lsn);
+        let value = match value {
+            Some(v) if matches!(&*v, Value::Memory(m) if m.id == e.id) => Some(v),
+            // Pruned by the retention policy since: valid nowhere (such reads are refused).
+            None if store.history_horizon() > e.created_lsn => None,
+            _ => return Err(format!("entry {slot}: memory {:?} has no version at LSN {}", e.id, e.created_lsn)),
+        };
+        let superseded_lsn = if value.is_some() { e.superseded_lsn } else { e.created_lsn };
+        let text_tokens = match value.as_deref() {
+            Some(Value::Memory(m)) => index.keyword.add(slot as u32, &m.text),
+            _ => 0,
+        };
+        if superseded_lsn == Lsn::MAX && index.current.insert(e.id.clone().into_boxed_str(), slot as u32).is_some() {
+            return Err(format!("memory {:?} has two current versions", e.id));
+        }
+        index.entries.push(VersionEntry {
+            created_lsn: e.created_lsn,
+            superseded_lsn,
+            value,
+            text_tokens,
+        });
+    }
+    let nodes = saved.graph.as_ref().map_or(0, |g| g.nodes.len());
+    if saved.node_entry.len() != nodes {
+        return Err(format!("{} node slots for {nodes} nodes", saved.node_entry.len()));
+    }
+    if saved.node_entry.windows(2).any(|w| w[0] >= w[1]) || saved.node_entry.last().is_some_and(|&s| s as usize >= index.entries.len()) {
+        return Err("node slots out of order or range".into());
+    }
+    index.node_entry = saved.node_entry;
+    index.hnsw = match saved.graph {
+        Some(graph) => Some(Hnsw::import(saved.metric, graph)?),
+        None => None,
+    };
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_carry_the_lsn_in_twenty_digits() {
+        assert_eq!(file_name(42), "ckpt-00000000000000000042.index");
+        assert_eq!(parse_file_name("ckpt-00000000000000000042.index"), Some(42));
+        assert_eq!(parse_file_name("ckpt-00000000000000000042.ckpt"), None);
+        assert_eq!(parse_file_name("ckpt-42.index"), None);
+    }
+}
