@@ -7,7 +7,7 @@
 //!   structured content) and semantics, on the server's default namespace, so that an existing
 //!   client configuration only changes its command;
 //! - the `memory://knowledge-graph` resource;
-//! - engram's own tools: `remember`, `forget`, `history`, and `as_of` (an LSN or an RFC 3339
+//! - engram's own tools: `remember`, `recall` (hybrid search), `forget`, `history`, and `as_of` (an LSN or an RFC 3339
 //!   time) on every read tool.
 //!
 //! Every tool call is one engram transaction: durable when it answers, and nothing of it is

@@ -1,8 +1,9 @@
-//! The designed `recall` tool (hybrid search over memories). It is **not served yet**: it needs
-//! engram-core's search (`SearchReads::search`), which is being built separately. These types
-//! fix its input and output so that wiring it is a matter of calling the search and mapping
-//! the hits; docs/mcp.md describes the tool. Nothing here pretends to search.
+//! The `recall` tool: hybrid (vector + keyword, fused by reciprocal rank) search over the
+//! memories of a namespace, at the current snapshot or as of a past one. A text query is
+//! embedded when the server has an embedder; without one, recall ranks by keyword only and says
+//! so in `mode`. docs/mcp.md describes the tool.
 
+use crate::as_of::AsOf;
 use crate::engram_tools::{input_schema, output_schema};
 use crate::reference::tool;
 use rmcp::model::Tool;
@@ -52,6 +53,16 @@ pub struct RecallParams {
     /// The namespace; the server's default if absent.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Search the memories as they were at this LSN or RFC 3339 time.
+    #[serde(default)]
+    pub as_of: Option<AsOf>,
+}
+
+/// Where a hit ranked in one signal (1 is best) and its score there.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct RecallSignal {
+    pub rank: usize,
+    pub score: f64,
 }
 
 /// One memory found by `recall`.
@@ -61,7 +72,13 @@ pub struct RecallHit {
     pub text: String,
     pub metadata: Map<String, Value>,
     /// Higher is more relevant; comparable only within one answer.
-    pub score: f32,
+    pub score: f64,
+    /// Its rank and similarity in the vector search, if it was found there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<RecallSignal>,
+    /// Its rank and BM25 score in the keyword search, if it was found there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<RecallSignal>,
 }
 
 /// Output of `recall`.
@@ -69,11 +86,13 @@ pub struct RecallHit {
 pub struct RecallOutput {
     /// The mode actually used (hybrid falls back to keyword without a vector).
     pub mode: RecallMode,
+    /// The LSN of the snapshot searched.
+    pub lsn: u64,
     /// Best first.
     pub hits: Vec<RecallHit>,
 }
 
-/// The tool definition to list once `recall` is served.
+/// The tool's definition.
 pub fn recall_tool() -> Tool {
     tool(
         RECALL,
@@ -83,4 +102,49 @@ pub fn recall_tool() -> Tool {
         output_schema::<RecallOutput>(),
         json!({ "readOnlyHint": true, "destructiveHint": false, "idempotentHint": true, "openWorldHint": false }),
     )
+}
+
+/// A search score (an f32) as the f64 with the same shortest decimal form, so that the
+/// structured content and the JSON text of an answer carry the same numbers.
+pub(crate) fn decimal_score(score: f32) -> f64 {
+    score.to_string().parse().unwrap_or(f64::from(score))
+}
+
+/// Which search a recall runs, given what the caller sent and whether a query vector can be
+/// had (`vector` sent, or `query` plus an embedder). Hybrid fuses both signals only when both
+/// exist, and otherwise degrades to the one that does; an explicit mode that cannot run is an
+/// error the caller can act on.
+pub(crate) fn resolve_mode(requested: Option<RecallMode>, has_query: bool, has_vector: bool) -> Result<RecallMode, String> {
+    match requested.unwrap_or_default() {
+        RecallMode::Hybrid => match (has_query, has_vector) {
+            (true, true) => Ok(RecallMode::Hybrid),
+            (true, false) => Ok(RecallMode::Keyword),
+            (false, true) => Ok(RecallMode::Vector),
+            (false, false) => Err("recall needs a `query`, a `vector`, or both".to_string()),
+        },
+        RecallMode::Vector if has_vector => Ok(RecallMode::Vector),
+        RecallMode::Vector => {
+            Err("vector recall needs `vector`, or `query` with an embedder configured (this server has none)".to_string())
+        }
+        RecallMode::Keyword if has_query => Ok(RecallMode::Keyword),
+        RecallMode::Keyword => Err("keyword recall needs `query`".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_degrades_to_the_signal_that_exists_and_explicit_modes_say_what_they_miss() {
+        assert_eq!(resolve_mode(None, true, true), Ok(RecallMode::Hybrid));
+        assert_eq!(resolve_mode(None, true, false), Ok(RecallMode::Keyword));
+        assert_eq!(resolve_mode(Some(RecallMode::Hybrid), false, true), Ok(RecallMode::Vector));
+        assert!(resolve_mode(None, false, false).is_err());
+        assert!(resolve_mode(Some(RecallMode::Vector), true, false)
+            .unwrap_err()
+            .contains("embedder"));
+        assert!(resolve_mode(Some(RecallMode::Keyword), false, true).is_err());
+        assert_eq!(resolve_mode(Some(RecallMode::Keyword), true, true), Ok(RecallMode::Keyword));
+    }
 }

@@ -8,8 +8,14 @@ use crate::embedder::TextEmbedder;
 use crate::engram_tools::{
     self, version_view, ForgetOutput, ForgetParams, HistoryOutput, HistoryParams, HistoryTarget, RememberOutput, RememberParams,
 };
+use crate::recall::{
+    self, decimal_score, resolve_mode, RecallHit, RecallMode, RecallOutput, RecallParams, RecallSignal, DEFAULT_RECALL_K, MAX_RECALL_K,
+};
 use crate::reference::{self as reference, *};
-use engram_core::{validate_namespace, CoreError, Database, GraphReads, KvReads, MemoryReads, NewMemory, MAX_TEXT_BYTES};
+use engram_core::{
+    validate_namespace, CoreError, Database, GraphReads, KvReads, MemoryReads, NewMemory, ReadView, SearchMode, SearchReads, SearchRequest,
+    MAX_TEXT_BYTES,
+};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
@@ -74,6 +80,7 @@ impl EngramMcp {
         validate_namespace(&namespace)?;
         let mut tools = reference::tools();
         tools.extend(engram_tools::tools());
+        tools.push(recall::recall_tool());
         Ok(EngramMcp {
             inner: Arc::new(Inner {
                 db,
@@ -159,6 +166,7 @@ impl EngramMcp {
                 Ok(ToolOutput::json_text(&graph, json!(graph)))
             }
             engram_tools::REMEMBER => self.remember(params(name, args)?).await,
+            recall::RECALL => self.recall(params(name, args)?).await,
             engram_tools::FORGET => {
                 let p: ForgetParams = params(name, args)?;
                 let namespace = self.namespace_or_default(p.namespace)?;
@@ -214,6 +222,65 @@ impl EngramMcp {
         let db = self.inner.db.clone();
         let (id, info) = blocking(move || db.run(CONFLICT_ATTEMPTS, |t| t.insert_memory(&namespace, memory.clone()))).await?;
         let output = RememberOutput { id, lsn: info.lsn };
+        Ok(ToolOutput::json_text(&output, json!(output)))
+    }
+
+    async fn recall(&self, p: RecallParams) -> Result<ToolOutput, ToolFailure> {
+        let namespace = self.namespace_or_default(p.namespace)?;
+        let k = p.k.unwrap_or(DEFAULT_RECALL_K);
+        if k == 0 || k > MAX_RECALL_K {
+            return Err(ToolFailure::new(format!("k must be between 1 and {MAX_RECALL_K}, not {k}")));
+        }
+        let query = p.query.filter(|q| !q.trim().is_empty());
+        let wants_vector = p.mode != Some(RecallMode::Keyword);
+        let vector = match (p.vector, &query, &self.inner.embedder) {
+            (Some(vector), _, _) => Some(vector),
+            (None, Some(text), Some(embedder)) if wants_vector => Some(embed_one(embedder.as_ref(), text).await?),
+            _ => None,
+        };
+        let mode = resolve_mode(p.mode, query.is_some(), vector.is_some()).map_err(ToolFailure::new)?;
+        let request = SearchRequest {
+            namespace,
+            text: if mode == RecallMode::Vector { None } else { query },
+            vector: if mode == RecallMode::Keyword { None } else { vector },
+            k,
+            mode: match mode {
+                RecallMode::Hybrid => SearchMode::Hybrid,
+                RecallMode::Vector => SearchMode::Vector,
+                RecallMode::Keyword => SearchMode::Keyword,
+            },
+            filter: p.filter,
+            ef_search: None,
+        };
+        let db = self.inner.db.clone();
+        let as_of = p.as_of;
+        let (lsn, hits) = blocking(move || {
+            let snap = snapshot_at(&db, as_of)?;
+            let hits = snap.search(&request)?;
+            Ok((snap.read_lsn(), hits))
+        })
+        .await?;
+        let signal = |s: Option<engram_core::SignalScore>| {
+            s.map(|s| RecallSignal {
+                rank: s.rank,
+                score: decimal_score(s.score),
+            })
+        };
+        let output = RecallOutput {
+            mode,
+            lsn,
+            hits: hits
+                .into_iter()
+                .map(|hit| RecallHit {
+                    id: hit.memory.id,
+                    text: hit.memory.text,
+                    metadata: hit.memory.metadata,
+                    score: decimal_score(hit.score),
+                    vector: signal(hit.vector),
+                    keyword: signal(hit.keyword),
+                })
+                .collect(),
+        };
         Ok(ToolOutput::json_text(&output, json!(output)))
     }
 

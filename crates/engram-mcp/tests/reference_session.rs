@@ -249,5 +249,5 @@ async fn the_nine_reference_tools_are_listed_with_the_reference_schemas() {
     let ours: Vec<Value> = listed[..9].iter().map(|t: &Tool| serde_json::to_value(t).unwrap()).collect();
     assert_eq!(ours, expected);
     let names: Vec<&str> = listed[9..].iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["remember", "forget", "history"]);
+    assert_eq!(names, ["remember", "forget", "history", "recall"]);
 }
