@@ -662,27 +662,6 @@ impl Indexes {
     }
 }
 
-/// Nice value of the indexer thread. Commits never wait for the indexer, but on a machine with
-/// few cores it competes with them for CPU (measured on 2 cores: one-memory commits ran at half
-/// the rate with the indexer busy as with it paused, docs/benchmarks.md). At nice 10 the kernel
-/// gives it about a tenth of a contended core's time against a normal thread, so commits keep
-/// their pace and the indexer takes the idle time; searches stay exact meanwhile (the tail).
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-const INDEXER_NICE: i32 = 10;
-
-/// Lowers the calling thread's scheduling priority to [`INDEXER_NICE`] (Linux keeps a nice value
-/// per thread). Best effort: on failure, or elsewhere than Linux, the thread keeps its priority.
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on the calling thread's own id; no memory is passed.
-        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, INDEXER_NICE) };
-        if result != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "search indexer: could not lower its priority");
-        }
-    }
-}
-
 /// The index applier thread; stops when dropped (at close), leaving what is still queued to the
 /// next open, which catches the index up from the log.
 pub(crate) struct IndexApplier {
@@ -695,10 +674,7 @@ impl IndexApplier {
         let for_thread = indexes.clone();
         let thread = std::thread::Builder::new()
             .name("engram-indexer".into())
-            .spawn(move || {
-                lower_thread_priority();
-                for_thread.run()
-            })
+            .spawn(move || for_thread.run())
             .map_err(|e| CoreError::Io {
                 context: "starting the search index thread".into(),
                 source: Arc::new(e),
