@@ -157,6 +157,18 @@ fn main() {
         f
     });
     let reads_per_second = reads.load(Ordering::Relaxed) as f64 / read_started.elapsed().as_secs_f64();
+    drop(db);
+
+    // The same commits with the search indexer paused (a test hook): what the indexer's thread
+    // costs the commit path on this machine through CPU alone, since commits never wait for it.
+    let paused_dir = tempfile::tempdir_in(&base).unwrap();
+    let db = Database::open(paused_dir.path(), DatabaseOptions::default()).unwrap();
+    db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
+    db.pause_indexer(true);
+    let paused_figures = drive(writers, |w, i| {
+        db.run(10, |t| t.insert_memory("bench", memory(w, i))).unwrap();
+    });
+    drop(db);
 
     println!();
     println!("| workload ({writers} writers, durable) | ops/s | p50 µs | p99 µs |");
@@ -168,6 +180,10 @@ fn main() {
     println!(
         "| engram-core one-memory transaction | {:.0} | {:.0} | {:.0} |",
         db_figures.per_second, db_figures.p50_us, db_figures.p99_us
+    );
+    println!(
+        "| engram-core one-memory transaction, search indexer paused | {:.0} | {:.0} | {:.0} |",
+        paused_figures.per_second, paused_figures.p50_us, paused_figures.p99_us
     );
     println!(
         "| engram-core commits while 2 threads read | {:.0} | {:.0} | {:.0} |",

@@ -200,7 +200,7 @@ fn main() {
     let max_lag = AtomicU64::new(0);
     let max_queued = AtomicU64::new(0);
     let mut lag_samples: Vec<u64> = Vec::new();
-    let mut visible_delays: Vec<(Duration, Duration)> = Vec::new();
+    let mut visible_delays: Vec<(Duration, Duration, bool)> = Vec::new();
     let started = Instant::now();
     std::thread::scope(|s| {
         let sampler = s.spawn(|| {
@@ -252,10 +252,12 @@ fn main() {
                                 ef_search: None,
                             };
                             let hits = db.snapshot().search(&request).unwrap();
-                            assert_eq!(hits.first().map(|h| &h.memory.id), Some(&id), "read-your-writes without waiting");
                             let searched = acked.elapsed();
+                            // Exact while in the tail; once indexed the graph is approximate
+                            // (recall below 1), so this is counted, not asserted.
+                            let found = hits.first().is_some_and(|h| h.memory.id == id);
                             db.wait_for_index(info.lsn, Duration::from_secs(60)).unwrap();
-                            delays.push((searched, acked.elapsed()));
+                            delays.push((searched, acked.elapsed(), found));
                         }
                     }
                     delays
@@ -270,6 +272,7 @@ fn main() {
     });
     let elapsed = started.elapsed();
     lag_samples.sort_unstable();
+    let found_own = visible_delays.iter().filter(|d| d.2).count();
     let mut search_after_ack: Vec<Duration> = visible_delays.iter().map(|d| d.0).collect();
     let mut indexed_after_ack: Vec<Duration> = visible_delays.iter().map(|d| d.1).collect();
     search_after_ack.sort_unstable();
@@ -289,7 +292,9 @@ fn main() {
         max_queued.load(Ordering::Relaxed),
     );
     println!(
-        "writer 0: search for its own memory right after the ack (found every time, no wait) p50 {:.0} us p99 {:.0} us; ack -> in the index itself p50 {:.0} us p99 {:.0} us",
+        "writer 0: search (k 1) for its own memory right after the ack, no wait: top hit {} of {} times, p50 {:.0} us p99 {:.0} us; ack -> in the index itself p50 {:.0} us p99 {:.0} us",
+        found_own,
+        visible_delays.len(),
         pct_us(&search_after_ack, 0.5),
         pct_us(&search_after_ack, 0.99),
         pct_us(&indexed_after_ack, 0.5),
