@@ -6,7 +6,7 @@ mod common;
 use common::fake_embedder::{fake_vector, start_fake};
 use common::{config, TestServer};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_only_memories_are_embedded_on_write() {

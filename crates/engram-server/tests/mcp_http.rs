@@ -66,7 +66,8 @@ async fn mcp_over_http_needs_an_unscoped_read_write_key() {
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // A real MCP client with the read-write key.
-    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(s.url("/mcp")).auth_header(READ_WRITE));
+    let transport =
+        StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(s.url("/mcp")).auth_header(READ_WRITE));
     let client = ().serve(transport).await.expect("MCP handshake with the key");
     let tools = client.list_tools(Default::default()).await.expect("tools/list");
     assert!(tools.tools.iter().any(|t| t.name == "create_entities"));

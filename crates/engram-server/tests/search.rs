@@ -25,7 +25,12 @@ async fn search(s: &TestServer, body: Value) -> Value {
 }
 
 fn hit_ids(result: &Value) -> Vec<&str> {
-    result["hits"].as_array().unwrap().iter().map(|h| h["memory"]["id"].as_str().unwrap()).collect()
+    result["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["memory"]["id"].as_str().unwrap())
+        .collect()
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -66,7 +71,10 @@ async fn each_mode_ranks_and_reports_its_signals() {
     assert_eq!(vector["embedder_used"], false);
     assert_eq!(vector["lsn"], lsn);
     let first = &vector["hits"][0];
-    assert!(close(first["score"].as_f64().unwrap(), 1.0), "cosine of a vector with itself: {first}");
+    assert!(
+        close(first["score"].as_f64().unwrap(), 1.0),
+        "cosine of a vector with itself: {first}"
+    );
     assert_eq!(first["vector"]["rank"], 1);
     assert!(first.get("keyword").is_none(), "{first}");
     assert!(close(vector["hits"][1]["score"].as_f64().unwrap(), 0.8), "{vector}");
@@ -74,7 +82,11 @@ async fn each_mode_ranks_and_reports_its_signals() {
     assert_eq!(first["memory"]["metadata"], json!({"kind": "food"}));
 
     let keyword = search(&s, json!({"query": "apple pie", "k": 10, "mode": "keyword"})).await;
-    assert_eq!(hit_ids(&keyword), [pie.as_str(), tree.as_str()], "only memories with a query term, best first");
+    assert_eq!(
+        hit_ids(&keyword),
+        [pie.as_str(), tree.as_str()],
+        "only memories with a query term, best first"
+    );
     assert_eq!(keyword["mode"], "keyword");
     assert!(keyword["hits"][0].get("vector").is_none());
     assert_eq!(keyword["hits"][0]["keyword"]["rank"], 1);
@@ -113,7 +125,10 @@ async fn each_mode_ranks_and_reports_its_signals() {
 async fn without_an_embedder_text_searches_by_keyword_and_says_so() {
     let s = TestServer::start().await;
     let (pie, tree, _, _) = fixture(&s).await;
-    for body in [json!({"query": "apple", "k": 5}), json!({"query": "apple", "k": 5, "mode": "hybrid"})] {
+    for body in [
+        json!({"query": "apple", "k": 5}),
+        json!({"query": "apple", "k": 5, "mode": "hybrid"}),
+    ] {
         let result = search(&s, body).await;
         assert_eq!(result["mode"], "keyword");
         assert_eq!(result["embedder_used"], false);
@@ -218,7 +233,9 @@ async fn bad_search_input_is_a_typed_4xx() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.json::<Value>().await.unwrap()["code"], "malformed_json");
-    let (status, error) = s.post(&format!("/v1/namespaces/{}/search", "n".repeat(300)), json!({"query": "x", "k": 1})).await;
+    let (status, error) = s
+        .post(&format!("/v1/namespaces/{}/search", "n".repeat(300)), json!({"query": "x", "k": 1}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error["code"], "invalid_name");
     s.stop().await;
@@ -253,7 +270,11 @@ async fn the_embedder_embeds_query_text_for_vector_and_hybrid() {
     let keyword = search(&s, json!({"query": "hello", "k": 3, "mode": "keyword"})).await;
     assert_eq!(keyword["embedder_used"], false);
     assert_eq!(hit_ids(&keyword), [hello.as_str()]);
-    let given = search(&s, json!({"query": "hello", "vector": fake_vector("zebra crossing"), "k": 1, "mode": "vector"})).await;
+    let given = search(
+        &s,
+        json!({"query": "hello", "vector": fake_vector("zebra crossing"), "k": 1, "mode": "vector"}),
+    )
+    .await;
     assert_eq!(given["embedder_used"], false);
     assert_eq!(hit_ids(&given), [zebra.as_str()]);
 
@@ -291,7 +312,12 @@ async fn neighbours_and_entity_search() {
         .await;
     let relations_lsn = created["lsn"].as_u64().unwrap();
     let names = |g: &Value| {
-        let mut n: Vec<String> = g["entities"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect();
+        let mut n: Vec<String> = g["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
         n.sort();
         n
     };
@@ -301,7 +327,13 @@ async fn neighbours_and_entity_search() {
     assert_eq!(names(&one_hop), ["ada", "charles", "london"]);
     assert_eq!(one_hop["relations"].as_array().unwrap().len(), 2, "{one_hop}");
     assert_eq!(one_hop["lsn"], relations_lsn);
-    let knows = s.ok(Method::GET, &format!("{base}?entity=ada&depth=2&relation_types=knows,designed"), None).await;
+    let knows = s
+        .ok(
+            Method::GET,
+            &format!("{base}?entity=ada&depth=2&relation_types=knows,designed"),
+            None,
+        )
+        .await;
     assert_eq!(names(&knows), ["ada", "charles", "engine"]);
     let incoming = s.ok(Method::GET, &format!("{base}?entity=charles&direction=in"), None).await;
     assert_eq!(names(&incoming), ["ada", "charles"]);
@@ -311,7 +343,9 @@ async fn neighbours_and_entity_search() {
     assert_eq!(names(&alone), ["charles"]);
 
     // as_of: before the relations existed, ada had no neighbours.
-    let before = s.ok(Method::GET, &format!("{base}?entity=ada&as_of={}", relations_lsn - 1), None).await;
+    let before = s
+        .ok(Method::GET, &format!("{base}?entity=ada&as_of={}", relations_lsn - 1), None)
+        .await;
     assert_eq!(names(&before), ["ada"]);
 
     for (query, status, code) in [
@@ -336,7 +370,11 @@ async fn neighbours_and_entity_search() {
         .await;
     let hits = found["hits"].as_array().unwrap();
     let found_names: Vec<&str> = hits.iter().map(|h| h["entity"]["name"].as_str().unwrap()).collect();
-    assert_eq!(found_names, ["engine", "charles"], "the name, type and observations all count: {found}");
+    assert_eq!(
+        found_names,
+        ["engine", "charles"],
+        "the name, type and observations all count: {found}"
+    );
     assert!(hits[0]["score"].as_f64().unwrap() > hits[1]["score"].as_f64().unwrap());
     assert_eq!(found["lsn"], relations_lsn);
     let (status, error) = s
@@ -355,9 +393,17 @@ async fn a_declared_vector_space_fixes_dimension_and_metric() {
     assert!(declared["lsn"].as_u64().unwrap() > 0);
     let (near, _) = insert(&s, "v", json!({"text": "near", "embedding": [1.0, 1.0]})).await;
     insert(&s, "v", json!({"text": "far", "embedding": [10.0, 10.0]})).await;
-    let result = s.ok(Method::POST, "/v1/namespaces/v/search", Some(json!({"vector": [1.0, 2.0], "k": 2}))).await;
-    assert_eq!(hit_ids(&result), [near.as_str(), result["hits"][1]["memory"]["id"].as_str().unwrap()]);
-    assert!(close(result["hits"][0]["score"].as_f64().unwrap(), -1.0), "l2 scores are negated distances: {result}");
+    let result = s
+        .ok(Method::POST, "/v1/namespaces/v/search", Some(json!({"vector": [1.0, 2.0], "k": 2})))
+        .await;
+    assert_eq!(
+        hit_ids(&result),
+        [near.as_str(), result["hits"][1]["memory"]["id"].as_str().unwrap()]
+    );
+    assert!(
+        close(result["hits"][0]["score"].as_f64().unwrap(), -1.0),
+        "l2 scores are negated distances: {result}"
+    );
 
     // The same declaration again is accepted; another metric or dimension is not.
     s.ok(Method::PUT, path, Some(json!({"dimension": 2, "metric": "l2"}))).await;

@@ -70,7 +70,12 @@ fn engram_mcp_serves_the_reference_tools_on_stdio_and_the_writes_are_durable() {
     send(&mut stdin, json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
 
     let listed = call(&mut stdin, &lines, 2, "tools/list", json!({}));
-    let names: Vec<&str> = listed["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     for tool in [
         "create_entities",
         "create_relations",
@@ -126,7 +131,13 @@ fn engram_mcp_serves_the_reference_tools_on_stdio_and_the_writes_are_durable() {
     assert_eq!(serde_json::from_str::<Value>(text).unwrap(), expected_graph);
 
     // A bad call is a tool error, and the session goes on.
-    let bad = call(&mut stdin, &lines, 6, "tools/call", json!({"name": "open_nodes", "arguments": {"nodes": []}}));
+    let bad = call(
+        &mut stdin,
+        &lines,
+        6,
+        "tools/call",
+        json!({"name": "open_nodes", "arguments": {"nodes": []}}),
+    );
     assert_eq!(bad["isError"], true, "{bad}");
 
     // Closing standard input ends the session and the process, cleanly.

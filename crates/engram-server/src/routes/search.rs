@@ -67,7 +67,10 @@ pub struct SignalScoreBody {
 
 impl From<SignalScore> for SignalScoreBody {
     fn from(s: SignalScore) -> Self {
-        SignalScoreBody { rank: s.rank, score: s.score }
+        SignalScoreBody {
+            rank: s.rank,
+            score: s.score,
+        }
     }
 }
 
@@ -221,7 +224,9 @@ async fn plan(state: &AppState, body: &SearchBody) -> ApiResult<Plan> {
             return Err(ApiError::bad_request("missing_query", why));
         }
         // Hybrid asked for with text only and nothing to embed it: keyword, and say so.
-        Some(SearchModeBody::Hybrid) if !has_vector && has_text && no_embedder => (SearchModeBody::Keyword, Some(NO_EMBEDDER_NOTE.to_string())),
+        Some(SearchModeBody::Hybrid) if !has_vector && has_text && no_embedder => {
+            (SearchModeBody::Keyword, Some(NO_EMBEDDER_NOTE.to_string()))
+        }
         Some(mode) => (mode, None),
         None => match (has_vector, has_text) {
             (true, true) => (SearchModeBody::Hybrid, None),
@@ -375,7 +380,10 @@ pub async fn declare_vector_space(
     if body.dimension > state.config.limits.max_dimension {
         return Err(ApiError::bad_request(
             "bad_dimension",
-            format!("dimension {} is past the limit of {}", body.dimension, state.config.limits.max_dimension),
+            format!(
+                "dimension {} is past the limit of {}",
+                body.dimension, state.config.limits.max_dimension
+            ),
         ));
     }
     let (dimension, metric) = (body.dimension, Metric::from(body.metric));

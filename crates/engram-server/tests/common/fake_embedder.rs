@@ -36,4 +36,3 @@ pub async fn start_fake() -> std::net::SocketAddr {
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
-
