@@ -107,3 +107,45 @@ async fn without_keys_mcp_is_open_on_loopback_and_configured_hosts_are_accepted(
     assert!(status.is_client_error(), "localhost is not in the configured list: {status} {body}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_remember_uses_the_servers_embedder() {
+    let fake = common::fake_embedder::start_fake().await;
+    let s = TestServer::start_with(config(&format!("[embedder]\nurl = \"http://{fake}/v1\"\nmodel = \"fake-model\"\n"))).await;
+    let client = ().serve(StreamableHttpClientTransport::from_uri(s.url("/mcp"))).await.expect("MCP handshake");
+    let Value::Object(arguments) = json!({"text": "hello", "namespace": "notes"}) else {
+        unreachable!()
+    };
+    let remembered = client
+        .call_tool(CallToolRequestParams::new("remember").with_arguments(arguments))
+        .await
+        .expect("tools/call remember");
+    assert_ne!(remembered.is_error, Some(true), "{remembered:?}");
+    let id = remembered
+        .structured_content
+        .as_ref()
+        .and_then(|c| c["id"].as_str())
+        .expect("an id")
+        .to_string();
+    let Value::Object(arguments) = json!({"text": "make the embedder fail"}) else {
+        unreachable!()
+    };
+    let failed = client
+        .call_tool(CallToolRequestParams::new("remember").with_arguments(arguments))
+        .await
+        .expect("tools/call remember");
+    assert_eq!(failed.is_error, Some(true), "an embedder failure is a tool error: {failed:?}");
+    client.cancel().await.expect("close the MCP session");
+
+    let memory = s.ok(Method::GET, &format!("/v1/namespaces/notes/memories/{id}"), None).await;
+    assert_eq!(memory["embedding"], json!(common::fake_embedder::fake_vector("hello")));
+    let found = s
+        .ok(
+            Method::POST,
+            "/v1/namespaces/notes/search",
+            Some(json!({"query": "hello", "k": 1, "mode": "vector"})),
+        )
+        .await;
+    assert_eq!(found["hits"][0]["memory"]["id"], id.as_str());
+    s.stop().await;
+}
