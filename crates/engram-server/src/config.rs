@@ -22,7 +22,14 @@ pub struct Config {
     /// API keys. With none, every request is allowed (and only a loopback address may be used).
     #[serde(default)]
     pub keys: Vec<ApiKeyConfig>,
+    /// The namespace of the MCP reference tools served at `/mcp` (`default` when absent).
+    pub mcp_namespace: Option<String>,
+    /// `Host` names `/mcp` accepts (DNS-rebinding protection). Absent: loopback names only
+    /// (`localhost`, `127.0.0.1`, `::1`); a server reached under another name must list it.
+    pub mcp_allowed_hosts: Option<Vec<String>>,
 }
+
+pub const DEFAULT_MCP_NAMESPACE: &str = "default";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,7 +145,18 @@ impl Config {
         }
     }
 
+    /// The namespace of the MCP reference tools.
+    pub fn mcp_namespace(&self) -> &str {
+        self.mcp_namespace.as_deref().unwrap_or(DEFAULT_MCP_NAMESPACE)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        engram_core::validate_namespace(self.mcp_namespace()).map_err(|e| ConfigError::Invalid(format!("mcp_namespace: {e}")))?;
+        if let Some(hosts) = &self.mcp_allowed_hosts {
+            if hosts.iter().any(|h| h.trim().is_empty()) {
+                return Err(ConfigError::Invalid("mcp_allowed_hosts: a host name must not be empty".into()));
+            }
+        }
         let l = &self.limits;
         if l.max_body_bytes < 1024 || l.max_batch_items == 0 || l.max_scan_items == 0 || l.max_feed_streams == 0 {
             return Err(ConfigError::Invalid(

@@ -79,6 +79,11 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             CoreError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             CoreError::HistoryNotRetained { .. } => (StatusCode::GONE, "history_not_retained"),
+            CoreError::OutOfRange { .. } => (StatusCode::BAD_REQUEST, "out_of_range"),
+            CoreError::MissingQuery { .. } => (StatusCode::BAD_REQUEST, "missing_query"),
+            CoreError::MetricMismatch { .. } => (StatusCode::BAD_REQUEST, "metric_mismatch"),
+            // The index did not catch up within the bounded wait: retry later.
+            CoreError::IndexTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "index_timeout"),
             CoreError::Poisoned { .. } => (StatusCode::SERVICE_UNAVAILABLE, "database_stopped"),
             CoreError::CorruptRecord { .. }
             | CoreError::CorruptCheckpoint { .. }

@@ -1,9 +1,8 @@
 //! engram-server: Engram's HTTP/JSON API over an embedded `engram_core::Database`.
 //!
-//! [`router`] builds the whole API for an [`AppState`]; [`serve`] runs it with graceful
-//! shutdown. The MCP endpoint and search are added by their own crates: merge their routers into
-//! the one [`router`] returns (`.merge(...)`, `.nest_service("/mcp", ...)`), sharing the state's
-//! `Arc<Database>`. See docs/http-api.md.
+//! [`router`] builds the whole API for an [`AppState`], including search (`routes::search`) and
+//! the MCP endpoint at `/mcp` ([`mcp`]); [`serve`] runs it with graceful shutdown. See
+//! docs/http-api.md.
 
 pub mod auth;
 pub mod config;
@@ -11,6 +10,7 @@ pub mod dto;
 pub mod embedder;
 pub mod error;
 pub mod jsonl;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -1,6 +1,6 @@
 //! The OpenAPI document served at `/openapi.json`: every endpoint and schema.
 
-use crate::routes::{admin, changes, graph, kv, memories, transactions};
+use crate::routes::{admin, changes, graph, kv, memories, search, transactions};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -23,6 +23,7 @@ impl Modify for BearerAuth {
         memories::create_memory, memories::list_memories, memories::get_memory, memories::update_memory, memories::delete_memory, memories::memory_history,
         graph::create_entities, graph::create_relations, graph::add_observations, graph::delete_entities, graph::delete_observations,
         graph::delete_relations, graph::read_graph, graph::search_nodes, graph::open_nodes, graph::entity_history, graph::relation_history,
+        search::search, search::search_entities, search::neighbours, search::declare_vector_space,
         kv::kv_get, kv::kv_put, kv::kv_delete, kv::kv_scan, kv::kv_history,
         transactions::transaction,
         changes::changes, changes::cursor_changes, changes::create_cursor, changes::list_cursors, changes::get_cursor,

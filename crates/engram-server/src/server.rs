@@ -3,19 +3,19 @@
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{admin, changes, graph, kv, memories, transactions};
+use crate::routes::{admin, changes, graph, kv, memories, search, transactions};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
-/// The whole API. `/healthz` and `/openapi.json` are public; everything else passes the API-key
-/// check when keys are configured.
+/// The whole API, and MCP at `/mcp`. `/healthz` and `/openapi.json` are public; everything else
+/// passes the API-key check when keys are configured.
 pub fn router(state: AppState) -> Router {
     let ns = "/v1/namespaces/{ns}";
     let protected = Router::new()
@@ -41,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{ns}/graph/open_nodes"), post(graph::open_nodes))
         .route(&format!("{ns}/graph/entity_history"), get(graph::entity_history))
         .route(&format!("{ns}/graph/relation_history"), get(graph::relation_history))
+        .route(&format!("{ns}/search"), post(search::search))
+        .route(&format!("{ns}/graph/search_entities"), post(search::search_entities))
+        .route(&format!("{ns}/graph/neighbours"), get(search::neighbours))
+        .route(&format!("{ns}/vector_space"), put(search::declare_vector_space))
         .route(&format!("{ns}/kv"), get(kv::kv_scan))
         .route(&format!("{ns}/kv/{{*key}}"), get(kv::kv_get).put(kv::kv_put).delete(kv::kv_delete))
         .route(&format!("{ns}/kv_history/{{*key}}"), get(kv::kv_history))
@@ -59,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .merge(protected)
+        .merge(crate::mcp::mcp_router(&state))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -107,11 +112,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let flag = state.shutting_down.clone();
+    let mcp_shutdown = state.mcp_shutdown.clone();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             flag.store(true, Ordering::Release);
+            mcp_shutdown.cancel();
         })
         .await;
     let db = state.db.clone();

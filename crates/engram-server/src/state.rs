@@ -28,6 +28,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// One permit per open change-feed stream (`limits.max_feed_streams`).
     pub feed_streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the server shuts down: open MCP sessions and streams end.
+    pub mcp_shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
             embedder: embedder.map(Arc::new),
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            mcp_shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -185,7 +185,8 @@ async fn graph_endpoints_follow_the_reference_server() {
         .await;
     assert_eq!(found["entities"].as_array().unwrap().len(), 1);
     assert_eq!(found["entities"][0]["name"], "Bob");
-    assert_eq!(found["relations"], json!([]));
+    // As the published reference does: relations with at least one end among the entities found.
+    assert_eq!(found["relations"], json!([{"from": "Alice", "to": "Bob", "relationType": "knows"}]));
     let opened = s
         .ok(Method::POST, &format!("{g}/open_nodes"), Some(json!({"names": ["Alice", "Bob"]})))
         .await;
@@ -412,6 +413,10 @@ async fn cursors_admin_stats_metrics_health_and_openapi() {
         ("/v1/namespaces/{ns}/graph/open_nodes", vec!["post"]),
         ("/v1/namespaces/{ns}/graph/entity_history", vec!["get"]),
         ("/v1/namespaces/{ns}/graph/relation_history", vec!["get"]),
+        ("/v1/namespaces/{ns}/search", vec!["post"]),
+        ("/v1/namespaces/{ns}/graph/search_entities", vec!["post"]),
+        ("/v1/namespaces/{ns}/graph/neighbours", vec!["get"]),
+        ("/v1/namespaces/{ns}/vector_space", vec!["put"]),
         ("/v1/namespaces/{ns}/kv", vec!["get"]),
         ("/v1/namespaces/{ns}/kv/{key}", vec!["get", "put", "delete"]),
         ("/v1/namespaces/{ns}/kv_history/{key}", vec!["get"]),
@@ -448,6 +453,9 @@ async fn cursors_admin_stats_metrics_health_and_openapi() {
         "ChangeEventBody",
         "GraphBody",
         "KvValueBody",
+        "SearchBody",
+        "SearchResult",
+        "NeighboursResult",
     ] {
         assert!(doc["components"]["schemas"].get(schema).is_some(), "schema {schema} missing");
     }

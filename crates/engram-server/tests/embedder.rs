@@ -3,42 +3,10 @@
 
 mod common;
 
-use axum::routing::post;
-use axum::{Json, Router};
+use common::fake_embedder::{fake_vector, start_fake};
 use common::{config, TestServer};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
-
-/// The vector the fake endpoint returns for `text`: deterministic and text-dependent.
-fn fake_vector(text: &str) -> Vec<f32> {
-    vec![text.len() as f32, f32::from(text.bytes().next().unwrap_or(0)), 1.0]
-}
-
-async fn fake_embeddings(Json(request): Json<Value>) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
-    let inputs = request["input"].as_array().cloned().unwrap_or_default();
-    if request["model"] != "fake-model" {
-        return Err((axum::http::StatusCode::BAD_REQUEST, "unknown model".into()));
-    }
-    if inputs.iter().any(|t| t.as_str() == Some("make the embedder fail")) {
-        return Err((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "model crashed".into()));
-    }
-    // Out of order on purpose: clients must use `index`.
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .rev()
-        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": fake_vector(t.as_str().unwrap_or(""))}))
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data, "model": "fake-model"})))
-}
-
-async fn start_fake() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/v1/embeddings", post(fake_embeddings));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_only_memories_are_embedded_on_write() {

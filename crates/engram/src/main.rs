@@ -9,6 +9,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -16,6 +17,7 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 const EXAMPLES: &str = "Examples:
   engram serve                                   # data in ./engram-data, HTTP on 127.0.0.1:7700
   engram serve --data /var/lib/engram --listen 0.0.0.0:7700 --config engram.toml
+  engram mcp --data ./engram-data                # MCP over stdio, for an MCP client's config
   curl -X POST localhost:7700/v1/namespaces/agent-1/memories -H 'content-type: application/json' -d '{\"text\":\"likes tea\"}'
   engram import --namespace agent-1 memory.jsonl  # a reference MCP memory server's file, or an engram export
   engram export --output backup.jsonl
@@ -52,6 +54,22 @@ enum Commands {
         #[arg(long)]
         listen: Option<String>,
         /// TOML configuration: keys, limits, embedder (docs/http-api.md).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Serves MCP (the reference memory server's tools, plus remember/forget/history) on standard
+    /// input and output for one client session. Logs go to standard error only.
+    #[command(
+        after_help = "Example client configuration:\n  {\"mcpServers\":{\"memory\":{\"command\":\"engram\",\"args\":[\"mcp\",\"--data\",\"/path/to/engram-data\"]}}}"
+    )]
+    Mcp {
+        /// Database directory [default: ./engram-data, or `data` in the config file].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Namespace of the reference tools [default: `mcp_namespace` in the config file, or `default`].
+        #[arg(long)]
+        namespace: Option<String>,
+        /// TOML configuration (the embedder, `data`, `mcp_namespace`; docs/http-api.md).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -162,6 +180,7 @@ fn open(dir: &Path) -> Result<(Database, std::time::Duration), Failure> {
 fn run(command: Commands) -> Result<(), Failure> {
     match command {
         Commands::Serve { data, listen, config } => run_serve(data, listen, config),
+        Commands::Mcp { data, namespace, config } => run_mcp(data, namespace, config),
         Commands::Wal { command } => run_wal(command),
         Commands::Checkpoint { data } => {
             let (db, _) = open(&data.data)?;
@@ -300,12 +319,42 @@ fn run_wal(command: WalCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run_serve(data: Option<PathBuf>, listen: Option<String>, config_path: Option<PathBuf>) -> Result<(), Failure> {
-    let mut config = match &config_path {
+/// The config file (or the defaults), with the embedder from the environment.
+fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
+    let mut config = match path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     config.apply_env();
+    Ok(config)
+}
+
+fn run_mcp(data: Option<PathBuf>, namespace: Option<String>, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path.as_deref())?;
+    let data = data
+        .or_else(|| config.data.clone())
+        .unwrap_or_else(|| PathBuf::from(engram_server::config::DEFAULT_DATA_DIR));
+    let namespace = namespace.unwrap_or_else(|| config.mcp_namespace().to_string());
+    engram_core::validate_namespace(&namespace).map_err(|e| format!("--namespace: {e}"))?;
+    let embedder = config.embedder.as_ref().map(Embedder::new).transpose()?;
+    let (db, _) = open(&data)?;
+    let server = match embedder {
+        Some(embedder) => {
+            tracing::info!(endpoint = embedder.endpoint(), model = embedder.model(), "embedder configured");
+            let embedder: Arc<dyn engram_mcp::TextEmbedder> = Arc::new(embedder);
+            engram_mcp::EngramMcp::with_embedder(db, namespace.as_str(), embedder)?
+        }
+        None => engram_mcp::EngramMcp::new(db, namespace.as_str())?,
+    };
+    tracing::info!(data = %data.display(), namespace, "serving MCP on stdio");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(server.serve_stdio())?;
+    tracing::info!("MCP session closed");
+    Ok(())
+}
+
+fn run_serve(data: Option<PathBuf>, listen: Option<String>, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path.as_deref())?;
     let listen = listen
         .or_else(|| config.listen.clone())
         .unwrap_or_else(|| engram_server::config::DEFAULT_LISTEN.to_string());
@@ -313,6 +362,11 @@ fn run_serve(data: Option<PathBuf>, listen: Option<String>, config_path: Option<
         .parse()
         .map_err(|e| format!("--listen {listen:?} is not an address like 127.0.0.1:7700: {e}"))?;
     config.check_listen(&addr)?;
+    if !addr.ip().is_loopback() && config.mcp_allowed_hosts.is_none() {
+        tracing::warn!(
+            "/mcp accepts only loopback Host names (localhost, 127.0.0.1, ::1); list the names clients use in mcp_allowed_hosts"
+        );
+    }
     let data = data
         .or_else(|| config.data.clone())
         .unwrap_or_else(|| PathBuf::from(engram_server::config::DEFAULT_DATA_DIR));

@@ -5,6 +5,7 @@ pub mod changes;
 pub mod graph;
 pub mod kv;
 pub mod memories;
+pub mod search;
 pub mod transactions;
 
 use crate::config::Limits;

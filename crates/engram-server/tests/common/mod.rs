@@ -1,6 +1,8 @@
 //! A real server on a loopback port (port 0), in this process, with a client for it.
 #![allow(dead_code)]
 
+pub mod fake_embedder;
+
 use engram_core::{Database, DatabaseOptions};
 use engram_server::{router, serve, AppState, Config, Embedder};
 use reqwest::{Client, Method, StatusCode};
