@@ -309,10 +309,12 @@ fn a_search_after_commit_sees_the_commit_and_stats_report_the_lag() {
         };
         let id = txn.insert_memory("ns", memory).unwrap();
         txn.commit().unwrap();
-        // No explicit wait: a search waits for the indexes to reach its snapshot.
+        // No wait: a search reads the index plus the changes it has not indexed yet.
         let hits = db.snapshot().search(&keyword_request("ns", &format!("number{i}"), 1)).unwrap();
         assert_eq!(hits[0].memory.id, id);
     }
+    // The indexer runs behind the commits; once it has caught up, the stats say so.
+    db.wait_for_index(db.visible_lsn(), Duration::from_secs(10)).unwrap();
     let stats = db.index_stats();
     assert_eq!(stats.indexed_lsn, stats.visible_lsn);
     assert_eq!(stats.lag_lsns, 0);
