@@ -111,7 +111,7 @@ pub enum Direction {
 /// Retrieval at a view's snapshot: implemented for [`Snapshot`] (including `as_of` ones) and
 /// [`Transaction`]. A transaction searches its snapshot: its own uncommitted writes are not seen
 /// by `search` and `search_entities` (they are by `neighbours`, which reads the graph).
-pub trait SearchReads {
+pub trait SearchReads: RetainedView {
     /// Vector, keyword or hybrid search over the memories of a namespace (module docs). An
     /// unknown namespace, or one without vectors for a vector search, has no hits.
     fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>>;
@@ -125,11 +125,15 @@ pub trait SearchReads {
         depth: usize,
         relation_types: &[String],
         direction: Direction,
-    ) -> Result<KnowledgeGraph>;
+    ) -> Result<KnowledgeGraph> {
+        neighbours::neighbours(self, namespace, entity, depth, relation_types, direction)
+    }
 
     /// The `k` entities best matching `text` by BM25 over name, type and observations (computed
     /// over the entities of the snapshot; ties by name).
-    fn search_entities(&self, namespace: &str, text: &str, k: usize) -> Result<Vec<EntityHit>>;
+    fn search_entities(&self, namespace: &str, text: &str, k: usize) -> Result<Vec<EntityHit>> {
+        search_entities_at(self, namespace, text, k)
+    }
 }
 
 fn check_k(k: usize) -> Result<()> {
@@ -295,41 +299,11 @@ impl SearchReads for Snapshot {
     fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
         search_at(&self.db, self, self.lsn, request)
     }
-
-    fn neighbours(
-        &self,
-        namespace: &str,
-        entity: &str,
-        depth: usize,
-        relation_types: &[String],
-        direction: Direction,
-    ) -> Result<KnowledgeGraph> {
-        neighbours::neighbours(self, namespace, entity, depth, relation_types, direction)
-    }
-
-    fn search_entities(&self, namespace: &str, text: &str, k: usize) -> Result<Vec<EntityHit>> {
-        search_entities_at(self, namespace, text, k)
-    }
 }
 
 impl SearchReads for Transaction {
     fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
         search_at(&self.db, self, self.read_lsn(), request)
-    }
-
-    fn neighbours(
-        &self,
-        namespace: &str,
-        entity: &str,
-        depth: usize,
-        relation_types: &[String],
-        direction: Direction,
-    ) -> Result<KnowledgeGraph> {
-        neighbours::neighbours(self, namespace, entity, depth, relation_types, direction)
-    }
-
-    fn search_entities(&self, namespace: &str, text: &str, k: usize) -> Result<Vec<EntityHit>> {
-        search_entities_at(self, namespace, text, k)
     }
 }
 
