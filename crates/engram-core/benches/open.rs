@@ -55,6 +55,7 @@ fn main() {
     let options = || DatabaseOptions {
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             ..Default::default()
         },

@@ -59,6 +59,13 @@ pub struct CheckpointOptions {
     /// Take a checkpoint once this many log payload bytes were committed since the last one.
     /// `None`: never for this reason.
     pub every_log_bytes: Option<u64>,
+    /// Grow the byte trigger with the database: a checkpoint is due once the log since the last
+    /// one holds `every_log_bytes` or as many bytes as that checkpoint's file, whichever is
+    /// more. Every checkpoint rewrites the whole store, so with a fixed threshold a large
+    /// database under a steady write load would spend most of its write bandwidth and a core on
+    /// checkpoints (quadratic in its size); this bounds checkpoint writing to about one byte per
+    /// byte of log, and replay after a crash to about the size of the checkpoint it starts from.
+    pub grow_with_database: bool,
     /// Take a checkpoint once this much time passed since the last one, if anything was
     /// committed meanwhile. `None`: never for this reason.
     pub every: Option<Duration>,
@@ -71,6 +78,7 @@ impl Default for CheckpointOptions {
     fn default() -> Self {
         CheckpointOptions {
             every_log_bytes: Some(64 * 1024 * 1024),
+            grow_with_database: true,
             every: Some(Duration::from_secs(300)),
             retain_log_records: 0,
         }
@@ -860,6 +868,18 @@ impl Trigger {
 }
 
 impl Shared {
+    /// Log bytes since the last checkpoint at which the next one is due (`None`: never for this
+    /// reason); see [`CheckpointOptions::grow_with_database`].
+    pub(crate) fn checkpoint_byte_threshold(&self) -> Option<u64> {
+        let triggers = &self.options.checkpoint;
+        let floor = triggers.every_log_bytes?;
+        Some(if triggers.grow_with_database {
+            floor.max(self.last_checkpoint_file_bytes.load(Ordering::Acquire))
+        } else {
+            floor
+        })
+    }
+
     /// Counts the log bytes of newly visible commits toward the triggers, waking the checkpointer when the first bytes after a
     /// checkpoint arrive (its interval starts to matter) or when they cross the byte threshold.
     pub(crate) fn note_logged_bytes(&self, bytes: u64) {
@@ -869,7 +889,7 @@ impl Shared {
         let before = self.log_bytes_since_checkpoint.fetch_add(bytes, Ordering::AcqRel);
         let triggers = &self.options.checkpoint;
         let starts_interval = before == 0 && triggers.every.is_some();
-        let crosses_threshold = triggers.every_log_bytes.is_some_and(|t| before < t && before + bytes >= t);
+        let crosses_threshold = self.checkpoint_byte_threshold().is_some_and(|t| before < t && before + bytes >= t);
         if starts_interval || crosses_threshold {
             self.trigger.poke();
         }
@@ -948,6 +968,7 @@ impl Database {
             (report.keys, report.versions, report.commits) = (header.key_count, header.version_count, header.commit_count);
             state.retained.insert(0, file);
             shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
+            shared.last_checkpoint_file_bytes.store(report.file_bytes, Ordering::Release);
 
             report.removed_files += state.apply_retention(storage)?;
         }
@@ -1044,7 +1065,10 @@ pub(crate) fn spawn_background(shared: &Arc<Shared>) -> Result<Option<Arc<Backgr
     };
     let thread = std::thread::Builder::new()
         .name("engram-checkpointer".into())
-        .spawn(move || run_background(db, options))
+        .spawn(move || {
+            crate::threads::lower_current_thread_priority(db.shared.options.background_thread_nice);
+            run_background(db, options)
+        })
         .map_err(|e| io_error("starting the checkpoint thread".into(), e))?;
     Ok(Some(Arc::new(Background {
         shared: shared.clone(),
@@ -1065,7 +1089,7 @@ fn run_background(db: Database, options: CheckpointOptions) {
         let bytes = db.shared.log_bytes_since_checkpoint.load(Ordering::Acquire);
         // The interval counts from the last checkpoint, or from open before the first one.
         let time_due_at = options.every.map(|every| guard.last_run.unwrap_or(opened) + every);
-        let due = options.every_log_bytes.is_some_and(|t| bytes >= t) || (bytes > 0 && time_due_at.is_some_and(|at| now >= at));
+        let due = db.shared.checkpoint_byte_threshold().is_some_and(|t| bytes >= t) || (bytes > 0 && time_due_at.is_some_and(|at| now >= at));
         if due && retry_at.is_none_or(|at| now >= at) {
             drop(guard);
             if db.shared.check_running().is_err() {

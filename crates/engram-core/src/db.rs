@@ -36,6 +36,10 @@ pub struct DatabaseOptions {
     pub checkpoint: CheckpointOptions,
     /// Which past versions checkpoints keep (history retention; every version by default).
     pub retention: RetentionPolicy,
+    /// Nice value (Linux) of the background threads, the search indexer and the checkpointer,
+    /// so that commits and reads win the CPU from them (src/threads.rs); 0 keeps the process's
+    /// priority.
+    pub background_thread_nice: i32,
 }
 
 impl Default for DatabaseOptions {
@@ -46,6 +50,7 @@ impl Default for DatabaseOptions {
             on_replay_progress: None,
             checkpoint: CheckpointOptions::default(),
             retention: RetentionPolicy::default(),
+            background_thread_nice: 10,
         }
     }
 }
@@ -57,6 +62,7 @@ impl std::fmt::Debug for DatabaseOptions {
             .field("durability", &self.durability)
             .field("checkpoint", &self.checkpoint)
             .field("retention", &self.retention)
+            .field("background_thread_nice", &self.background_thread_nice)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +105,8 @@ pub(crate) struct Shared {
     /// Serialises checkpoint runs; commits and reads never take it.
     pub checkpoints: Mutex<CheckpointState>,
     pub last_checkpoint_lsn: AtomicU64,
+    /// Size of the newest checkpoint's file (the byte trigger grows with it).
+    pub last_checkpoint_file_bytes: AtomicU64,
     /// Log payload bytes committed since the last checkpoint (the byte trigger).
     pub log_bytes_since_checkpoint: AtomicU64,
     pub trigger: Trigger,
@@ -158,6 +166,7 @@ impl Database {
         };
         store.restore_history_horizon(checkpoint_file.as_ref().map_or(0, |c| c.history_horizon_lsn));
         let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
+        let checkpoint_file_bytes = checkpoint_file.as_ref().map_or(0, |c| c.file_bytes);
         // The search indexes: from the checkpoint's index file when it verifies (then caught up
         // with the replayed log below), otherwise rebuilt from the store after replay.
         let mut rebuild_reason = None;
@@ -214,7 +223,7 @@ impl Database {
             }
             None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
         });
-        let index_applier = IndexApplier::spawn(indexes.clone())?;
+        let index_applier = IndexApplier::spawn(indexes.clone(), options.background_thread_nice)?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),
             rejected_checkpoints,
@@ -228,6 +237,7 @@ impl Database {
             store,
             checkpoints: Mutex::new(CheckpointState::new(checkpoint_dir, checkpoint_file)),
             last_checkpoint_lsn: AtomicU64::new(checkpoint_lsn),
+            last_checkpoint_file_bytes: AtomicU64::new(checkpoint_file_bytes),
             // The replayed tail counts toward the byte trigger, so a database that keeps
             // crashing before its first checkpoint still gets one.
             log_bytes_since_checkpoint: AtomicU64::new(replayed_bytes),

@@ -21,6 +21,7 @@ mod record;
 mod retention;
 mod search;
 mod store;
+mod threads;
 mod txn;
 
 pub use checkpoint::{CheckpointOptions, CheckpointReport, OpenReport, RejectedCheckpoint, CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION};

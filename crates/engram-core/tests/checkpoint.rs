@@ -30,6 +30,7 @@ fn options() -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             retain_log_records: 0,
         },
@@ -754,4 +755,41 @@ fn background_checkpoints_follow_log_bytes_and_time_and_stop_with_the_database()
     assert_eq!(db.last_checkpoint_lsn(), None, "nothing committed, nothing to checkpoint");
     let lsn = db.run(1, |t| t.kv_put("ns", b"tick", KvValue::Json(json!(1)))).unwrap().1.lsn;
     wait_until("a checkpoint triggered by time", || db.last_checkpoint_lsn() == Some(lsn));
+}
+
+/// Commits `n` kv values of 3,000 bytes under fresh keys (`prefix` + i): the store, and so the
+/// next checkpoint, grows by about as much as the log.
+fn fresh_big_commits(db: &Database, prefix: &str, n: usize) {
+    for i in 0..n {
+        let value = KvValue::Bytes(vec![(i % 251) as u8; 3000]);
+        db.run(1, |t| t.kv_put("ns", format!("{prefix}{i}").as_bytes(), value.clone())).unwrap();
+    }
+}
+
+#[test]
+fn the_byte_trigger_grows_with_the_newest_checkpoint_so_a_large_database_is_not_rewritten_for_a_little_log() {
+    for grow_with_database in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        // A database whose checkpoint file holds about 120 KB.
+        let checkpoint_bytes = {
+            let db = Database::open(dir.path(), options()).unwrap();
+            fresh_big_commits(&db, "base", 40);
+            db.checkpoint().unwrap().file_bytes
+        };
+        assert!(checkpoint_bytes > 100_000, "{checkpoint_bytes}");
+        let mut triggered = options();
+        triggered.checkpoint.every_log_bytes = Some(10_000);
+        triggered.checkpoint.grow_with_database = grow_with_database;
+        let db = Database::open(dir.path(), triggered).unwrap();
+        let loaded = db.last_checkpoint_lsn();
+        // About 30 KB of log: past `every_log_bytes`, well short of the checkpoint's size.
+        fresh_big_commits(&db, "more", 10);
+        if grow_with_database {
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(db.last_checkpoint_lsn(), loaded, "30 KB of log does not rewrite a {checkpoint_bytes} B checkpoint");
+            // As much log as the checkpoint holds: now one is due.
+            fresh_big_commits(&db, "most", (checkpoint_bytes as usize).div_ceil(3000));
+        }
+        wait_until("a checkpoint triggered by log bytes", || db.last_checkpoint_lsn() != loaded);
+    }
 }

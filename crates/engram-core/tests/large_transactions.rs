@@ -29,6 +29,7 @@ fn options() -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             retain_log_records: 0,
         },

@@ -24,6 +24,7 @@ fn options(retention: RetentionPolicy) -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             retain_log_records: 0,
         },

@@ -26,6 +26,7 @@ fn options() -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             // The log stays whole, so checkpoints can sit anywhere on it.
             retain_log_records: 1_000_000,

@@ -99,6 +99,8 @@ pub fn database_options(background_checkpoints: bool) -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: background_checkpoints.then_some(192 * 1024),
+            // A fixed threshold: the campaigns want checkpoints throughout, however large.
+            grow_with_database: false,
             every: None,
             retain_log_records: 8,
         },
@@ -121,6 +123,7 @@ pub fn simulated_options() -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             retain_log_records: 2,
         },

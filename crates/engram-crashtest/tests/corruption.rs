@@ -31,6 +31,7 @@ fn options() -> DatabaseOptions {
         },
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             // The log keeps everything, so a damaged newer checkpoint can fall back.
             retain_log_records: 1_000_000,

@@ -670,11 +670,14 @@ pub(crate) struct IndexApplier {
 }
 
 impl IndexApplier {
-    pub fn spawn(indexes: Arc<Indexes>) -> Result<IndexApplier> {
+    pub fn spawn(indexes: Arc<Indexes>, nice: i32) -> Result<IndexApplier> {
         let for_thread = indexes.clone();
         let thread = std::thread::Builder::new()
             .name("engram-indexer".into())
-            .spawn(move || for_thread.run())
+            .spawn(move || {
+                crate::threads::lower_current_thread_priority(nice);
+                for_thread.run()
+            })
             .map_err(|e| CoreError::Io {
                 context: "starting the search index thread".into(),
                 source: Arc::new(e),

@@ -75,6 +75,7 @@ pub fn options() -> DatabaseOptions {
     DatabaseOptions {
         checkpoint: CheckpointOptions {
             every_log_bytes: None,
+            grow_with_database: false,
             every: None,
             retain_log_records: 0,
         },
