@@ -183,13 +183,23 @@ impl Store {
             .and_then(|v| v.value.clone())
     }
 
-    /// The newest version of `key` in one lookup: its LSN and value (None if absent or
-    /// deleted); the commit path needs both for the conflict check and the before image. For a
-    /// key without versions the LSN is the history horizon (0 until something was pruned),
-    /// because pruning may have removed its versions up to there (a deletion and what it
-    /// deleted); a transaction whose snapshot is older then conflicts rather than overwriting a
-    /// change it never saw. (Pruning never removes the newest version of a
-    /// key that keeps any, so for those the answer is exact.)
+    /// LSN of the newest version of `key`: what the commit path's conflict check compares with
+    /// a transaction's snapshot. For a key without versions it is the history horizon (0 until
+    /// something was pruned), because pruning may have removed its versions up to there (a
+    /// deletion and what it deleted); a transaction whose snapshot is older then conflicts
+    /// rather than overwriting a change it never saw. (Pruning never removes the newest version
+    /// of a key that keeps any, so for those the answer is exact.)
+    pub fn latest_lsn(&self, key: &Key) -> Lsn {
+        let map = self.read();
+        match map.get(key).and_then(|c| c.versions.last()) {
+            Some(v) => v.lsn,
+            None => self.history_horizon(),
+        }
+    }
+
+    /// The newest version of `key`: its LSN (as [`Store::latest_lsn`]) and value (None if
+    /// absent or deleted).
+    #[cfg(test)]
     pub fn latest(&self, key: &Key) -> (Lsn, Option<Arc<Value>>) {
         let map = self.read();
         match map.get(key).and_then(|c| c.versions.last()) {

@@ -158,60 +158,70 @@ impl Transaction {
                 commit_ts_ms: db.store.commit_time(self.snapshot),
             });
         }
+        // Everything that does not depend on other commits is prepared before the commit lock,
+        // which serialises all committers: the before images are read at this transaction's
+        // snapshot (if the commit goes ahead, nobody wrote these keys since, so they are the
+        // newest versions), and the operations are encoded. Under the lock remain the conflict
+        // check, the id and time, and the log append.
+        let mut writes = Vec::with_capacity(self.writes.len());
+        for (
+            key,
+            Write {
+                value: after,
+                order,
+                recreated,
+            },
+        ) in self.writes
+        {
+            let before = db.store.get(&key, self.snapshot);
+            writes.push((key, after, order, recreated, before));
+        }
+        writes.sort_by_key(|(_, _, order, _, _)| *order);
+        let mut ops = Vec::with_capacity(writes.len() + self.events.len());
+        // Deletions of keys absent from the snapshot log nothing, but are still writes: a
+        // commit that created such a key meanwhile is a conflict, as for any other write.
+        let mut unlogged_writes = Vec::new();
+        for (key, after, _, recreated, before) in writes {
+            let before = before.map(|v| (*v).clone());
+            match (after, before) {
+                (Some(after), Some(old)) if recreated => {
+                    ops.push(Op::Delete {
+                        key: key.clone(),
+                        before: old,
+                    });
+                    ops.push(Op::Put { key, before: None, after });
+                }
+                (Some(after), before) => ops.push(Op::Put { key, before, after }),
+                (None, Some(before)) => ops.push(Op::Delete { key, before }),
+                (None, None) => unlogged_writes.push(key),
+            }
+        }
+        ops.extend(self.events);
+        // Sized before an id or a time is taken: an operation too large for one log record
+        // fails here and changes nothing.
+        let (stream_bytes, max_record_bytes) = db.record_limits();
+        let layout = (!ops.is_empty()).then(|| Layout::plan(&ops, stream_bytes, max_record_bytes)).transpose()?;
         let info = {
             let mut commit = db.lock_commit();
-            // One store lookup per key gives both the conflict check and the before image (no
-            // conflict means the newest version is the one this transaction's snapshot saw).
-            let mut writes = Vec::with_capacity(self.writes.len());
-            for (
-                key,
-                Write {
-                    value: after,
-                    order,
-                    recreated,
-                },
-            ) in self.writes
-            {
-                let (stored_lsn, before) = db.store.latest(&key);
-                if commit.pending_lsn(&key).max(stored_lsn) > self.snapshot {
+            // First committer wins: a key written by a commit after this transaction's snapshot
+            // (applied, or queued and not yet applied) is a conflict.
+            for key in ops.iter().filter_map(Op::key).chain(&unlogged_writes) {
+                if commit.pending_lsn(key).max(db.store.latest_lsn(key)) > self.snapshot {
                     return Err(CoreError::Conflict {
                         namespace: key.namespace.clone(),
                         what: space_name(key.space),
                         id: key.id_text(),
                     });
                 }
-                writes.push((key, after, order, recreated, before));
             }
-            let mut ops = Vec::with_capacity(writes.len() + self.events.len());
-            writes.sort_by_key(|(_, _, order, _, _)| *order);
-            for (key, after, _, recreated, before) in writes {
-                let before = before.map(|v| (*v).clone());
-                match (after, before) {
-                    (Some(after), Some(old)) if recreated => {
-                        ops.push(Op::Delete {
-                            key: key.clone(),
-                            before: old,
-                        });
-                        ops.push(Op::Put { key, before: None, after });
-                    }
-                    (Some(after), before) => ops.push(Op::Put { key, before, after }),
-                    (None, Some(before)) => ops.push(Op::Delete { key, before }),
-                    (None, None) => {} // deleting what does not exist changes nothing
-                }
-            }
-            ops.extend(self.events);
-            if ops.is_empty() {
+            let Some(layout) = layout else {
                 // Only deletions of absent keys: nothing to log, like a read-only transaction.
                 return Ok(CommitInfo {
                     lsn: self.snapshot,
                     txn_id: 0,
                     commit_ts_ms: db.store.commit_time(self.snapshot),
                 });
-            }
-            // Sized before an id or a time is taken: an operation too large for one log record
-            // fails here and changes nothing.
-            let (stream_bytes, max_record_bytes) = db.record_limits();
-            let layout = Layout::plan(&ops, stream_bytes, max_record_bytes)?;
+            };
             let txn_id = commit.next_txn_id();
             let commit_ts_ms = commit.next_commit_ts();
             // The applier gets the only reference, so the record moves into the store uncopied.

@@ -91,6 +91,27 @@ fn first_committer_wins_and_the_loser_gets_a_typed_conflict() {
 }
 
 #[test]
+fn deleting_a_key_absent_from_the_snapshot_conflicts_with_a_commit_that_created_it_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut deleter = db.begin();
+    assert!(!deleter.kv_delete("ns", b"lock").unwrap(), "absent from its snapshot");
+    db.run(1, |t| t.kv_put("ns", b"lock", KvValue::Json(json!("held")))).unwrap();
+    // The deletion logs nothing (its snapshot had nothing to delete), but it is still a write
+    // of the key, and a later commit wrote the key first.
+    let err = deleter.commit().unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(db.snapshot().kv_get("ns", b"lock").unwrap(), Some(KvValue::Json(json!("held"))));
+
+    // Without a concurrent write it is a no-op commit that logs nothing.
+    let lsn = db.visible_lsn();
+    let mut t = db.begin();
+    t.kv_delete("ns", b"never-written").unwrap();
+    assert_eq!(t.commit().unwrap().lsn, lsn);
+    assert_eq!(db.visible_lsn(), lsn);
+}
+
+#[test]
 fn the_retry_helper_makes_concurrent_increments_lose_no_update() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), options()).unwrap();
