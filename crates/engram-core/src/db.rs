@@ -365,10 +365,9 @@ impl Shared {
     /// dropped by recovery and the change feed.
     pub fn submit(&self, commit: &mut CommitState, record: Arc<CommitRecord>, layout: Layout) -> Result<Lsn> {
         let (lsn, logged_bytes) = match layout {
-            Layout::Single { ops_bytes } => {
-                let bytes = record::encode_single_commit(record.txn_id, record.commit_ts_ms, &ops_bytes);
-                drop(ops_bytes);
-                (*self.wal.submit(&[(KIND_COMMIT, &bytes)])?.end(), bytes.len())
+            Layout::Single { mut buf } => {
+                let bytes = record::encode_single_commit(record.txn_id, record.commit_ts_ms, &mut buf);
+                (*self.wal.submit(&[(KIND_COMMIT, bytes)])?.end(), bytes.len())
             }
             Layout::Streamed { chunks } => {
                 let (last, streamed) = chunks.split_last().expect("a layout has at least one range");

@@ -24,7 +24,7 @@ fn kv_key(namespace: &str, key: &[u8]) -> Result<Key> {
 fn value_size(value: &KvValue) -> usize {
     match value {
         KvValue::Bytes(b) => b.len(),
-        KvValue::Json(j) => serde_json::to_vec(j).map(|v| v.len()).unwrap_or(0),
+        KvValue::Json(j) => crate::names::json_bytes(j),
     }
 }
 
@@ -50,7 +50,7 @@ impl Transaction {
     pub fn emit_event(&mut self, namespace: &str, topic: &str, payload: serde_json::Value) -> Result<()> {
         validate_namespace(namespace)?;
         validate_label("event topic", topic)?;
-        let size = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(0);
+        let size = crate::names::json_bytes(&payload);
         validate_size("event payload", size, MAX_VALUE_BYTES)?;
         self.push_event(Op::Event {
             namespace: namespace.to_string(),

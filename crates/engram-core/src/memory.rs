@@ -36,7 +36,7 @@ fn metadata_object(value: serde_json::Value) -> Result<serde_json::Map<String, s
     match value {
         serde_json::Value::Null => Ok(serde_json::Map::new()),
         serde_json::Value::Object(map) => {
-            let size = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(0);
+            let size = crate::names::json_bytes(&map);
             validate_size("metadata", size, MAX_VALUE_BYTES)?;
             Ok(map)
         }

@@ -119,3 +119,35 @@ mod tests {
         ));
     }
 }
+
+/// Bytes of the compact JSON text of `value`, counted without building the text.
+pub(crate) fn json_bytes<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Serialising JSON values and maps cannot fail, and the counter never does.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+#[cfg(test)]
+mod json_bytes_tests {
+    #[test]
+    fn counts_exactly_the_bytes_of_the_compact_text() {
+        for value in [
+            serde_json::json!({}),
+            serde_json::json!({"writer": 3, "kind": "note", "nested": {"a": [1, 2.5, null, "é\u{1F600}\"\\"]}}),
+            serde_json::json!("text"),
+        ] {
+            assert_eq!(super::json_bytes(&value), serde_json::to_vec(&value).unwrap().len());
+        }
+    }
+}

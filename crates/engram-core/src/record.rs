@@ -42,6 +42,11 @@ pub const STREAM_RECORD_BYTES: usize = 1 << 20;
 /// (ids, time, first LSN, operation count) of at most 10 bytes each.
 const RECORD_OVERHEAD_MAX: usize = 1 + 4 * 10;
 
+/// Capacity a transaction's record buffer starts with (bounded by the record size): one memory
+/// with a 384-dimension embedding encodes to about 2 KB, and growing a buffer from empty would
+/// reallocate and copy it about ten times.
+const INITIAL_RECORD_CAPACITY: usize = 4096;
+
 /// The record size a transaction is streamed at, for a log with this record limit.
 pub(crate) fn stream_record_bytes(max_record_bytes: usize) -> usize {
     STREAM_RECORD_BYTES.min(max_record_bytes)
@@ -283,8 +288,10 @@ impl CommitRecord {
 /// How a transaction is laid out in the log, decided before anything is logged.
 #[derive(Debug)]
 pub(crate) enum Layout {
-    /// One `COMMIT` record; its operations are already encoded (a postcard `Vec<Op>`).
-    Single { ops_bytes: Vec<u8> },
+    /// One `COMMIT` record; its operations are already encoded (a postcard `Vec<Op>`) after
+    /// [`RECORD_OVERHEAD_MAX`] bytes of room, where [`encode_single_commit`] writes the header
+    /// once the id and time are known, so the record is never copied to prepend it.
+    Single { buf: Vec<u8> },
     /// Consecutive ranges of the operations: each but the last is an `OPS` record, the last goes
     /// into the `COMMIT` (which is then the only record if there is one range).
     Streamed { chunks: Vec<Range<usize>> },
@@ -297,12 +304,11 @@ impl Layout {
     pub fn plan(ops: &[Op], target: usize, max: usize) -> Result<Layout> {
         // Most transactions are small: encode them once, giving up as soon as it is clear that
         // one record of `target` bytes will not do.
-        let capped = Capped {
-            buf: Vec::new(),
-            cap: target.saturating_sub(RECORD_OVERHEAD_MAX),
-        };
-        if let Ok(ops_bytes) = postcard::serialize_with_flavor(ops, capped) {
-            return Ok(Layout::Single { ops_bytes });
+        let mut buf = Vec::with_capacity(target.min(INITIAL_RECORD_CAPACITY));
+        buf.resize(RECORD_OVERHEAD_MAX, 0);
+        let capped = Capped { buf, cap: target };
+        if let Ok(buf) = postcard::serialize_with_flavor(ops, capped) {
+            return Ok(Layout::Single { buf });
         }
         let mut chunks = Vec::new();
         let (mut start, mut bytes) = (0, RECORD_OVERHEAD_MAX);
@@ -327,14 +333,17 @@ impl Layout {
 }
 
 /// The payload of a `COMMIT` record of a whole transaction whose operations are encoded already
-/// (`Layout::Single`): the encoding of `CommitOut` written field by field, which postcard
-/// defines as the concatenation of the fields.
-pub(crate) fn encode_single_commit(txn_id: u64, commit_ts_ms: u64, ops_bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_OVERHEAD_MAX + ops_bytes.len());
-    out.push(RECORD_VERSION);
-    let mut out = postcard::to_extend(&(txn_id, commit_ts_ms, 0u64), out).expect("encoding to memory cannot fail");
-    out.extend_from_slice(ops_bytes);
-    out
+/// (`Layout::Single`, after [`RECORD_OVERHEAD_MAX`] bytes of room): the encoding of `CommitOut`
+/// written field by field, which postcard defines as the concatenation of the fields. The
+/// header goes at the end of the room, and the payload is the slice from its start.
+pub(crate) fn encode_single_commit(txn_id: u64, commit_ts_ms: u64, buf: &mut [u8]) -> &[u8] {
+    let mut header = [0u8; RECORD_OVERHEAD_MAX];
+    header[0] = RECORD_VERSION;
+    let fields = postcard::to_slice(&(txn_id, commit_ts_ms, 0u64), &mut header[1..]).expect("three varints fit the room");
+    let header_bytes = 1 + fields.len();
+    let start = RECORD_OVERHEAD_MAX - header_bytes;
+    buf[start..RECORD_OVERHEAD_MAX].copy_from_slice(&header[..header_bytes]);
+    &buf[start..]
 }
 
 /// A postcard output that refuses to grow past `cap` bytes.
@@ -667,11 +676,24 @@ mod tests {
     #[test]
     fn a_small_transaction_is_one_commit_record_encoded_like_any_other() {
         let record = sample();
-        let Layout::Single { ops_bytes } = Layout::plan(&record.ops, 1024, 1024).unwrap() else {
+        let Layout::Single { mut buf } = Layout::plan(&record.ops, 1024, 1024).unwrap() else {
             panic!("a small transaction is one record");
         };
-        let bytes = encode_single_commit(record.txn_id, record.commit_ts_ms, &ops_bytes);
+        let bytes = encode_single_commit(record.txn_id, record.commit_ts_ms, &mut buf);
         assert_eq!(bytes, record.encode(), "the field-by-field encoding is the derived one");
+        // Ids and times of every varint length fit the room.
+        for (txn_id, commit_ts_ms) in [(0, 0), (u64::MAX, u64::MAX), (300, 1 << 40)] {
+            let Layout::Single { mut buf } = Layout::plan(&record.ops, 1024, 1024).unwrap() else {
+                panic!("a small transaction is one record");
+            };
+            let expected = CommitRecord {
+                txn_id,
+                commit_ts_ms,
+                ops: record.ops.clone(),
+            }
+            .encode();
+            assert_eq!(encode_single_commit(txn_id, commit_ts_ms, &mut buf), expected);
+        }
     }
 
     #[test]
