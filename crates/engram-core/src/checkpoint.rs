@@ -1089,7 +1089,8 @@ fn run_background(db: Database, options: CheckpointOptions) {
         let bytes = db.shared.log_bytes_since_checkpoint.load(Ordering::Acquire);
         // The interval counts from the last checkpoint, or from open before the first one.
         let time_due_at = options.every.map(|every| guard.last_run.unwrap_or(opened) + every);
-        let due = db.shared.checkpoint_byte_threshold().is_some_and(|t| bytes >= t) || (bytes > 0 && time_due_at.is_some_and(|at| now >= at));
+        let due =
+            db.shared.checkpoint_byte_threshold().is_some_and(|t| bytes >= t) || (bytes > 0 && time_due_at.is_some_and(|at| now >= at));
         if due && retry_at.is_none_or(|at| now >= at) {
             drop(guard);
             if db.shared.check_running().is_err() {

@@ -31,7 +31,7 @@ pub use error::{CoreError, Result};
 pub use feed::{ChangeEvent, ChangeFeed, ChangeKind, ChangeOp, KeyEncoding};
 pub use graph::{AddedObservations, GraphReads, KnowledgeGraph};
 pub use kv::KvReads;
-pub use memory::{MemoryPatch, MemoryReads, NewMemory};
+pub use memory::{MemoryPatch, MemoryReads, MemoryRef, NewMemory};
 pub use model::{Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Space, Value};
 pub use names::{validate_namespace, MAX_DIMENSION, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 pub use record::{CommitRecord, LogRecord, Op, KIND_COMMIT, KIND_OPS, RECORD_VERSION, STREAM_RECORD_BYTES};

@@ -6,6 +6,7 @@ use crate::names::{json_kind, validate_embedding, validate_namespace, validate_s
 use crate::retention::RetainedView;
 use crate::store::VersionInfo;
 use crate::txn::Transaction;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const DIMENSION_KEY: &[u8] = b"dimension";
@@ -147,6 +148,38 @@ impl Transaction {
     }
 }
 
+/// A memory as stored, shared with the database rather than copied: a version never changes
+/// once committed, so holding one is safe and costs a reference count (the text and the
+/// embedding stay where they are). Dereferences to [`Memory`]; `to_memory` copies it out.
+#[derive(Clone)]
+pub struct MemoryRef(Arc<Value>);
+
+impl MemoryRef {
+    fn new(value: Arc<Value>) -> Option<MemoryRef> {
+        matches!(*value, Value::Memory(_)).then_some(MemoryRef(value))
+    }
+
+    pub fn to_memory(&self) -> Memory {
+        (**self).clone()
+    }
+}
+
+impl std::ops::Deref for MemoryRef {
+    type Target = Memory;
+    fn deref(&self) -> &Memory {
+        match &*self.0 {
+            Value::Memory(m) => m,
+            _ => unreachable!("a MemoryRef is only made from a memory value"),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Reads of memories, available on snapshots and transactions. Those returning `Result` fail
 /// with `HistoryNotRetained` if the view reads below the history horizon.
 pub trait MemoryReads: RetainedView {
@@ -167,6 +200,15 @@ pub trait MemoryReads: RetainedView {
             Some(Value::Memory(m)) => Some(m),
             _ => None,
         })
+    }
+
+    /// [`MemoryReads::get_memory`] without copying the memory out of the database: the cheaper
+    /// read when the caller only looks at it (serialises it, compares it, returns a field).
+    fn get_memory_ref(&self, namespace: &str, id: &str) -> Result<Option<MemoryRef>> {
+        validate_namespace(namespace)?;
+        let value = self.get_shared_value(&memory_key(namespace, id));
+        self.check_retained()?;
+        Ok(value.and_then(MemoryRef::new))
     }
 
     /// Every memory of a namespace, in id (creation time) order.

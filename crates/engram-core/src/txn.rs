@@ -33,6 +33,9 @@ pub trait ReadView {
     fn read_lsn(&self) -> Lsn;
     #[doc(hidden)]
     fn get_value(&self, key: &Key) -> Option<Value>;
+    /// The stored value itself, shared rather than copied (versions never change once written).
+    #[doc(hidden)]
+    fn get_shared_value(&self, key: &Key) -> Option<Arc<Value>>;
     #[doc(hidden)]
     fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)>;
     #[doc(hidden)]
@@ -59,6 +62,9 @@ impl ReadView for Snapshot {
     }
     fn get_value(&self, key: &Key) -> Option<Value> {
         self.db.store.get(key, self.lsn).map(|v| (*v).clone())
+    }
+    fn get_shared_value(&self, key: &Key) -> Option<Arc<Value>> {
+        self.db.store.get(key, self.lsn)
     }
     fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)> {
         unwrap_values(self.db.store.scan_prefix(namespace, space, prefix, self.lsn))
@@ -200,7 +206,9 @@ impl Transaction {
         // Sized before an id or a time is taken: an operation too large for one log record
         // fails here and changes nothing.
         let (stream_bytes, max_record_bytes) = db.record_limits();
-        let layout = (!ops.is_empty()).then(|| Layout::plan(&ops, stream_bytes, max_record_bytes)).transpose()?;
+        let layout = (!ops.is_empty())
+            .then(|| Layout::plan(&ops, stream_bytes, max_record_bytes))
+            .transpose()?;
         let info = {
             let mut commit = db.lock_commit();
             // First committer wins: a key written by a commit after this transaction's snapshot
@@ -246,6 +254,14 @@ impl ReadView for Transaction {
         match self.writes.get(key) {
             Some(w) => w.value.clone(),
             None => self.db.store.get(key, self.snapshot).map(|v| (*v).clone()),
+        }
+    }
+
+    fn get_shared_value(&self, key: &Key) -> Option<Arc<Value>> {
+        match self.writes.get(key) {
+            // This transaction's own write is not stored yet: shared from a copy.
+            Some(w) => w.value.clone().map(Arc::new),
+            None => self.db.store.get(key, self.snapshot),
         }
     }
 

@@ -39,7 +39,10 @@ fn indexer_and_checkpointer_run_at_the_configured_nice_value() {
         if indexer == vec![expected] && checkpointer == vec![expected] {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "indexer {indexer:?}, checkpointer {checkpointer:?}, expected {expected}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "indexer {indexer:?}, checkpointer {checkpointer:?}, expected {expected}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     drop(db);

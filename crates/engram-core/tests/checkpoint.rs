@@ -762,7 +762,8 @@ fn background_checkpoints_follow_log_bytes_and_time_and_stop_with_the_database()
 fn fresh_big_commits(db: &Database, prefix: &str, n: usize) {
     for i in 0..n {
         let value = KvValue::Bytes(vec![(i % 251) as u8; 3000]);
-        db.run(1, |t| t.kv_put("ns", format!("{prefix}{i}").as_bytes(), value.clone())).unwrap();
+        db.run(1, |t| t.kv_put("ns", format!("{prefix}{i}").as_bytes(), value.clone()))
+            .unwrap();
     }
 }
 
@@ -786,7 +787,11 @@ fn the_byte_trigger_grows_with_the_newest_checkpoint_so_a_large_database_is_not_
         fresh_big_commits(&db, "more", 10);
         if grow_with_database {
             std::thread::sleep(Duration::from_millis(100));
-            assert_eq!(db.last_checkpoint_lsn(), loaded, "30 KB of log does not rewrite a {checkpoint_bytes} B checkpoint");
+            assert_eq!(
+                db.last_checkpoint_lsn(),
+                loaded,
+                "30 KB of log does not rewrite a {checkpoint_bytes} B checkpoint"
+            );
             // As much log as the checkpoint holds: now one is due.
             fresh_big_commits(&db, "most", (checkpoint_bytes as usize).div_ceil(3000));
         }

@@ -699,6 +699,15 @@ fn check_view<V: RetainedView>(view: &V, state: &State, what: &str) {
         assert_eq!(view.dimension(ns), n.dimension, "{what}: dimension of {ns}");
         let memories: Vec<Memory> = n.memories.values().cloned().collect();
         assert_eq!(view.list_memories(ns).unwrap(), memories, "{what}: memories of {ns}");
+        for memory in &memories {
+            assert_eq!(
+                view.get_memory(ns, &memory.id).unwrap().as_ref(),
+                Some(memory),
+                "{what}: memory by id"
+            );
+            let shared = view.get_memory_ref(ns, &memory.id).unwrap().map(|m| m.to_memory());
+            assert_eq!(shared.as_ref(), Some(memory), "{what}: memory by id, shared");
+        }
         let graph = view.read_graph(ns).unwrap();
         assert_eq!(graph.entities, n.entities, "{what}: entities of {ns} (in insertion order)");
         assert_eq!(graph.relations, n.relations, "{what}: relations of {ns} (in insertion order)");

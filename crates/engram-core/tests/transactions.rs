@@ -312,3 +312,45 @@ fn a_transaction_that_changes_nothing_logs_nothing() {
     assert_eq!((info.lsn, info.txn_id), (0, 0));
     assert_eq!(db.wal_stats().appends, 0);
 }
+
+#[test]
+fn a_shared_memory_read_sees_what_a_copying_read_sees_and_keeps_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let new = |text: &str| NewMemory {
+        text: text.into(),
+        embedding: Some(vec![1.0, 0.5]),
+        metadata: json!({"k": 1}),
+    };
+    let (id, first) = db.run(1, |t| t.insert_memory("ns", new("first"))).unwrap();
+    let held = db.snapshot().get_memory_ref("ns", &id).unwrap().expect("committed");
+    assert_eq!(held.to_memory(), db.snapshot().get_memory("ns", &id).unwrap().unwrap());
+    let patch = MemoryPatch {
+        text: Some("second".into()),
+        ..Default::default()
+    };
+    db.run(1, |t| t.update_memory("ns", &id, patch.clone())).unwrap();
+    // A version never changes once committed: the reference still reads the first one.
+    assert_eq!(held.text, "first");
+    assert_eq!(db.snapshot().get_memory_ref("ns", &id).unwrap().unwrap().text, "second");
+    assert_eq!(
+        db.as_of(first.lsn).unwrap().get_memory_ref("ns", &id).unwrap().unwrap().text,
+        "first"
+    );
+    // Inside a transaction: its own writes, and nothing for a deleted or unknown id.
+    let mut t = db.begin();
+    t.update_memory(
+        "ns",
+        &id,
+        MemoryPatch {
+            text: Some("third".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(t.get_memory_ref("ns", &id).unwrap().unwrap().text, "third");
+    t.delete_memory("ns", &id).unwrap();
+    assert!(t.get_memory_ref("ns", &id).unwrap().is_none());
+    assert!(db.snapshot().get_memory_ref("ns", "no-such-id").unwrap().is_none());
+    assert!(db.snapshot().get_memory_ref("bad namespace!", &id).is_err());
+}
