@@ -165,7 +165,7 @@ def vector_section(vectors):
         "",
     ]
     if "started" in vectors:
-        out += [f"This workload ran at {vectors['started']} (`bench/vectors.py`)."]
+        out += [f"This workload ran at {vectors['started']} (`bench/vectors.py`).", ""]
     if "uptime_before" in vectors:
         out += [f"- Load before: `{vectors['uptime_before']}`", f"- Load after: `{vectors['uptime_after']}`", ""]
     for p in vectors["peers"]:
