@@ -243,7 +243,7 @@ impl Hnsw {
     /// heuristic over the old links and the new one (as hnswlib and faiss do). Keeping simply the
     /// nearest is cheaper (about 33 distance computations instead of up to about 500) but, on
     /// clustered data, leaves links that all point into the same clump: on the peer suite's
-    /// 100k x 384 set it needed ef 384 for recall@10 0.95, the heuristic ef 96 (docs/search.md).
+    /// 100k x 384 set it needed ef 384 for recall@10 0.95, the heuristic ef 64 to 96 (docs/search.md).
     fn link(&mut self, neighbour: u32, node: u32, level: usize) {
         let limit = self.max_links(level);
         if level == 0 {
