@@ -34,7 +34,7 @@ fn parse<T>(bytes: &[u8], what: &str, value: fn([u8; 4]) -> T) -> Result<Rows<T>
     }
     let width = width as usize;
     let row_bytes = 4 * (width + 1);
-    if bytes.len() % row_bytes != 0 {
+    if !bytes.len().is_multiple_of(row_bytes) {
         return Err(format!(
             "{what}: {} bytes is not a whole number of {row_bytes}-byte rows (truncated?)",
             bytes.len()
