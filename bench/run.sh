@@ -81,8 +81,8 @@ for round in $(seq 1 "$ROUNDS"); do
   "$PEERS" commit --round "$round" --out "$RESULTS/commit-round-$round.json"
   "$PY" "$BENCH/chroma_commit.py" --round "$round" --scratch "$SCRATCH" --out "$RESULTS/chroma-round-$round.json" ${QUICK:+--quick}
 done
-say "workload 3: vector search peers ($ROWS x 384)"
-"$PY" "$BENCH/vectors.py" --rows "$ROWS" --scratch "$SCRATCH" --out "$RESULTS/vectors.json"
+say "workload 3: vector search, Engram and its peers ($ROWS x 384)"
+"$PY" "$BENCH/vectors.py" --rows "$ROWS" --scratch "$SCRATCH" --engram "$PEERS" --out "$RESULTS/vectors.json"
 say "workload 2: recovery"
 "$PEERS" recovery --out "$RESULTS/recovery.json"
 say "workload 4: reads while writing"

@@ -3,6 +3,8 @@
 //! `peers commit --round N --out FILE`  durable one-memory transactions, every peer, 1/4/16/64 writers
 //! `peers recovery --out FILE`          Engram open time after ~1 GB of log, and after a checkpoint + 100 MB
 //! `peers reads --out FILE`             get-by-id from 2 threads while 64 writers commit (Engram only)
+//! `peers vectors --data DIR --rows N`  Engram's vector search on vectors.py's data set (driven by vectors.py;
+//!                                      `--out FILE` sweeps alone; see vectors.rs)
 //!
 //! ENGRAM_BENCH_QUICK=1 shortens every workload; ENGRAM_BENCH_DIR sets the scratch directory (it
 //! must be on the disk being measured); ENGRAM_BENCH_PG is the PostgreSQL connection string.
@@ -13,6 +15,8 @@ mod measure;
 mod peers;
 mod reads;
 mod recovery;
+mod vecfile;
+mod vectors;
 mod workload;
 
 use std::path::PathBuf;
@@ -44,7 +48,11 @@ fn main() {
         ("recovery", Some(out)) => recovery::run(&scratch_dir()).and_then(|v| write_json(&out, &v)),
         ("reads", Some(out)) => reads::run(&scratch_dir()).and_then(|v| write_json(&out, &v)),
         ("recovery-open", _) => recovery::open_child(&args),
-        _ => Err("usage: peers (commit --round N | recovery | reads) --out FILE.json".into()),
+        ("vectors", _) => vectors::run(&args, &scratch_dir()),
+        _ => Err(
+            "usage: peers (commit --round N | recovery | reads) --out FILE.json | peers vectors --data DIR --rows N [--out FILE.json]"
+                .into(),
+        ),
     };
     if let Err(e) = result {
         eprintln!("peers: {e}");

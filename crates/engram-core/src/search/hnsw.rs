@@ -239,10 +239,11 @@ impl Hnsw {
         node
     }
 
-    /// Adds `node` to `neighbour`'s links on `level`; when they overflow, keeps the nearest.
-    /// Re-running the selection heuristic here (as hnswlib does) costs up to about 500 distance
-    /// computations per overflowing neighbour instead of about 33, and an insertion overflows up
-    /// to 16 of them: most of the insertion's cost (docs/search.md).
+    /// Adds `node` to `neighbour`'s links on `level`; when they overflow, re-runs the selection
+    /// heuristic over the old links and the new one (as hnswlib and faiss do). Keeping simply the
+    /// nearest is cheaper (about 33 distance computations instead of up to about 500) but, on
+    /// clustered data, leaves links that all point into the same clump: on the peer suite's
+    /// 100k x 384 set it needed ef 384 for recall@10 0.95, the heuristic ef 64 to 96 (docs/search.md).
     fn link(&mut self, neighbour: u32, node: u32, level: usize) {
         let limit = self.max_links(level);
         if level == 0 {
@@ -267,7 +268,7 @@ impl Hnsw {
                 })
                 .collect();
             scored.sort();
-            current = scored.iter().take(limit).map(|s| s.node).collect();
+            current = self.select_neighbours(&scored, limit);
         }
         self.set_neighbours(neighbour, level, current);
     }
