@@ -5,7 +5,7 @@ mod progress;
 use clap::{Parser, Subcommand};
 use engram_core::{Database, DatabaseOptions, GraphReads, KvReads, MemoryReads};
 use engram_server::{router, serve, shutdown_signal, AppState, Config, Embedder};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
