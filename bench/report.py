@@ -130,9 +130,10 @@ def server_rows(server):
     e, h = server["embedded"], server["http"]
     ratio = server["http_over_embedded"]
     client = h.get("client_cpu_cores")
+    workload = server["workload"][:1].upper() + server["workload"][1:]
     return [
         "", "### Workload 5: durable inserts over HTTP (Engram server against embedded Engram)", "",
-        f"{server['workload']}; {server['seconds_per_phase']:g} s per phase, both phases in the same run "
+        f"{workload}; {server['seconds_per_phase']:g} s per phase, both phases in the same run "
         f"(load average {server['load_average_before']} before, {server['load_average_after']} after). "
         "The load generator (one thread: hyper HTTP/1.1, bodies serialised in advance) runs in the server's process on the same cores"
         + (f" and took {client:.2f} cores ({100 * client / h['process_cpu_cores']:.0f} % of the process's CPU)." if client and h.get("process_cpu_cores") else "."),
