@@ -353,8 +353,8 @@ fn dimension_of<'a>(line: &'a Line, default_namespace: &'a str) -> Option<(&'a s
 /// Reads the whole input and checks every line as the import will apply it, against the
 /// database's current state, without committing anything; `progress` gets the bytes read.
 ///
-/// Lines are applied to a scratch transaction that is dropped every `batch_lines` lines, so
-/// memory stays bounded; the one thing a dropped batch would forget, a namespace's embedding
+/// Lines are applied to a scratch transaction that is dropped at every batch boundary (as
+/// [`import`] would commit), so memory stays bounded; the one thing a dropped batch would forget, a namespace's embedding
 /// dimension, is tracked across the whole file.
 pub fn check(
     db: &Database,
@@ -369,6 +369,7 @@ pub fn check(
     let mut dimensions: HashMap<String, (usize, u64)> = HashMap::new();
     let mut scratch = db.begin();
     let mut in_scratch = 0;
+    let mut scratch_start_bytes = 0;
     while let Some((number, line)) = reader.next_line()? {
         if let Some((namespace, dimension)) = dimension_of(&line, default_namespace) {
             match dimensions.get(namespace) {
@@ -388,9 +389,10 @@ pub fn check(
         }
         apply_line(&mut scratch, &line, default_namespace, &mut counts).map_err(|message| JsonlError::BadLine { line: number, message })?;
         in_scratch += 1;
-        if in_scratch >= options.batch_lines {
+        if in_scratch >= options.batch_lines || reader.bytes_read - scratch_start_bytes >= options.batch_bytes as u64 {
             scratch = db.begin();
             in_scratch = 0;
+            scratch_start_bytes = reader.bytes_read;
             progress(reader.bytes_read);
         }
     }
