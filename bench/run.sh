@@ -87,6 +87,8 @@ say "workload 2: recovery"
 "$PEERS" recovery --out "$RESULTS/recovery.json"
 say "workload 4: reads while writing"
 "$PEERS" reads --out "$RESULTS/reads.json"
+say "workload 5: durable inserts over HTTP (64 keep-alive clients) against the embedded engine"
+( cd "$ROOT" && ENGRAM_BENCH_JSON="$RESULTS/server.json" cargo bench -q --locked -p engram-server --bench http_insert )
 echo " \"uptime_after\": \"$(uptime)\"}" >> "$RESULTS/load.json"
 
 # --- 4. The report --------------------------------------------------------------------------------

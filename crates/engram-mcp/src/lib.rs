@@ -15,6 +15,7 @@
 //! [`streamable_http_service`] gives a tower service to mount in axum (`Router::nest_service`).
 //! docs/mcp.md has the tools, their schemas and the differences from the reference server.
 
+mod access;
 mod as_of;
 mod embedder;
 mod engram_tools;
@@ -22,6 +23,7 @@ pub mod recall;
 mod reference;
 mod server;
 
+pub use access::{McpAccess, READ_TOOLS, WRITE_TOOLS};
 pub use as_of::AsOf;
 pub use embedder::{EmbedError, EmbedFuture, TextEmbedder};
 pub use engram_tools::{ForgetOutput, ForgetParams, HistoryOutput, HistoryParams, RememberOutput, RememberParams, VersionView};

@@ -3,6 +3,7 @@
 //! A call that fails, for any reason, commits nothing and answers with a tool error
 //! (`isError: true`) whose text says why, as the reference server does.
 
+use crate::access::{access_of, McpAccess};
 use crate::as_of::snapshot_at;
 use crate::embedder::TextEmbedder;
 use crate::engram_tools::{
@@ -43,11 +44,14 @@ pub struct EngramMcp {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     db: Arc<Database>,
     namespace: String,
     embedder: Option<Arc<dyn TextEmbedder>>,
     tools: Vec<Tool>,
+    /// Refuse calls that carry no [`McpAccess`] (set when served behind API keys).
+    require_access: bool,
 }
 
 impl std::fmt::Debug for EngramMcp {
@@ -87,8 +91,45 @@ impl EngramMcp {
                 namespace,
                 embedder,
                 tools,
+                require_access: false,
             }),
         })
+    }
+
+    /// This server, refusing every tool call and resource read whose request carries no
+    /// [`McpAccess`] in its HTTP parts' extensions. A front end that attaches one to every
+    /// request it authenticates uses this so that a request reaching the service by another
+    /// route is refused rather than given full access.
+    pub fn require_access(self) -> EngramMcp {
+        let mut inner = (*self.inner).clone();
+        inner.require_access = true;
+        EngramMcp { inner: Arc::new(inner) }
+    }
+
+    /// The access of one request: what it carries, full access over stdio, none when required
+    /// and missing.
+    fn access_for(&self, context: &RequestContext<RoleServer>) -> Result<McpAccess, String> {
+        match access_of(context) {
+            Some(access) => Ok(access.clone()),
+            None if self.inner.require_access => Err("forbidden: this request carries no API key scope".to_string()),
+            None => Ok(McpAccess::full()),
+        }
+    }
+
+    /// Runs one tool call for a caller with `access`: a call outside its scope is a tool
+    /// error that names the reason, and nothing runs.
+    pub async fn call_as(&self, access: &McpAccess, name: &str, arguments: Value) -> CallToolResult {
+        // Engram's own tools say which namespace they touch; the reference tools use the default.
+        let namespace = arguments
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.inner.namespace)
+            .to_string();
+        if let Some(reason) = access.refusal(name, &namespace) {
+            tracing::debug!(tool = name, %namespace, "tool call refused: {reason}");
+            return CallToolResult::error(vec![ContentBlock::text(reason)]);
+        }
+        self.call(name, arguments).await
     }
 
     /// The namespace of the reference tools.
@@ -425,9 +466,13 @@ impl ServerHandler for EngramMcp {
         self.inner.tools.iter().find(|t| t.name == name).cloned()
     }
 
-    async fn call_tool(&self, request: CallToolRequestParams, _context: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        Ok(self.call(&request.name, arguments).await.into())
+        let result = match self.access_for(&context) {
+            Ok(access) => self.call_as(&access, &request.name, arguments).await,
+            Err(reason) => CallToolResult::error(vec![ContentBlock::text(reason)]),
+        };
+        Ok(result.into())
     }
 
     async fn list_resources(
@@ -445,8 +490,17 @@ impl ServerHandler for EngramMcp {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let access = self
+            .access_for(&context)
+            .map_err(|reason| ErrorData::invalid_request(reason, None))?;
+        if !access.may_use_namespace(&self.inner.namespace) {
+            return Err(ErrorData::invalid_request(
+                format!("forbidden: this API key may not access namespace {:?}", self.inner.namespace),
+                None,
+            ));
+        }
         if request.uri != KNOWLEDGE_GRAPH_URI {
             return Err(ErrorData::resource_not_found(
                 format!("no resource {:?}; this server has {KNOWLEDGE_GRAPH_URI}", request.uri),

@@ -1,10 +1,13 @@
 //! The MCP endpoint: engram-mcp's streamable HTTP service mounted at `/mcp`, behind the same
 //! API keys as the rest of the API, with the server's embedder for `remember`.
 //!
-//! MCP tools write, and Engram's own tools take any `namespace` as an argument, so a key scoped
-//! to some namespaces or to reading could reach past its scope through them. `/mcp` therefore
-//! needs an unscoped key with the `read_write` or `admin` role (any caller when no keys are
-//! configured, which is loopback only).
+//! Key scopes apply per call: the middleware attaches the caller's [`McpAccess`] to the request
+//! and engram-mcp checks every tool call and resource read against it, with the namespace the
+//! call touches (Engram's own tools take a `namespace` argument). A read-only key may call the
+//! read tools ([`engram_mcp::READ_TOOLS`]) and read the resource; a write tool answers it with a
+//! tool error. A key limited to some namespaces may open `/mcp` only when the MCP namespace
+//! (`mcp_namespace`) is one of them, and its calls may name only its namespaces. Without keys
+//! (loopback only) every caller has full access.
 
 use crate::auth::{authenticate, Caller};
 use crate::config::Role;
@@ -16,7 +19,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use engram_mcp::{EmbedError, EmbedFuture, EngramMcp, StreamableHttpServerConfig, TextEmbedder};
+use engram_mcp::{EmbedError, EmbedFuture, EngramMcp, McpAccess, StreamableHttpServerConfig, TextEmbedder};
 use std::sync::Arc;
 
 /// Where the MCP service is mounted.
@@ -39,12 +42,12 @@ pub fn engram_mcp(state: &AppState, namespace: &str) -> Result<EngramMcp, engram
 /// The `/mcp` routes: authentication, the access check, then the MCP service.
 pub fn mcp_router(state: &AppState) -> Router<AppState> {
     let config = &state.config;
-    let mut http_config = StreamableHttpServerConfig::default().with_cancellation_token(state.mcp_shutdown.clone());
+    let mut http_config = StreamableHttpServerConfig::default().with_cancellation_token((*state.mcp_shutdown).clone());
     if let Some(hosts) = &config.mcp_allowed_hosts {
         http_config = http_config.with_allowed_hosts(hosts.iter().cloned());
     }
     let routes = match engram_mcp(state, config.mcp_namespace()) {
-        Ok(server) => Router::new().nest_service(MCP_PATH, server.streamable_http_service_with(http_config)),
+        Ok(server) => Router::new().nest_service(MCP_PATH, server.require_access().streamable_http_service_with(http_config)),
         // Config::validate checks the namespace, so this is reached only with an unvalidated
         // config: answer every /mcp request with the reason rather than fail the whole API.
         Err(e) => {
@@ -57,22 +60,30 @@ pub fn mcp_router(state: &AppState) -> Router<AppState> {
             Router::new().route(MCP_PATH, axum::routing::any(answer))
         }
     };
+    let namespace = config.mcp_namespace().to_string();
     routes
-        .layer(axum::middleware::from_fn(require_mcp_access))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            require_mcp_access(namespace.clone(), request, next)
+        }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
 }
 
-/// Lets through callers allowed to use every MCP tool (see the module docs).
-async fn require_mcp_access(request: Request, next: Next) -> Response {
+/// Lets through callers whose key reaches the MCP namespace, with their scope attached for the
+/// per-call checks (see the module docs).
+async fn require_mcp_access(namespace: String, mut request: Request, next: Next) -> Response {
     let Some(caller) = request.extensions().get::<Caller>() else {
         return ApiError::internal("/mcp is missing the authentication layer").into_response();
     };
-    if caller.role == Role::ReadOnly {
-        return forbidden("/mcp needs a read_write or admin API key: MCP tools write");
+    let access = McpAccess {
+        read_only: caller.role == Role::ReadOnly,
+        namespaces: caller.namespaces.clone(),
+    };
+    if !access.may_use_namespace(&namespace) {
+        return forbidden(&format!(
+            "this API key may not access namespace {namespace:?}, the namespace of /mcp (mcp_namespace)"
+        ));
     }
-    if caller.namespaces.is_some() {
-        return forbidden("/mcp needs an API key not limited to namespaces: MCP tools take any namespace");
-    }
+    request.extensions_mut().insert(access);
     next.run(request).await
 }
 

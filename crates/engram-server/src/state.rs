@@ -28,8 +28,10 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// One permit per open change-feed stream (`limits.max_feed_streams`).
     pub feed_streams: Arc<tokio::sync::Semaphore>,
-    /// Cancelled when the server shuts down: open MCP sessions and streams end.
-    pub mcp_shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when the server shuts down: open MCP sessions and streams end. Behind an `Arc`
+    /// because the state is cloned several times per request, and cloning or dropping a
+    /// `CancellationToken` takes a lock shared by every clone.
+    pub mcp_shutdown: Arc<tokio_util::sync::CancellationToken>,
 }
 
 impl AppState {
@@ -42,7 +44,7 @@ impl AppState {
             embedder: embedder.map(Arc::new),
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
-            mcp_shutdown: tokio_util::sync::CancellationToken::new(),
+            mcp_shutdown: Arc::new(tokio_util::sync::CancellationToken::new()),
         }
     }
 

@@ -5,7 +5,7 @@ mod progress;
 use clap::{Parser, Subcommand};
 use engram_core::{Database, DatabaseOptions, GraphReads, KvReads, MemoryReads};
 use engram_server::{router, serve, shutdown_signal, AppState, Config, Embedder};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,8 +94,10 @@ enum Commands {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Imports JSON Lines (an engram export, or an MCP reference memory server's memory.jsonl)
-    /// in one transaction: a bad line imports nothing.
+    /// Imports JSON Lines (an engram export, or an MCP reference memory server's memory.jsonl):
+    /// reads the file once to check every line (a bad line imports nothing and is named), then
+    /// again to commit it in batches of 10,000 lines or 16 MiB, so memory use does not grow
+    /// with the file.
     #[command(after_help = "Examples:\n  engram import backup.jsonl\n  engram import --namespace agent-1 ~/.mcp/memory.jsonl")]
     Import {
         #[command(flatten)]
@@ -229,17 +231,26 @@ fn run(command: Commands) -> Result<(), Failure> {
             Ok(())
         }
         Commands::Import { data, namespace, file } => {
-            let input = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let size = input.metadata().map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?.len();
             let (db, _) = open(&data.data)?;
-            let bar = progress::Bytes::start("reading", size);
-            let report = engram_server::jsonl::import(&db, BufReader::new(input), &namespace, |n| bar.set(n))
-                .map_err(|e| format!("{}: {e} (nothing was imported)", file.display()))?;
-            bar.finish();
+            let checking = progress::Bytes::start("checking", size);
+            let mut committing: Option<progress::Bytes> = None;
+            let options = engram_server::jsonl::ImportOptions::default();
+            let result = engram_server::jsonl::import_file(&db, &file, &namespace, &options, |phase, n| match phase {
+                engram_server::jsonl::ImportPhase::Checking => checking.set(n),
+                engram_server::jsonl::ImportPhase::Committing => {
+                    committing.get_or_insert_with(|| progress::Bytes::start("importing", size)).set(n)
+                }
+            });
+            checking.finish();
+            if let Some(bar) = committing {
+                bar.finish();
+            }
+            let report = result.map_err(|e| format!("{}: {e}", file.display()))?;
             let c = &report.counts;
             println!(
-                "imported at LSN {}: {} namespace settings, {} memories, {} entities, {} relations, {} keys",
-                report.lsn, c.namespaces, c.memories, c.entities, c.relations, c.kv
+                "imported at LSN {} in {} transactions: {} namespace settings, {} memories, {} entities, {} relations, {} keys",
+                report.lsn, report.batches, c.namespaces, c.memories, c.entities, c.relations, c.kv
             );
             Ok(())
         }
