@@ -39,3 +39,15 @@ fn the_checkpoint_loader_corpus_runs_clean() {
     let (_, accepted) = run_corpus("load_checkpoint", engram_crashtest::fuzzing::load_checkpoint);
     assert!(accepted > 0, "no input reaches past the checkpoint decoder");
 }
+
+#[test]
+fn the_http_request_corpus_runs_clean() {
+    let (_, accepted) = run_corpus("http_request", engram_crashtest::fuzzing::http_request);
+    assert!(accepted > 0, "no request was accepted: the corpus does not reach the handlers");
+}
+
+#[test]
+fn the_mcp_request_corpus_runs_clean() {
+    let (_, accepted) = run_corpus("mcp_request", engram_crashtest::fuzzing::mcp_request);
+    assert!(accepted > 0, "no tool call succeeded: the corpus does not reach the tools");
+}
