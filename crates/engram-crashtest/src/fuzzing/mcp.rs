@@ -381,8 +381,8 @@ fn shown(line: &[u8]) -> String {
     String::from_utf8_lossy(&line[..line.len().min(300)]).into_owned()
 }
 
-/// Runs one fuzzed MCP session (module docs). Returns how many tool calls succeeded, as a
-/// bool: whether any did. Panics on a violated property.
+/// Runs one fuzzed MCP session (module docs). Returns whether any tool call succeeded; panics
+/// on a violated property.
 pub fn mcp_request(data: &[u8]) -> bool {
     let guard = harness();
     let cx = Context {
