@@ -13,6 +13,31 @@ pub const KEYS: [&str; 3] = ["config/mode", "counter", "blob"];
 pub const CURSOR: &str = "seed-cursor";
 pub const DIMENSION: usize = 3;
 
+const DIR_PREFIX: &str = "engram-fuzz-";
+
+/// The harnesses live in statics, which are never dropped, so a process leaves its database
+/// directory behind. Each directory is named after its process; a new one removes those of
+/// processes that have ended (Linux: /proc tells).
+fn remove_directories_of_finished_processes(parent: &std::path::Path) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 pub struct Seeded {
     /// Holds the database directory.
     pub dir: tempfile::TempDir,
@@ -23,8 +48,9 @@ pub struct Seeded {
 /// Opens a fresh database under the system temporary directory (`TMPDIR`: a tmpfs makes the
 /// fuzzers faster, as fdatasync is then free) and seeds it.
 pub fn seeded_database() -> Seeded {
+    remove_directories_of_finished_processes(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
-        .prefix("engram-fuzz-")
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
         .tempdir()
         .expect("a temporary directory for the fuzzed database");
     let db = Database::open(dir.path(), DatabaseOptions::default()).expect("a fresh database opens");
