@@ -1,6 +1,16 @@
 //! Entry points of the fuzz targets (`fuzz/`, cargo-fuzz), shared with the test that runs the
 //! checked-in corpora in CI (`tests/fuzz_corpus.rs`), so both exercise exactly the same code.
 //! Each takes arbitrary bytes and must never panic; errors are the expected outcome for most.
+//! The request fuzzers (`http`, `mcp`) drive the real server in-process and check properties of
+//! every answer; they panic when one is violated.
+
+pub mod http;
+pub mod mcp;
+pub mod seed;
+pub mod values;
+
+pub use http::http_request;
+pub use mcp::mcp_request;
 
 use crate::kill::Report;
 use crate::simulated::{continue_workload_with, restore, Image};
@@ -124,8 +134,9 @@ pub fn load_checkpoint(data: &[u8]) -> bool {
     open_and_read_everything(&fs).1
 }
 
-/// Seed inputs for the three targets, from a real database: every log record (kind byte and
-/// payload), every log segment, and a checkpoint of it.
+/// Seed inputs for the five targets: from a real database, every log record (kind byte and
+/// payload), every log segment, and a checkpoint of it; the requests of the server's and the
+/// MCP crate's integration tests.
 pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let (log, _) = reference_log();
     // The first segment alone, and the whole log (segments are FUZZ_SEGMENT_BYTES long).
@@ -147,5 +158,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
         input.extend_from_slice(&record.payload);
         seeds.push(("decode_record", input));
     }
+    seeds.extend(http::seed_inputs().into_iter().map(|input| ("http_request", input)));
+    seeds.extend(mcp::seed_inputs().into_iter().map(|input| ("mcp_request", input)));
     seeds
 }
