@@ -84,6 +84,14 @@ fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
     }
 }
 
+/// One row of the results table.
+fn print_row(workload: &str, figures: &Figures) {
+    println!(
+        "| {workload} | {:.0} | {:.0} | {:.0} |",
+        figures.per_second, figures.p50_us, figures.p99_us
+    );
+}
+
 /// The round with the median throughput.
 fn median_round(mut rounds: Vec<Figures>) -> Figures {
     rounds.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
@@ -233,29 +241,14 @@ fn main() {
     println!();
     println!("| workload ({writers} writers, durable) | ops/s | p50 µs | p99 µs |");
     println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| engram-wal append of {record_bytes} B | {:.0} | {:.0} | {:.0} |",
-        wal_figures.per_second, wal_figures.p50_us, wal_figures.p99_us
-    );
-    println!(
-        "| engram-core one-memory transaction | {:.0} | {:.0} | {:.0} |",
-        db_figures.per_second, db_figures.p50_us, db_figures.p99_us
-    );
-    println!(
-        "| engram-core one-memory transaction, search indexer paused | {:.0} | {:.0} | {:.0} |",
-        paused_figures.per_second, paused_figures.p50_us, paused_figures.p99_us
-    );
-    println!(
-        "| engram-core commits while 2 threads read | {:.0} | {:.0} | {:.0} |",
-        writes_during_reads.per_second, writes_during_reads.p50_us, writes_during_reads.p99_us
-    );
-    println!(
-        "| engram-core one-memory transaction, checkpoints off | {:.0} | {:.0} | {:.0} |",
-        without_checkpoints.per_second, without_checkpoints.p50_us, without_checkpoints.p99_us
-    );
-    println!(
-        "| engram-core one-memory transaction, background checkpoints back to back | {:.0} | {:.0} | {:.0} |",
-        with_checkpoints.per_second, with_checkpoints.p50_us, with_checkpoints.p99_us
+    print_row(&format!("engram-wal append of {record_bytes} B"), &wal_figures);
+    print_row("engram-core one-memory transaction", &db_figures);
+    print_row("engram-core one-memory transaction, search indexer paused", &paused_figures);
+    print_row("engram-core commits while 2 threads read", &writes_during_reads);
+    print_row("engram-core one-memory transaction, checkpoints off", &without_checkpoints);
+    print_row(
+        "engram-core one-memory transaction, background checkpoints back to back",
+        &with_checkpoints,
     );
     println!();
     println!("{index_line}");
