@@ -17,11 +17,14 @@ use crate::stats::{Counters, WalStats};
 use crate::storage::{LockGuard, StdStorage, Storage};
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -63,12 +66,36 @@ struct State {
     waiters: Vec<Waiter>,
     /// Threads waiting on `progress` for the log to go quiet (suffix truncation).
     quiesce_waiters: usize,
+    /// Identifies the next [`Completion`] to register as a waiter.
+    next_task_id: u64,
 }
 
 struct Waiter {
     target: Lsn,
     durable: bool,
-    wake: Arc<Condvar>,
+    wake: Wake,
+}
+
+/// How a satisfied waiter is woken.
+enum Wake {
+    /// A thread blocked in `complete`; it may be asked to lead the next round.
+    Thread(Arc<Condvar>),
+    /// A task awaiting a [`Completion`]. It never leads (a leader blocks in write and fdatasync,
+    /// which an executor thread must not): the syncer thread leads rounds on its behalf.
+    Task { id: u64, waker: Waker },
+}
+
+impl Wake {
+    fn wake(&self) {
+        match self {
+            Wake::Thread(condvar) => condvar.notify_one(),
+            Wake::Task { waker, .. } => waker.wake_by_ref(),
+        }
+    }
+
+    fn is_task(&self, task_id: u64) -> bool {
+        matches!(self, Wake::Task { id, .. } if *id == task_id)
+    }
 }
 
 pub(crate) struct Inner {
@@ -179,6 +206,7 @@ impl Wal {
             closed: false,
             waiters: Vec::new(),
             quiesce_waiters: 0,
+            next_task_id: 0,
         };
         let inner = Arc::new(Inner {
             dir,
@@ -268,6 +296,21 @@ impl Wal {
         self.inner.complete(last, policy)
     }
 
+    /// [`complete`](Self::complete) for async callers: a future that is ready when `last` meets
+    /// `policy`, without blocking a thread meanwhile. Waiting tasks share group commits with
+    /// waiting threads; the log's syncer thread leads the rounds that only tasks wait for. Any
+    /// executor can poll it (it uses only the task's `Waker`); dropping it withdraws the wait
+    /// (the records stay submitted and are written by the next round).
+    pub fn complete_async(&self, last: Lsn, policy: SyncPolicy) -> Completion<'_> {
+        let durable = self.inner.request(last, policy);
+        Completion {
+            inner: &self.inner,
+            target: last,
+            durable,
+            task_id: None,
+        }
+    }
+
     /// Makes every record appended so far durable; returns the durable LSN.
     pub fn sync(&self) -> Result<Lsn> {
         self.inner.sync()
@@ -321,7 +364,12 @@ impl Wal {
     }
 
     fn shutdown(&mut self) {
-        self.inner.lock_state().closed = true;
+        {
+            let mut st = self.inner.lock_state();
+            st.closed = true;
+            // Tasks still waiting see the log closed when polled.
+            st.waiters.iter().for_each(|w| w.wake.wake());
+        }
         self.inner.syncer_wakeup.notify_all();
         self.inner.progress.notify_all();
         self.inner.durable_changed.notify_all();
@@ -344,6 +392,33 @@ impl Drop for Wal {
                 let _ = self.inner.sync();
             }
             self.shutdown();
+        }
+    }
+}
+
+/// The future of [`Wal::complete_async`].
+#[must_use = "a completion does nothing unless awaited"]
+pub struct Completion<'a> {
+    inner: &'a Inner,
+    target: Lsn,
+    durable: bool,
+    /// Set while registered as a waiter.
+    task_id: Option<u64>,
+}
+
+impl Future for Completion<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        this.inner.poll_completion(&mut this.task_id, this.target, this.durable, cx)
+    }
+}
+
+impl Drop for Completion<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.task_id {
+            self.inner.lock_state().waiters.retain(|w| !w.wake.is_task(id));
         }
     }
 }
@@ -502,7 +577,19 @@ impl Inner {
 
     /// Waits until the record at `last` (and everything before it) meets `policy`.
     fn complete_locked(&self, mut st: MutexGuard<'_, State>, last: Lsn, policy: SyncPolicy) -> Result<()> {
-        let durable = match policy {
+        let durable = Self::note_policy(&mut st, &self.syncer_wakeup, last, policy);
+        drop(self.drive(st, last, durable)?);
+        Ok(())
+    }
+
+    /// Records what `policy` asks of the records up to `last`; returns whether the caller must
+    /// wait for them to be durable (else: written).
+    fn request(&self, last: Lsn, policy: SyncPolicy) -> bool {
+        Self::note_policy(&mut self.lock_state(), &self.syncer_wakeup, last, policy)
+    }
+
+    fn note_policy(st: &mut State, syncer_wakeup: &Condvar, last: Lsn, policy: SyncPolicy) -> bool {
+        match policy {
             SyncPolicy::Always => {
                 st.sync_wanted_upto = st.sync_wanted_upto.max(last);
                 true
@@ -510,13 +597,11 @@ impl Inner {
             SyncPolicy::Interval { ms } => {
                 let due = Instant::now() + Duration::from_millis(ms);
                 st.sync_deadline = Some(st.sync_deadline.map_or(due, |d| d.min(due)));
-                self.syncer_wakeup.notify_one();
+                syncer_wakeup.notify_one();
                 false
             }
             SyncPolicy::Never => false,
-        };
-        drop(self.drive(st, last, durable)?);
-        Ok(())
+        }
     }
 
     fn enqueue(&self, st: &mut State, kind: u8, payload: &[u8]) {
@@ -591,10 +676,10 @@ impl Inner {
                 st.waiters.push(Waiter {
                     target,
                     durable,
-                    wake: wake.clone(),
+                    wake: Wake::Thread(wake.clone()),
                 });
                 st = wake.wait(st).unwrap_or_else(|p| p.into_inner());
-                st.waiters.retain(|w| !Arc::ptr_eq(&w.wake, &wake));
+                st.waiters.retain(|w| !matches!(&w.wake, Wake::Thread(c) if Arc::ptr_eq(c, &wake)));
                 continue;
             }
             st.leader_active = true;
@@ -645,26 +730,90 @@ impl Inner {
     }
 
     /// After a round: wakes the waiters it satisfied (all of them if the log stopped) and, when
-    /// work remains and the leader is leaving, one more waiter to lead the next round.
+    /// work remains and the leader is leaving, a successor: one more waiting thread, or, when
+    /// only tasks wait, the syncer thread, which leads for them.
     fn wake_waiters(&self, st: &mut State, leader_leaving: bool) {
         let stopped = st.poisoned.is_some();
         let (durable_lsn, written_lsn) = (st.durable_lsn, st.written_lsn);
         st.waiters.retain(|w| {
             let satisfied = stopped || (if w.durable { durable_lsn } else { written_lsn }) >= w.target;
             if satisfied {
-                w.wake.notify_one();
+                w.wake.wake();
             }
             !satisfied
         });
         let work_remains = !st.pending.is_empty() || st.sync_wanted_upto > durable_lsn;
         if leader_leaving && work_remains {
-            if let Some(successor) = st.waiters.first() {
-                successor.wake.notify_one();
+            match st.waiters.iter().find(|w| matches!(w.wake, Wake::Thread(_))) {
+                Some(successor) => successor.wake.wake(),
+                None if !st.waiters.is_empty() => self.syncer_wakeup.notify_one(),
+                None => {}
             }
         }
         if st.quiesce_waiters > 0 {
             self.progress.notify_all();
         }
+    }
+
+    /// The round the syncer should lead for waiting tasks when no leader is running: up to the
+    /// highest target any task waits for, durable if any of them needs it.
+    fn task_round(st: &State) -> Option<(Lsn, bool)> {
+        if st.leader_active {
+            return None;
+        }
+        st.waiters
+            .iter()
+            .filter(|w| matches!(w.wake, Wake::Task { .. }))
+            .filter(|w| (if w.durable { st.durable_lsn } else { st.written_lsn }) < w.target)
+            .map(|w| (w.target, w.durable))
+            .reduce(|(t1, d1), (t2, d2)| (t1.max(t2), d1 || d2))
+    }
+
+    /// One poll of a [`Completion`]: ready when `target` meets the policy (or the log stopped);
+    /// otherwise registers (or refreshes) the task's waker and makes sure a round will run.
+    fn poll_completion(&self, task_id: &mut Option<u64>, target: Lsn, durable: bool, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut st = self.lock_state();
+        let reached = (if durable { st.durable_lsn } else { st.written_lsn }) >= target;
+        let outcome = if let Some(cause) = &st.poisoned {
+            Some(Err(Error::Poisoned { cause: cause.clone() }))
+        } else if reached {
+            Some(Ok(()))
+        } else if st.closed {
+            Some(Err(Error::Closed))
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            if let Some(id) = task_id.take() {
+                st.waiters.retain(|w| !w.wake.is_task(id));
+            }
+            return Poll::Ready(outcome);
+        }
+        let registered = task_id.and_then(|id| st.waiters.iter_mut().find(|w| w.wake.is_task(id)));
+        match registered {
+            Some(Waiter {
+                wake: Wake::Task { waker, .. },
+                ..
+            }) => waker.clone_from(cx.waker()),
+            _ => {
+                let id = *task_id.get_or_insert_with(|| {
+                    st.next_task_id += 1;
+                    st.next_task_id
+                });
+                st.waiters.push(Waiter {
+                    target,
+                    durable,
+                    wake: Wake::Task {
+                        id,
+                        waker: cx.waker().clone(),
+                    },
+                });
+            }
+        }
+        if !st.leader_active {
+            self.syncer_wakeup.notify_one();
+        }
+        Poll::Pending
     }
 
     fn sync_file(&self, segment: &Segment) -> Result<()> {
@@ -714,11 +863,20 @@ impl Inner {
         Ok(target)
     }
 
+    /// The background syncer: leads rounds for tasks awaiting a [`Completion`] (they cannot lead
+    /// themselves), and syncs appends made with `SyncPolicy::Interval` when their time is due.
     fn run_syncer(&self) {
         let mut st = self.lock_state();
         loop {
             if st.closed || st.poisoned.is_some() {
                 return;
+            }
+            if let Some((target, durable)) = Self::task_round(&st) {
+                st = match self.drive(st, target, durable) {
+                    Ok(st) => st,
+                    Err(_) => return,
+                };
+                continue;
             }
             match st.sync_deadline {
                 Some(due) if Instant::now() >= due => {
