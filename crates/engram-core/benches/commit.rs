@@ -7,9 +7,10 @@
 //!
 //! `cargo bench -p engram-core --bench commit` (ENGRAM_BENCH_QUICK=1 for a short run).
 
-use engram_core::{CheckpointOptions, Database, DatabaseOptions, MemoryReads, NewMemory, SyncPolicy};
+use engram_core::{CheckpointOptions, CoreError, Database, DatabaseOptions, MemoryReads, NewMemory, SyncPolicy};
 use engram_wal::{Wal, WalOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DIMENSION: usize = 384;
@@ -84,6 +85,50 @@ fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
     }
 }
 
+/// Runs `op` from `writers` tasks on a 2-thread tokio runtime for the run duration: the same
+/// 64 concurrent writers without 64 blocked threads (`commit_async`, `Wal::complete_async`).
+fn drive_tasks<F, Fut>(runtime: &tokio::runtime::Runtime, writers: usize, op: F) -> Figures
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let (stop, op) = (stop.clone(), op.clone());
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        op(w, i).await;
+                        mine.push(t.elapsed());
+                        i += 1;
+                    }
+                    mine
+                })
+            })
+            .collect();
+        tokio::time::sleep(run_duration()).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Figures {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: percentile_us(&latencies, 0.5),
+        p99_us: percentile_us(&latencies, 0.99),
+    }
+}
+
 /// One row of the results table.
 fn print_row(workload: &str, figures: &Figures) {
     println!(
@@ -115,8 +160,47 @@ fn main() {
     // three alike; the table shows each row's median round and the ratio of the medians.
     let rounds = if std::env::var_os("ENGRAM_BENCH_QUICK").is_some() { 1 } else { 3 };
     let (mut wal_rounds, mut db_rounds, mut paused_rounds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut wal_task_rounds, mut db_task_rounds) = (Vec::new(), Vec::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut db = None;
     for round in 0..rounds {
+        // The async pair first: 64 tasks on 2 runtime threads, log alone, then engine.
+        let wal_dir = tempfile::tempdir_in(&base).unwrap();
+        let wal = Arc::new(Wal::open(wal_dir.path(), WalOptions::default()).unwrap());
+        let payload: Arc<[u8]> = vec![7u8; record_bytes].into();
+        let task_wal = wal.clone();
+        wal_task_rounds.push(drive_tasks(&runtime, writers, move |_, _| {
+            let (wal, payload) = (task_wal.clone(), payload.clone());
+            async move {
+                let lsn = *wal.submit(&[(1, &payload)]).unwrap().end();
+                wal.complete_async(lsn, SyncPolicy::Always).await.unwrap();
+            }
+        }));
+        drop(Arc::into_inner(wal));
+        let task_dir = tempfile::tempdir_in(&base).unwrap();
+        let task_db = Arc::new(Database::open(task_dir.path(), DatabaseOptions::default()).unwrap());
+        task_db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
+        let committer = task_db.clone();
+        db_task_rounds.push(drive_tasks(&runtime, writers, move |w, i| {
+            let db = committer.clone();
+            async move {
+                loop {
+                    let mut txn = db.begin();
+                    txn.insert_memory("bench", memory(w, i)).unwrap();
+                    match txn.commit_async().await {
+                        Ok(_) => return,
+                        Err(CoreError::Conflict { .. }) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+        drop(Arc::into_inner(task_db));
+
         let wal_dir = tempfile::tempdir_in(&base).unwrap();
         let wal = Wal::open(wal_dir.path(), WalOptions::default()).unwrap();
         let payload = vec![7u8; record_bytes];
@@ -152,6 +236,8 @@ fn main() {
     let wal_figures = median_round(wal_rounds);
     let db_figures = median_round(db_rounds);
     let paused_figures = median_round(paused_rounds);
+    let wal_task_figures = median_round(wal_task_rounds);
+    let db_task_figures = median_round(db_task_rounds);
     // Commits are not held to the indexer's pace: how far it trailed when the writers stopped.
     let index = db.index_stats();
     let index_line = format!(
@@ -244,6 +330,11 @@ fn main() {
     print_row(&format!("engram-wal append of {record_bytes} B"), &wal_figures);
     print_row("engram-core one-memory transaction", &db_figures);
     print_row("engram-core one-memory transaction, search indexer paused", &paused_figures);
+    print_row(
+        &format!("engram-wal append of {record_bytes} B, 64 tasks (complete_async)"),
+        &wal_task_figures,
+    );
+    print_row("engram-core one-memory transaction, 64 tasks (commit_async)", &db_task_figures);
     print_row("engram-core commits while 2 threads read", &writes_during_reads);
     print_row("engram-core one-memory transaction, checkpoints off", &without_checkpoints);
     print_row(
@@ -257,6 +348,13 @@ fn main() {
         "transactions / raw log appends: {:.2} (target >= 0.70: {})",
         ratio,
         if ratio >= 0.7 { "met" } else { "NOT met" }
+    );
+    let task_ratio = db_task_figures.per_second / wal_task_figures.per_second;
+    println!(
+        "async: transactions / raw log appends, both from 64 tasks on 2 runtime threads: {:.2} (target >= 0.70: {}); async transactions / blocking log appends: {:.2}",
+        task_ratio,
+        if task_ratio >= 0.7 { "met" } else { "NOT met" },
+        db_task_figures.per_second / wal_figures.per_second
     );
     let p99_ratio = with_checkpoints.p99_us / without_checkpoints.p99_us;
     println!(

@@ -412,7 +412,20 @@ impl Shared {
     /// Waits for the commit at `lsn` to meet `policy`, then applies every queued commit up to
     /// it, in LSN order. A failure here stops the database: the log is poisoned.
     pub fn finish_commit(&self, lsn: Lsn, policy: SyncPolicy) -> Result<()> {
-        if let Err(e) = self.wal.complete(lsn, policy) {
+        let logged = self.wal.complete(lsn, policy);
+        self.apply_logged(lsn, logged)
+    }
+
+    /// [`Shared::finish_commit`] without blocking the calling thread while the log syncs.
+    pub async fn finish_commit_async(&self, lsn: Lsn, policy: SyncPolicy) -> Result<()> {
+        let logged = self.wal.complete_async(lsn, policy).await;
+        self.apply_logged(lsn, logged)
+    }
+
+    /// Once the log has met the commit's policy (`logged`), applies every queued commit up to
+    /// `lsn`; a log failure poisons the database instead.
+    fn apply_logged(&self, lsn: Lsn, logged: engram_wal::Result<()>) -> Result<()> {
+        if let Err(e) = logged {
             self.poison(e.to_string());
             return Err(e.into());
         }
@@ -421,15 +434,37 @@ impl Shared {
         if self.visible_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        let _applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
+        let applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
+        self.apply_queued(applier, lsn);
+        Ok(())
+    }
+
+    /// Makes visible the queued commits that are already durable, if no one else is applying.
+    /// Any thread may do this: a commit's own task applies it only when next polled, and an
+    /// executor busy with tasks retrying against that commit (a conflict loop that never
+    /// yields) might not poll it again; helping keeps visibility, and so every retry, moving.
+    pub fn help_apply(&self) {
+        let durable = self.wal.durable_lsn();
+        if self.visible_lsn.load(Ordering::Acquire) >= durable {
+            return;
+        }
+        if let Ok(applier) = self.applier.try_lock() {
+            self.apply_queued(applier, durable);
+        }
+    }
+
+    /// Applies every queued commit up to `lsn` (each of them logged as its policy requires), in
+    /// LSN order, and publishes them.
+    fn apply_queued(&self, _applier: MutexGuard<'_, ()>, lsn: Lsn) {
         if self.visible_lsn.load(Ordering::Acquire) >= lsn {
-            return Ok(());
+            return;
         }
         let ready: Vec<(Lsn, Arc<CommitRecord>, u64)> = {
             let mut queue = self.apply_queue.lock().unwrap_or_else(|p| p.into_inner());
             let n = queue.iter().take_while(|(l, _, _)| *l <= lsn).count();
             queue.drain(..n).collect()
         };
+        let Some(&(applied_lsn, _, _)) = ready.last() else { return };
         let logged_bytes = ready.iter().map(|(_, _, bytes)| bytes).sum();
         let mut index_changes = Vec::new();
         for (record_lsn, record, _) in ready {
@@ -439,11 +474,10 @@ impl Shared {
         }
         // Queued under the applier lock, so batches reach the index applier in LSN order; the
         // indexing itself happens on its thread, off the commit path.
-        self.indexes.enqueue(lsn, index_changes);
-        self.visible_lsn.store(lsn, Ordering::Release);
+        self.indexes.enqueue(applied_lsn, index_changes);
+        self.visible_lsn.store(applied_lsn, Ordering::Release);
         // Counted once visible: a checkpoint covers only visible commits, so bytes counted
         // earlier could be cleared by a checkpoint that does not contain them.
         self.note_logged_bytes(logged_bytes);
-        Ok(())
     }
 }

@@ -154,15 +154,58 @@ impl Transaction {
     /// operation that does not fit in one record (`WalOptions::max_record_bytes`, with its before
     /// and after images) is refused, with `TooLarge`, and then nothing changes.
     pub fn commit(self) -> Result<CommitInfo> {
+        match self.log()? {
+            Logged::Nothing(info) => Ok(info),
+            Logged::Submitted {
+                db,
+                info,
+                durability,
+                writes_memories,
+            } => {
+                db.finish_commit(info.lsn, durability)?;
+                if writes_memories {
+                    // Keeps the search index lag bounded when commits outpace the indexer for long.
+                    db.indexes.throttle();
+                }
+                Ok(info)
+            }
+        }
+    }
+
+    /// [`commit`](Self::commit) for async callers (a server, an agent runtime): the same
+    /// transaction, atomicity and durability, but the task yields instead of blocking its thread
+    /// while the log syncs; the log's syncer thread leads the group commits that only tasks wait
+    /// for. Works on any executor. Dropping the future after the commit is logged does not undo
+    /// it: the commit becomes durable and visible with the next group.
+    pub async fn commit_async(self) -> Result<CommitInfo> {
+        match self.log()? {
+            Logged::Nothing(info) => Ok(info),
+            Logged::Submitted {
+                db,
+                info,
+                durability,
+                writes_memories,
+            } => {
+                db.finish_commit_async(info.lsn, durability).await?;
+                if writes_memories {
+                    db.indexes.throttle_async().await;
+                }
+                Ok(info)
+            }
+        }
+    }
+
+    /// Everything in a commit up to the log append: checks, conflict detection, encoding, LSNs.
+    fn log(self) -> Result<Logged> {
         let db = self.db.clone();
         db.check_running()?;
         let writes_memories = self.writes.keys().any(|k| k.space == Space::Memory);
         if self.is_empty() {
-            return Ok(CommitInfo {
+            return Ok(Logged::Nothing(CommitInfo {
                 lsn: self.snapshot,
                 txn_id: 0,
                 commit_ts_ms: db.store.commit_time(self.snapshot),
-            });
+            }));
         }
         // Everything that does not depend on other commits is prepared before the commit lock,
         // which serialises all committers: the before images are read at this transaction's
@@ -215,6 +258,10 @@ impl Transaction {
             // (applied, or queued and not yet applied) is a conflict.
             for key in ops.iter().filter_map(Op::key).chain(&unlogged_writes) {
                 if commit.pending_lsn(key).max(db.store.latest_lsn(key)) > self.snapshot {
+                    drop(commit);
+                    // A retry begins at the visible LSN: make the winner visible if it is
+                    // durable, even if its own task has not been polled since.
+                    db.help_apply();
                     return Err(CoreError::Conflict {
                         namespace: key.namespace.clone(),
                         what: space_name(key.space),
@@ -224,11 +271,11 @@ impl Transaction {
             }
             let Some(layout) = layout else {
                 // Only deletions of absent keys: nothing to log, like a read-only transaction.
-                return Ok(CommitInfo {
+                return Ok(Logged::Nothing(CommitInfo {
                     lsn: self.snapshot,
                     txn_id: 0,
                     commit_ts_ms: db.store.commit_time(self.snapshot),
-                });
+                }));
             };
             let txn_id = commit.next_txn_id();
             let commit_ts_ms = commit.next_commit_ts();
@@ -236,13 +283,26 @@ impl Transaction {
             let lsn = db.submit(&mut commit, Arc::new(CommitRecord { txn_id, commit_ts_ms, ops }), layout)?;
             CommitInfo { lsn, txn_id, commit_ts_ms }
         };
-        db.finish_commit(info.lsn, self.durability)?;
-        if writes_memories {
-            // Keeps the search index lag bounded when commits outpace the indexer for long.
-            db.indexes.throttle();
-        }
-        Ok(info)
+        Ok(Logged::Submitted {
+            db,
+            info,
+            durability: self.durability,
+            writes_memories,
+        })
     }
+}
+
+/// A transaction after its log append.
+enum Logged {
+    /// Nothing to log (empty, or only deletions of absent keys).
+    Nothing(CommitInfo),
+    /// In the log (not yet durable, not yet visible).
+    Submitted {
+        db: Arc<Shared>,
+        info: CommitInfo,
+        durability: SyncPolicy,
+        writes_memories: bool,
+    },
 }
 
 impl ReadView for Transaction {

@@ -21,6 +21,7 @@ use serde_json::Map;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -332,6 +333,8 @@ pub(crate) struct Indexes {
     indexed_lsn: AtomicU64,
     progress: Mutex<()>,
     progressed: Condvar,
+    /// Tasks held by the queue's memory bound (`throttle_async`), woken with `progressed`.
+    progress_wakers: Mutex<Vec<Waker>>,
     origin: IndexOrigin,
     /// Changes queued and not yet applied, and the bytes of their embeddings.
     queued_changes: AtomicUsize,
@@ -364,6 +367,7 @@ impl Indexes {
             indexed_lsn: AtomicU64::new(0),
             progress: Mutex::new(()),
             progressed: Condvar::new(),
+            progress_wakers: Mutex::new(Vec::new()),
             origin,
             queued_changes: AtomicUsize::new(0),
             queued_vector_bytes: AtomicUsize::new(0),
@@ -536,8 +540,16 @@ impl Indexes {
         }
         self.queued_changes.fetch_sub(batch.changes.len(), Ordering::AcqRel);
         self.queued_vector_bytes.fetch_sub(batch.vector_bytes, Ordering::AcqRel);
-        let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        self.progressed.notify_all();
+        self.notify_progress();
+    }
+
+    fn notify_progress(&self) {
+        {
+            let _guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            self.progressed.notify_all();
+        }
+        let wakers = std::mem::take(&mut *self.progress_wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     fn over_bound(&self, divisor: usize) -> bool {
@@ -567,6 +579,34 @@ impl Indexes {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// [`Indexes::throttle`] for a task: it yields instead of blocking its thread. Woken by the
+    /// indexer's progress (there is no timer here, so the `SEARCH_INDEX_WAIT` bound is checked
+    /// when the indexer progresses; an indexer paused by the test hook holds the task until it
+    /// resumes).
+    pub async fn throttle_async(&self) {
+        if !self.over_bound(1) {
+            return;
+        }
+        self.throttled_commits.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        std::future::poll_fn(|cx| {
+            if !self.over_bound(2) || started.elapsed() >= super::SEARCH_INDEX_WAIT {
+                return Poll::Ready(());
+            }
+            self.progress_wakers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(cx.waker().clone());
+            // Checked again after registering: progress made in between found no waker to wake.
+            if self.over_bound(2) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 
     /// Waits until every commit up to `lsn` is indexed; `IndexTimeout` after `timeout`.
