@@ -116,14 +116,24 @@ class Peer:
         return time.perf_counter() - started, recall_at_k(found, truth)
 
 
-def build_faiss(base, queries, threads):
+def build_faiss(base, queries, threads, cache=None):
+    """`cache`: a file to load the index from if it exists, else to save it to after the build
+    (repeated experiments; the settings then say the index was loaded and build_s is the load time)."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    index = faiss.IndexHNSWFlat(DIM, M)
-    index.hnsw.efConstruction = EF_CONSTRUCTION
     started = time.perf_counter()
-    index.add(base)
+    loaded = cache is not None and os.path.exists(cache)
+    if loaded:
+        index = faiss.read_index(cache)
+        if index.ntotal != base.shape[0] or index.d != DIM or index.hnsw.efConstruction != EF_CONSTRUCTION:
+            raise SystemExit(f"--faiss-cache {cache}: an index of other settings or rows; remove it")
+    else:
+        index = faiss.IndexHNSWFlat(DIM, M)
+        index.hnsw.efConstruction = EF_CONSTRUCTION
+        index.add(base)
+        if cache is not None:
+            faiss.write_index(index, cache)
     build_s = time.perf_counter() - started
     faiss.omp_set_num_threads(1)
 
@@ -131,7 +141,8 @@ def build_faiss(base, queries, threads):
         index.hnsw.efSearch = ef
         return index.search(queries, K)[1]
 
-    settings = f"faiss-cpu {faiss.__version__}: IndexHNSWFlat(d={DIM}, M={M}), efConstruction={EF_CONSTRUCTION}, built with {threads} OpenMP threads; search: omp_set_num_threads(1), one batch of {len(queries)} queries, k={K}"
+    origin = f"loaded from {cache} (build_s is the load time)" if loaded else f"built with {threads} OpenMP threads"
+    settings = f"faiss-cpu {faiss.__version__}: IndexHNSWFlat(d={DIM}, M={M}), efConstruction={EF_CONSTRUCTION}, {origin}; search: omp_set_num_threads(1), one batch of {len(queries)} queries, k={K}"
     return Peer("faiss-hnsw", settings, build_s, faiss.serialize_index(index).nbytes, search)
 
 
@@ -287,9 +298,15 @@ def main():
     parser.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
     parser.add_argument("--out", help="results JSON (omit with --generate-only)")
     parser.add_argument("--generate-only", action="store_true", help="write the data files and stop")
+    parser.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help="read the data files from --data if all three exist instead of regenerating them (they are deterministic); for repeated runs against a shared data directory",
+    )
     parser.add_argument("--chroma-query", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "scratch"))
     parser.add_argument("--engram", help="the bench/peers `peers` binary (Engram's side); omitted: no Engram row")
+    parser.add_argument("--faiss-cache", help="load faiss's index from this file if it exists, else save it there after the build (experiments)")
     parser.add_argument("--peers", default="faiss,hnswlib,engram,chroma", help="comma-separated subset to run (default: all)")
     args = parser.parse_args()
     if args.chroma_query:
@@ -297,12 +314,23 @@ def main():
 
     os.makedirs(args.data, exist_ok=True)
     started = time.perf_counter()
-    base, queries = generate(args.rows)
-    truth = exact_top(base, queries, 100)
-    write_fvecs(os.path.join(args.data, f"base-{args.rows}x{DIM}.fvecs"), base)
-    write_fvecs(os.path.join(args.data, f"queries-{QUERIES}x{DIM}.fvecs"), queries)
-    write_ivecs(os.path.join(args.data, f"groundtruth-{args.rows}-{QUERIES}x100.ivecs"), truth)
-    print(f"generated {args.rows} x {DIM} vectors and exact top-100 in {time.perf_counter() - started:.1f} s", flush=True)
+    paths = [
+        os.path.join(args.data, f"base-{args.rows}x{DIM}.fvecs"),
+        os.path.join(args.data, f"queries-{QUERIES}x{DIM}.fvecs"),
+        os.path.join(args.data, f"groundtruth-{args.rows}-{QUERIES}x100.ivecs"),
+    ]
+    if args.reuse_data and not args.generate_only and all(os.path.exists(p) for p in paths):
+        base, queries, truth = (np.ascontiguousarray(read(p)) for read, p in zip((read_fvecs, read_fvecs, read_ivecs), paths))
+        if base.shape != (args.rows, DIM) or queries.shape != (QUERIES, DIM) or truth.shape != (QUERIES, 100):
+            raise SystemExit(f"--reuse-data: the files in {args.data} do not hold {args.rows} rows of {DIM}; regenerate them")
+        print(f"read {args.rows} x {DIM} vectors and exact top-100 from {args.data}", flush=True)
+    else:
+        base, queries = generate(args.rows)
+        truth = exact_top(base, queries, 100)
+        write_fvecs(paths[0], base)
+        write_fvecs(paths[1], queries)
+        write_ivecs(paths[2], truth)
+        print(f"generated {args.rows} x {DIM} vectors and exact top-100 in {time.perf_counter() - started:.1f} s", flush=True)
     if args.generate_only:
         return
     threads = os.cpu_count() or 1
@@ -319,7 +347,7 @@ def main():
     elif "engram" in wanted:
         print("engram: left out (no --engram binary given)", flush=True)
     if "faiss" in wanted:
-        built.append(build_faiss(base, queries, threads))
+        built.append(build_faiss(base, queries, threads, args.faiss_cache))
     if "hnswlib" in wanted:
         built.append(build_hnswlib(base, queries, threads))
     if engram:

@@ -13,7 +13,7 @@
 //!   values by itself, fastest of `--passes`, and writes the peer's JSON (for profiling).
 
 use crate::vecfile::{read_fvecs, read_ivecs, Rows};
-use engram_core::{Database, DatabaseOptions, Metric, NewMemory, SearchHit, SearchMode, SearchReads, SearchRequest, Snapshot, SyncPolicy};
+use engram_core::{Database, DatabaseOptions, Memory, Metric, NewMemory, SearchMode, SearchReads, SearchRequest, Snapshot, SyncPolicy};
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ const MEMORIES_PER_TRANSACTION: usize = 1000;
 /// The graph parameters engram-core builds with (crates/engram-core/src/search/hnsw.rs,
 /// `DEFAULT_M` and `DEFAULT_EF_CONSTRUCTION`; not configurable through the public API). Only
 /// printed in the settings, so a reader can compare them with the peers' M=32, efConstruction=200.
-const ENGRAM_GRAPH: &str = "M=16 (32 links on level 0), ef_construction=64";
+const ENGRAM_GRAPH: &str = "M=32 (64 links on level 0), ef_construction=128";
 const DEFAULT_EF: [usize; 7] = [10, 16, 32, 64, 128, 256, 512];
 /// How long a build may take to reach the index before the run is abandoned.
 const INDEX_WAIT: Duration = Duration::from_secs(3600);
@@ -148,7 +148,7 @@ fn describe(built: &Built) -> serde_json::Value {
         "engram-core {} embedded: Database::open with DatabaseOptions::default() (fdatasync before every acknowledgement, background checkpoints); \
          declare_vector_space({DIMENSION}, L2); each base row one memory (text \"base row i\", metadata {{\"row\": i}}, the embedding) in durable transactions of {MEMORIES_PER_TRANSACTION}; \
          build = commits + wait_for_index (one indexer thread; graph {ENGRAM_GRAPH}, fixed in engram-core), then one explicit checkpoint (not in the build time); \
-         search: one Snapshot::search(SearchRequest {{ mode: vector, k: {K}, ef_search: ef }}) per query on one thread, each hit carrying its memory (text, metadata, embedding), \
+         search: one Snapshot::search_refs(SearchRequest {{ mode: vector, k: {K}, ef_search: ef }}) per query on one thread, each hit sharing its memory (text, metadata, embedding) with the database instead of copying it, \
          memory row read from the hit's metadata",
         env!("CARGO_PKG_VERSION")
     )
@@ -173,8 +173,10 @@ fn pass(snapshot: &Snapshot, data: &DataSet, ef: usize) -> Result<(f64, f64), St
     let mut found: Vec<Vec<u32>> = Vec::with_capacity(requests.len());
     let started = Instant::now();
     for request in &requests {
-        let hits = snapshot.search(request).map_err(text_err)?;
-        found.push(hits.iter().map(row_of).collect::<Result<_, _>>()?);
+        // Shared hits: an agent reading its top 10 looks at their text and metadata; copying
+        // each memory out, embedding included, is for callers who keep or modify them.
+        let hits = snapshot.search_refs(request).map_err(text_err)?;
+        found.push(hits.iter().map(|h| row_of(&h.memory)).collect::<Result<_, _>>()?);
     }
     let seconds = started.elapsed().as_secs_f64();
     let hits: usize = found
@@ -185,13 +187,13 @@ fn pass(snapshot: &Snapshot, data: &DataSet, ef: usize) -> Result<(f64, f64), St
     Ok((seconds, hits as f64 / (data.truth.len() * K) as f64))
 }
 
-fn row_of(hit: &SearchHit) -> Result<u32, String> {
-    hit.memory
+fn row_of(memory: &Memory) -> Result<u32, String> {
+    memory
         .metadata
         .get("row")
         .and_then(serde_json::Value::as_u64)
         .and_then(|r| u32::try_from(r).ok())
-        .ok_or_else(|| format!("memory {} has no row in its metadata", hit.memory.id))
+        .ok_or_else(|| format!("memory {} has no row in its metadata", memory.id))
 }
 
 fn emit(out: &mut impl Write, value: &serde_json::Value) -> Result<(), String> {

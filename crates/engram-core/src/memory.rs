@@ -155,7 +155,7 @@ impl Transaction {
 pub struct MemoryRef(Arc<Value>);
 
 impl MemoryRef {
-    fn new(value: Arc<Value>) -> Option<MemoryRef> {
+    pub(crate) fn new(value: Arc<Value>) -> Option<MemoryRef> {
         matches!(*value, Value::Memory(_)).then_some(MemoryRef(value))
     }
 

@@ -383,3 +383,49 @@ fn neighbours_follow_depth_relation_types_direction_and_as_of() {
     let then = db.as_of(before).unwrap().neighbours("g", "A", 2, &[], Direction::Outgoing).unwrap();
     assert_eq!(names(&then), vec!["A", "B", "C"]);
 }
+
+#[test]
+fn shared_hits_are_their_snapshots_versions_in_search_order_and_outlive_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let mut rng = Rng(9);
+    let vectors: Vec<Vec<f32>> = (0..40).map(|_| rng.vector(4)).collect();
+    let ids = load(&db, "ns", &vectors, |i| format!("first word{i}"), |i| json!({ "i": i }));
+    let before = db.visible_lsn();
+    // Updates left queued for the indexer, so hits come from both the index and the tail.
+    db.pause_indexer(true);
+    let mut txn = db.begin();
+    for id in ids.iter().step_by(2) {
+        let patch = MemoryPatch {
+            text: Some("second word".into()),
+            embedding: Some(rng.vector(4)),
+            ..Default::default()
+        };
+        txn.update_memory("ns", id, patch).unwrap();
+    }
+    txn.commit().unwrap();
+    let mut kept = Vec::new();
+    for view in [db.as_of(before).unwrap(), db.snapshot()] {
+        let mut hybrid = vector_request("ns", rng.vector(4), 10);
+        hybrid.text = Some("word".into());
+        hybrid.mode = SearchMode::Hybrid;
+        for request in [vector_request("ns", rng.vector(4), 10), keyword_request("ns", "second", 10), hybrid] {
+            let shared = view.search_refs(&request).unwrap();
+            let copied = view.search(&request).unwrap();
+            assert!(!shared.is_empty() || request.mode == SearchMode::Keyword);
+            assert_eq!(shared.iter().map(SearchHitRef::to_hit).collect::<Vec<_>>(), copied);
+            for hit in &shared {
+                // The version valid at the view's snapshot, as a point read there returns it.
+                let read = view.get_memory("ns", &hit.memory.id).unwrap().unwrap();
+                assert_eq!(*hit.memory, read);
+            }
+            kept.push((shared, copied));
+        }
+    }
+    db.pause_indexer(false);
+    drop(db);
+    // A shared hit holds its version, not a borrow of the database.
+    for (shared, copied) in kept {
+        assert_eq!(shared.iter().map(SearchHitRef::to_hit).collect::<Vec<_>>(), copied);
+    }
+}

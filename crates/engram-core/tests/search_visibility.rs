@@ -312,8 +312,6 @@ fn the_approximate_index_never_returns_a_version_invalid_at_the_snapshot() {
     // then once it is indexed.
     db.pause_indexer(true);
     let after = txn.commit().unwrap().lsn;
-    let live: Vec<(usize, Vec<f32>)> = current.iter().enumerate().filter_map(|(i, v)| v.clone().map(|v| (i, v))).collect();
-    let live_vectors: Vec<Vec<f32>> = live.iter().map(|(_, v)| v.clone()).collect();
     for indexed in [false, true] {
         if indexed {
             db.pause_indexer(false);
@@ -321,39 +319,62 @@ fn the_approximate_index_never_returns_a_version_invalid_at_the_snapshot() {
         } else {
             assert!(db.index_stats().indexed_lsn < after);
         }
-        let old = db.as_of(before).unwrap();
-        let new = db.snapshot();
-        let (mut found_old, mut found_new) = (0, 0);
-        for _ in 0..50 {
-            let q = rng.vector(16);
-            let hits = old.search(&vector_request("ns", q.clone(), 10)).unwrap();
-            assert_eq!(hits.len(), 10);
-            let expected: Vec<&String> = exact_top(Metric::Cosine, &data, &q, 10).into_iter().map(|i| &ids[i]).collect();
-            for h in &hits {
-                assert_eq!(h.memory.metadata["version"], 1, "an old snapshot saw a newer version");
-                let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
-                assert_eq!(h.memory.embedding.as_ref(), Some(&data[i]));
-            }
-            found_old += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
-            let hits = new.search(&vector_request("ns", q.clone(), 10)).unwrap();
-            assert_eq!(hits.len(), 10);
-            let expected: Vec<&String> = exact_top(Metric::Cosine, &live_vectors, &q, 10)
-                .into_iter()
-                .map(|j| &ids[live[j].0])
-                .collect();
-            for h in &hits {
-                let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
-                assert_eq!(
-                    h.memory.embedding.as_ref(),
-                    current[i].as_ref(),
-                    "a new snapshot saw a superseded or deleted version"
-                );
-            }
-            found_new += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
-        }
-        assert!(found_old >= 475, "recall at the old snapshot {found_old}/500 (indexed: {indexed})");
-        assert!(found_new >= 475, "recall at the new snapshot {found_new}/500 (indexed: {indexed})");
+        check_old_and_new_snapshots(&db, before, &mut rng, &data, &ids, &current, &format!("indexed: {indexed}"));
     }
+    // Reopened from the checkpoint's index file: the per-node validity the traversal reads is
+    // restored from the saved versions.
+    db.checkpoint().unwrap();
+    drop(db);
+    let db = open(dir.path());
+    assert!(matches!(db.index_stats().origin, IndexOrigin::Checkpoint { .. }));
+    check_old_and_new_snapshots(&db, before, &mut rng, &data, &ids, &current, "reopened");
+}
+
+/// At `before` every hit is a first version and the top 10 are found; at the current snapshot
+/// every hit is the current version of a live memory (never a superseded or deleted one).
+fn check_old_and_new_snapshots(
+    db: &Database,
+    before: Lsn,
+    rng: &mut Rng,
+    data: &[Vec<f32>],
+    ids: &[String],
+    current: &[Option<Vec<f32>>],
+    case: &str,
+) {
+    let live: Vec<(usize, Vec<f32>)> = current.iter().enumerate().filter_map(|(i, v)| v.clone().map(|v| (i, v))).collect();
+    let live_vectors: Vec<Vec<f32>> = live.iter().map(|(_, v)| v.clone()).collect();
+    let old = db.as_of(before).unwrap();
+    let new = db.snapshot();
+    let (mut found_old, mut found_new) = (0, 0);
+    for _ in 0..50 {
+        let q = rng.vector(16);
+        let hits = old.search(&vector_request("ns", q.clone(), 10)).unwrap();
+        assert_eq!(hits.len(), 10);
+        let expected: Vec<&String> = exact_top(Metric::Cosine, data, &q, 10).into_iter().map(|i| &ids[i]).collect();
+        for h in &hits {
+            assert_eq!(h.memory.metadata["version"], 1, "an old snapshot saw a newer version ({case})");
+            let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
+            assert_eq!(h.memory.embedding.as_ref(), Some(&data[i]));
+        }
+        found_old += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
+        let hits = new.search(&vector_request("ns", q.clone(), 10)).unwrap();
+        assert_eq!(hits.len(), 10);
+        let expected: Vec<&String> = exact_top(Metric::Cosine, &live_vectors, &q, 10)
+            .into_iter()
+            .map(|j| &ids[live[j].0])
+            .collect();
+        for h in &hits {
+            let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
+            assert_eq!(
+                h.memory.embedding.as_ref(),
+                current[i].as_ref(),
+                "a new snapshot saw a superseded or deleted version ({case})"
+            );
+        }
+        found_new += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
+    }
+    assert!(found_old >= 475, "recall at the old snapshot {found_old}/500 ({case})");
+    assert!(found_new >= 475, "recall at the new snapshot {found_new}/500 ({case})");
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub use vector::Metric;
 use crate::db::{Database, Shared};
 use crate::error::{CoreError, Result};
 use crate::graph::{GraphReads, KnowledgeGraph};
-use crate::memory::MemoryReads;
+use crate::memory::{MemoryReads, MemoryRef};
 use crate::model::{Entity, Key, KvValue, Memory, Space, Value};
 use crate::names::{validate_embedding, validate_namespace, validate_size};
 use crate::retention::RetainedView;
@@ -91,6 +91,29 @@ pub struct SearchHit {
     pub keyword: Option<SignalScore>,
 }
 
+/// A search hit whose memory is shared with the database rather than copied (see
+/// [`MemoryRef`]): what [`SearchReads::search_refs`] returns. Building one costs a reference
+/// count; a [`SearchHit`] copies the memory, embedding included (1.5 KB at 384 dimensions).
+#[derive(Debug, Clone)]
+pub struct SearchHitRef {
+    pub memory: MemoryRef,
+    pub score: f32,
+    pub vector: Option<SignalScore>,
+    pub keyword: Option<SignalScore>,
+}
+
+impl SearchHitRef {
+    /// The hit with its memory copied out.
+    pub fn to_hit(&self) -> SearchHit {
+        SearchHit {
+            memory: self.memory.to_memory(),
+            score: self.score,
+            vector: self.vector,
+            keyword: self.keyword,
+        }
+    }
+}
+
 /// An entity matched by keyword (BM25 over its name, type and observations).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntityHit {
@@ -114,7 +137,14 @@ pub enum Direction {
 pub trait SearchReads: RetainedView {
     /// Vector, keyword or hybrid search over the memories of a namespace (module docs). An
     /// unknown namespace, or one without vectors for a vector search, has no hits.
-    fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>>;
+    fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
+        Ok(self.search_refs(request)?.iter().map(SearchHitRef::to_hit).collect())
+    }
+
+    /// [`SearchReads::search`] with each hit's memory shared with the database instead of
+    /// copied: the same hits, in the same order, for callers that only read the memories
+    /// (return their text, look at a metadata field, serialise them).
+    fn search_refs(&self, request: &SearchRequest) -> Result<Vec<SearchHitRef>>;
 
     /// The neighbourhood of `entity` up to `depth` hops (0: the entity alone) over relations of
     /// `relation_types` (empty: all), in `direction`. `NotFound` if the entity does not exist.
@@ -189,7 +219,7 @@ fn validate(request: &SearchRequest) -> Result<()> {
 }
 
 /// The search behind both views: `view` reads at `lsn`.
-fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request: &SearchRequest) -> Result<Vec<SearchHit>> {
+fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request: &SearchRequest) -> Result<Vec<SearchHitRef>> {
     validate(request)?;
     if let (Some(vector), Some(expected)) = (&request.vector, view.dimension(&request.namespace)) {
         if vector.len() != expected {
@@ -227,13 +257,13 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
         _ => Vec::new(),
     };
     // Every ranked document was admitted, so it holds a memory.
-    let memory = |document| tail::memory_of(index, &tail, document).cloned();
-    let ranked = |hits: &[(tail::Document, f32)], vector: bool| -> Vec<SearchHit> {
+    let memory = |document| tail::shared_value_of(index, &tail, document).cloned().and_then(MemoryRef::new);
+    let ranked = |hits: &[(tail::Document, f32)], vector: bool| -> Vec<SearchHitRef> {
         hits.iter()
             .enumerate()
             .filter_map(|(i, &(document, score))| {
                 let place = Some(SignalScore { rank: i + 1, score });
-                Some(SearchHit {
+                Some(SearchHitRef {
                     memory: memory(document)?,
                     score,
                     vector: if vector { place } else { None },
@@ -249,7 +279,7 @@ fn search_at<V: RetainedView + ?Sized>(db: &Shared, view: &V, lsn: Lsn, request:
             .into_iter()
             .take(k)
             .filter_map(|f| {
-                Some(SearchHit {
+                Some(SearchHitRef {
                     memory: memory(f.item)?,
                     score: f.score,
                     vector: f.vector,
@@ -296,13 +326,13 @@ fn search_entities_at<V: GraphReads + ?Sized>(view: &V, namespace: &str, text: &
 }
 
 impl SearchReads for Snapshot {
-    fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
+    fn search_refs(&self, request: &SearchRequest) -> Result<Vec<SearchHitRef>> {
         search_at(&self.db, self, self.lsn, request)
     }
 }
 
 impl SearchReads for Transaction {
-    fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
+    fn search_refs(&self, request: &SearchRequest) -> Result<Vec<SearchHitRef>> {
         search_at(&self.db, self, self.read_lsn(), request)
     }
 }

@@ -7,7 +7,7 @@
 //! the indexes from the store, which is always the source of truth.
 
 use super::hnsw::{Hnsw, SavedGraph};
-use super::index::{NamespaceIndex, VersionEntry};
+use super::index::{NamespaceIndex, NodeValidity, VersionEntry};
 use super::vector::Metric;
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
@@ -296,6 +296,12 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
     if saved.node_entry.windows(2).any(|w| w[0] >= w[1]) || saved.node_entry.last().is_some_and(|&s| s as usize >= index.entries.len()) {
         return Err("node slots out of order or range".into());
     }
+    index.node_validity = saved
+        .node_entry
+        .iter()
+        .map(|&slot| NodeValidity::of(&index.entries[slot as usize]))
+        .collect();
+    index.ended_nodes = index.node_validity.iter().filter(|v| v.superseded_lsn != Lsn::MAX).count();
     index.node_entry = saved.node_entry;
     index.hnsw = match saved.graph {
         Some(graph) => Some(Hnsw::import(saved.metric, graph)?),

@@ -102,6 +102,14 @@ impl TailView {
     }
 }
 
+/// The stored value (a memory) behind a document, shared with the store.
+pub(crate) fn shared_value_of<'a>(index: Option<&'a NamespaceIndex>, tail: &'a TailView, document: Document) -> Option<&'a Arc<Value>> {
+    match document {
+        Document::Indexed(slot) => index?.entries.get(slot as usize)?.value.as_ref(),
+        Document::Tail(place) => tail.versions.get(place as usize)?.as_ref(),
+    }
+}
+
 /// The memory behind a document.
 pub(crate) fn memory_of<'a>(index: Option<&'a NamespaceIndex>, tail: &'a TailView, document: Document) -> Option<&'a Memory> {
     match document {
