@@ -51,11 +51,21 @@ fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
 }
 
+/// Throughput and latency percentiles of operations that took `latencies` in `elapsed`.
+fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+    latencies.sort_unstable();
+    Figures {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: percentile_us(&latencies, 0.5),
+        p99_us: percentile_us(&latencies, 0.99),
+    }
+}
+
 /// Runs `op` from `writers` threads for the run duration; returns throughput and latencies.
 fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
-    let mut latencies: Vec<Duration> = std::thread::scope(|s| {
+    let latencies: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
                 let (stop, op) = (&stop, &op);
@@ -76,13 +86,7 @@ fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
         stop.store(true, Ordering::Relaxed);
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Figures {
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: percentile_us(&latencies, 0.5),
-        p99_us: percentile_us(&latencies, 0.99),
-    }
+    figures(latencies, started.elapsed())
 }
 
 /// Runs `op` from `writers` tasks on a 2-thread tokio runtime for the run duration: the same
@@ -95,7 +99,7 @@ where
     let op = Arc::new(op);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut latencies: Vec<Duration> = runtime.block_on(async {
+    let latencies: Vec<Duration> = runtime.block_on(async {
         let tasks: Vec<_> = (0..writers)
             .map(|w| {
                 let (stop, op) = (stop.clone(), op.clone());
@@ -120,13 +124,7 @@ where
         }
         all
     });
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Figures {
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: percentile_us(&latencies, 0.5),
-        p99_us: percentile_us(&latencies, 0.99),
-    }
+    figures(latencies, started.elapsed())
 }
 
 /// One row of the results table.
