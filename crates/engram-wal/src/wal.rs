@@ -577,7 +577,7 @@ impl Inner {
 
     /// Waits until the record at `last` (and everything before it) meets `policy`.
     fn complete_locked(&self, mut st: MutexGuard<'_, State>, last: Lsn, policy: SyncPolicy) -> Result<()> {
-        let durable = Self::note_policy(&mut st, &self.syncer_wakeup, last, policy);
+        let durable = self.note_policy(&mut st, last, policy);
         drop(self.drive(st, last, durable)?);
         Ok(())
     }
@@ -585,10 +585,10 @@ impl Inner {
     /// Records what `policy` asks of the records up to `last`; returns whether the caller must
     /// wait for them to be durable (else: written).
     fn request(&self, last: Lsn, policy: SyncPolicy) -> bool {
-        Self::note_policy(&mut self.lock_state(), &self.syncer_wakeup, last, policy)
+        self.note_policy(&mut self.lock_state(), last, policy)
     }
 
-    fn note_policy(st: &mut State, syncer_wakeup: &Condvar, last: Lsn, policy: SyncPolicy) -> bool {
+    fn note_policy(&self, st: &mut State, last: Lsn, policy: SyncPolicy) -> bool {
         match policy {
             SyncPolicy::Always => {
                 st.sync_wanted_upto = st.sync_wanted_upto.max(last);
@@ -597,7 +597,7 @@ impl Inner {
             SyncPolicy::Interval { ms } => {
                 let due = Instant::now() + Duration::from_millis(ms);
                 st.sync_deadline = Some(st.sync_deadline.map_or(due, |d| d.min(due)));
-                syncer_wakeup.notify_one();
+                self.syncer_wakeup.notify_one();
                 false
             }
             SyncPolicy::Never => false,

@@ -39,6 +39,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+fn open(fs: &FaultStorage) -> Wal {
+    Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap()
+}
+
+/// Simulates `mode`, reopens the log and reads every record back (the log must be dropped).
+fn records_after(fs: &FaultStorage, mode: CrashMode) -> BTreeMap<Lsn, Vec<u8>> {
+    fs.crash(mode);
+    read_all(&open(fs))
+}
+
 /// Records read back from a reopened log.
 fn read_all(wal: &Wal) -> BTreeMap<Lsn, Vec<u8>> {
     let mut reader = wal.reader(wal.first_lsn()).unwrap();
@@ -95,7 +105,7 @@ async fn append_from_tasks(
 #[test]
 fn tasks_are_acknowledged_only_when_durable_and_share_fdatasyncs() {
     let fs = FaultStorage::new();
-    let wal = Arc::new(Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap());
+    let wal = Arc::new(open(&fs));
     let syncs_before = wal.stats().syncs;
     let (acknowledged, errors) = runtime().block_on(append_from_tasks(wal.clone(), 32, 40, SyncPolicy::Always));
     assert!(errors.is_empty(), "{errors:?}");
@@ -107,9 +117,7 @@ fn tasks_are_acknowledged_only_when_durable_and_share_fdatasyncs() {
         acknowledged.len()
     );
     drop(Arc::into_inner(wal).expect("the tasks are done"));
-    fs.crash(CrashMode::DropUnsynced);
-    let reopened = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
-    let recovered = read_all(&reopened);
+    let recovered = records_after(&fs, CrashMode::DropUnsynced);
     for (lsn, bytes) in &acknowledged {
         assert_eq!(
             recovered.get(lsn),
@@ -122,7 +130,7 @@ fn tasks_are_acknowledged_only_when_durable_and_share_fdatasyncs() {
 #[test]
 fn tasks_and_threads_wait_together() {
     let fs = FaultStorage::new();
-    let wal = Arc::new(Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap());
+    let wal = Arc::new(open(&fs));
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let wal = wal.clone();
@@ -143,9 +151,11 @@ fn tasks_and_threads_wait_together() {
     }
     assert_eq!(acknowledged.len(), 4 * 50 + 16 * 25);
     drop(Arc::into_inner(wal).expect("everyone is done"));
-    fs.crash(CrashMode::DropUnsynced);
-    let reopened = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
-    assert_eq!(read_all(&reopened), acknowledged, "every acknowledged record, and nothing else");
+    assert_eq!(
+        records_after(&fs, CrashMode::DropUnsynced),
+        acknowledged,
+        "every acknowledged record, and nothing else"
+    );
 }
 
 #[test]
@@ -153,7 +163,7 @@ fn a_power_loss_mid_run_keeps_every_acknowledged_record() {
     let mut crashed_runs = 0;
     for crash_after in [3u64, 17, 40, 80] {
         let fs = FaultStorage::new();
-        let wal = Arc::new(Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap());
+        let wal = Arc::new(open(&fs));
         fs.crash_after_mutations(fs.mutation_count() + crash_after);
         let (acknowledged, errors) = runtime().block_on(append_from_tasks(wal.clone(), 16, 30, SyncPolicy::Always));
         if fs.has_crashed() {
@@ -161,9 +171,7 @@ fn a_power_loss_mid_run_keeps_every_acknowledged_record() {
             assert!(!errors.is_empty(), "the crash after {crash_after} mutations failed no task");
         }
         drop(Arc::into_inner(wal).expect("the tasks are done"));
-        fs.crash(CrashMode::DropUnsynced);
-        let reopened = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
-        let recovered = read_all(&reopened);
+        let recovered = records_after(&fs, CrashMode::DropUnsynced);
         for (lsn, bytes) in &acknowledged {
             assert_eq!(
                 recovered.get(lsn),
@@ -178,7 +186,7 @@ fn a_power_loss_mid_run_keeps_every_acknowledged_record() {
 #[test]
 fn a_failed_fdatasync_fails_the_waiting_tasks_instead_of_hanging() {
     let fs = FaultStorage::new();
-    let wal = Arc::new(Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap());
+    let wal = Arc::new(open(&fs));
     fs.fail(Some(OpKind::Sync), 1, true, FaultKind::Io);
     let rt = runtime();
     let (acknowledged, errors) = rt.block_on(async {
@@ -208,21 +216,22 @@ fn a_failed_fdatasync_fails_the_waiting_tasks_instead_of_hanging() {
 #[test]
 fn never_policy_is_ready_once_written() {
     let fs = FaultStorage::new();
-    let wal = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
+    let wal = open(&fs);
     let written = *wal.submit(&[(1, b"written")]).unwrap().end();
     runtime().block_on(wal.complete_async(written, SyncPolicy::Never)).unwrap();
     assert!(wal.durable_lsn() < written, "Never does not sync");
     drop(wal);
     // The process dies but the machine does not: what was written (not synced) survives.
-    fs.crash(CrashMode::ProcessOnly);
-    let reopened = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
-    assert_eq!(read_all(&reopened).get(&written).map(Vec::as_slice), Some(&b"written"[..]));
+    assert_eq!(
+        records_after(&fs, CrashMode::ProcessOnly).get(&written).map(Vec::as_slice),
+        Some(&b"written"[..])
+    );
 }
 
 #[test]
 fn a_dropped_wait_leaves_the_record_in_the_log() {
     let fs = FaultStorage::new();
-    let wal = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
+    let wal = open(&fs);
     let abandoned = *wal.submit(&[(1, b"abandoned")]).unwrap().end();
     // Dropped unpolled, then dropped after one poll (registered as a waiter, or already ready).
     drop(wal.complete_async(abandoned, SyncPolicy::Always));
@@ -232,9 +241,10 @@ fn a_dropped_wait_leaves_the_record_in_the_log() {
     });
     assert!(wal.sync().unwrap() >= abandoned);
     drop(wal);
-    fs.crash(CrashMode::DropUnsynced);
-    let reopened = Wal::open_with_storage(Arc::new(fs.clone()), DIR, options()).unwrap();
-    assert_eq!(read_all(&reopened).get(&abandoned).map(Vec::as_slice), Some(&b"abandoned"[..]));
+    assert_eq!(
+        records_after(&fs, CrashMode::DropUnsynced).get(&abandoned).map(Vec::as_slice),
+        Some(&b"abandoned"[..])
+    );
 }
 
 /// Polls a future once, returning its output if it was ready.
