@@ -149,6 +149,7 @@ def verdict(ok):
     return "**met**" if ok else "**not met**"
 
 
+VECTOR_RECALL_CEILING = 0.999
 VECTOR_RECALL_GOAL = 0.95
 
 
@@ -224,13 +225,23 @@ def vector_section(vectors):
                 verdict_points.append((pt["queries_per_second"] / there, pt, there))
         out.append(f"| {pt['ef']} | {pt['recall_at_10']:.4f} | {pt['queries_per_second']:,.0f} | " + " | ".join(cells) + " |")
     out += ["", "#### Target", "", "| target | measured | goal | verdict |", "|---|---:|---:|---|"]
-    if verdict_points:
-        ratio, pt, there = max(verdict_points, key=lambda v: v[0])
+    # Judged where agents operate: every Engram ef whose recall lies in [goal, VECTOR_RECALL_CEILING]. Above the
+    # ceiling both indexes approach an exhaustive scan and a win there says little; judging by the best ratio
+    # over all ef values would let one such point carry the verdict.
+    judged = [v for v in verdict_points if v[1]["recall_at_10"] <= VECTOR_RECALL_CEILING] or verdict_points[:1]
+    if judged:
+        ratio, pt, there = min(judged, key=lambda v: v[0])
+        best = max(verdict_points, key=lambda v: v[0])
         out.append(
-            f"| recall@10 >= {VECTOR_RECALL_GOAL} at >= 1x faiss-HNSW queries/s at the same recall | Engram ef {pt['ef']}: recall {pt['recall_at_10']:.4f}, "
+            f"| recall@10 >= {VECTOR_RECALL_GOAL} at >= 1x faiss-HNSW queries/s at the same recall | worst judged point: Engram ef {pt['ef']}, recall {pt['recall_at_10']:.4f}, "
             f"{pt['queries_per_second']:,.0f} q/s against faiss's {there:,.0f} q/s there: {ratio:.2f}x | >= 1x | {verdict(ratio >= 1.0)} |"
         )
-        out += ["", f"The verdict takes Engram's best ratio over its ef values that reach recall {VECTOR_RECALL_GOAL}."]
+        out += [
+            "",
+            f"The verdict takes the worst ratio over Engram's ef values whose recall@10 lies in [{VECTOR_RECALL_GOAL}, {VECTOR_RECALL_CEILING}] "
+            f"(or, when none does, the lowest ef that reaches {VECTOR_RECALL_GOAL}); the best ratio at any recall >= {VECTOR_RECALL_GOAL} was "
+            f"{best[0]:.2f}x (ef {best[1]['ef']}, recall {best[1]['recall_at_10']:.4f}).",
+        ]
     else:
         out.append(f"| recall@10 >= {VECTOR_RECALL_GOAL} at >= 1x faiss-HNSW queries/s at the same recall | Engram never reached recall {VECTOR_RECALL_GOAL} within faiss's measured range | >= 1x | {verdict(False)} |")
     return out
