@@ -2,6 +2,11 @@
 //! full size, synced, renamed to its segment name, and the directory is synced. Writing zeros
 //! (rather than only reserving space) means later fdatasyncs never have to journal an extent or
 //! size change. A prepared segment has an all-zero header until it is started.
+//!
+//! The file is a retired segment when one is available (prefix truncation hands them over):
+//! renamed to the temporary name, then zero-filled like a new one. Overwriting pages the page
+//! cache still holds costs a fraction of filling new ones (here 0.2 s against 3.5 s of CPU per
+//! GiB, docs/wal-format.md), and the result on disk is the same all-zero file.
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::segment_file_name;
@@ -19,6 +24,8 @@ const READY_TARGET: usize = 2;
 /// The zero-fill is synced every this many bytes: one fdatasync of a whole 64 MiB segment
 /// floods the device queue and delayed the appenders' own fdatasyncs from ~0.15 ms to several ms.
 const ZERO_SYNC_EVERY_BYTES: u64 = 8 * 1024 * 1024;
+/// Retired segments kept for reuse at most; prefix truncation deletes the rest.
+const RECYCLED_MAX: usize = READY_TARGET;
 
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -27,12 +34,39 @@ pub(crate) struct Prepared {
     pub file: Arc<dyn StorageFile>,
 }
 
-/// Creates one zero-filled segment file, durable under its final name.
-pub(crate) fn prepare_segment(storage: &dyn Storage, dir: &Path, id: u64, segment_bytes: u64) -> Result<Prepared> {
+/// The temporary name of segment `id` while it is being prepared (removed at open if left over).
+fn temporary_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{}.tmp", segment_file_name(id)))
+}
+
+/// A retired segment's file, under a temporary name, waiting to be prepared again.
+pub(crate) struct Recycled {
+    pub path: PathBuf,
+    pub file: Arc<dyn StorageFile>,
+}
+
+/// Creates one zero-filled segment file, durable under its final name: a new file, or the
+/// `recycled` one when given.
+pub(crate) fn prepare_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    id: u64,
+    segment_bytes: u64,
+    recycled: Option<Recycled>,
+) -> Result<Prepared> {
     let path = dir.join(segment_file_name(id));
-    let tmp = dir.join(format!("{}.tmp", segment_file_name(id)));
+    let tmp = temporary_path(dir, id);
     let what = || format!("preparing segment {}", path.display());
-    let file = storage.open(&tmp, OpenMode::CreateNew).context(what)?;
+    let file = match recycled {
+        Some(old) => {
+            // The new name must be durable before the old records are overwritten: after a
+            // power loss the file must not reappear under its segment name holding zeros.
+            storage.rename(&old.path, &tmp).context(what)?;
+            storage.sync_dir(dir).context(what)?;
+            old.file
+        }
+        None => storage.open(&tmp, OpenMode::CreateNew).context(what)?,
+    };
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut at = 0u64;
     while at < segment_bytes {
@@ -52,6 +86,8 @@ pub(crate) fn prepare_segment(storage: &dyn Storage, dir: &Path, id: u64, segmen
 #[derive(Default)]
 struct PoolState {
     ready: VecDeque<Prepared>,
+    /// Retired segments to prepare again instead of creating files.
+    recycled: Vec<Recycled>,
     next_id: u64,
     /// The last background failure; reported to the appender that needed a segment.
     failure: Option<Error>,
@@ -122,8 +158,9 @@ impl Preparer {
                 return;
             }
             let id = st.next_id;
+            let recycled = st.recycled.pop();
             drop(st);
-            let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes);
+            let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes, recycled);
             st = self.lock();
             match result {
                 Ok(p) => {
@@ -141,8 +178,25 @@ impl Preparer {
     }
 
     fn remove_leftover(&self, id: u64) {
-        let tmp = self.dir.join(format!("{}.tmp", segment_file_name(id)));
-        let _ = self.storage.remove(&tmp);
+        let _ = self.storage.remove(&temporary_path(&self.dir, id));
+    }
+
+    /// Takes a retired segment's file for reuse, if the pool wants one and the file is a whole
+    /// segment: renames it to a temporary name (so that a crash leaves a leftover that open
+    /// removes, never a segment with old records) and returns true. The caller syncs the
+    /// directory; on false it deletes the file itself.
+    pub fn recycle(&self, path: &Path, file: Arc<dyn StorageFile>) -> Result<bool> {
+        let mut st = self.lock();
+        if st.shutdown || st.recycled.len() >= RECYCLED_MAX || file.size_bytes().ok() != Some(self.segment_bytes) {
+            return Ok(false);
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        self.storage
+            .rename(path, &tmp)
+            .context(|| format!("renaming {} for reuse", path.display()))?;
+        st.recycled.push(Recycled { path: tmp, file });
+        Ok(true)
     }
 
     /// A prepared segment without waiting, if one is ready.
@@ -180,13 +234,14 @@ impl Preparer {
     /// background thread, and at open before the thread starts).
     pub fn prepare_inline(&self) -> Result<()> {
         let _one_at_a_time = self.inline.lock().unwrap_or_else(|p| p.into_inner());
-        let st = self.lock();
+        let mut st = self.lock();
         if !st.ready.is_empty() {
             return Ok(());
         }
         let id = st.next_id;
+        let recycled = st.recycled.pop();
         drop(st);
-        let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes);
+        let result = prepare_segment(&*self.storage, &self.dir, id, self.segment_bytes, recycled);
         if result.is_err() {
             self.remove_leftover(id);
         }
@@ -197,8 +252,17 @@ impl Preparer {
         Ok(())
     }
 
+    /// Stops the background thread and deletes the retired segments kept for reuse (best
+    /// effort: open removes any that remain).
     pub fn shutdown(&self) {
-        self.lock().shutdown = true;
+        let recycled = {
+            let mut st = self.lock();
+            st.shutdown = true;
+            std::mem::take(&mut st.recycled)
+        };
         self.changed.notify_all();
+        for old in recycled {
+            let _ = self.storage.remove(&old.path);
+        }
     }
 }

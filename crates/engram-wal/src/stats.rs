@@ -60,6 +60,7 @@ pub(crate) struct Counters {
     pub records_synced: AtomicU64,
     pub rotations: AtomicU64,
     pub rotation_waits: AtomicU64,
+    pub segments_recycled: AtomicU64,
     pub sync_latency: Histogram,
 }
 
@@ -83,6 +84,8 @@ pub struct WalStats {
     pub rotations: u64,
     /// Rotations that had to wait for a segment to be prepared.
     pub rotation_waits: u64,
+    /// Segments retired by prefix truncation and kept to be prepared again (the rest are deleted).
+    pub segments_recycled: u64,
     pub first_lsn: u64,
     pub last_lsn: u64,
     pub durable_lsn: u64,
@@ -113,6 +116,7 @@ impl Counters {
             sync_latency_max_us: h.max_ns.load(Relaxed) as f64 / 1000.0,
             rotations: self.rotations.load(Relaxed),
             rotation_waits: self.rotation_waits.load(Relaxed),
+            segments_recycled: self.segments_recycled.load(Relaxed),
             ..Default::default()
         }
     }

@@ -906,15 +906,27 @@ impl Inner {
             let n = table.iter().take(table.len() - 1).take_while(|s| s.last_lsn() < bound).count();
             table.drain(..n).collect()
         };
-        for s in &removed {
-            self.storage.remove(&s.path).context(|| format!("removing {}", s.path.display()))?;
+        let removed_count = removed.len();
+        for segment in removed {
+            // A segment no reader holds any more is prepared again rather than deleted (see
+            // prealloc.rs); one a reader still holds is deleted (its file lives on until closed).
+            let path = segment.path.clone();
+            let recycled = match Arc::try_unwrap(segment) {
+                Ok(segment) => self.preparer.recycle(&path, segment.file)?,
+                Err(_) => false,
+            };
+            if recycled {
+                self.counters.segments_recycled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.storage.remove(&path).context(|| format!("removing {}", path.display()))?;
+            }
         }
-        if !removed.is_empty() {
+        if removed_count > 0 {
             self.storage
                 .sync_dir(&self.dir)
                 .context(|| format!("syncing directory {}", self.dir.display()))?;
         }
-        Ok(removed.len())
+        Ok(removed_count)
     }
 
     fn truncate_suffix(&self, last_kept: Lsn) -> Result<()> {
