@@ -429,13 +429,15 @@ impl Shared {
             self.poison(e.to_string());
             return Err(e.into());
         }
-        // Another committer usually applied this commit already (it applies everything queued
-        // up to its own LSN): then there is no need to queue on the applier lock.
+        // Another committer usually applied this commit already (the first one woken by a group
+        // commit applies the whole group): then there is no need to queue on the applier lock.
         if self.visible_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
         let applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
-        self.apply_queued(applier, lsn);
+        // Everything durable is applied along with this commit, so that the committers woken
+        // with it find it done instead of taking the applier lock one after another.
+        self.apply_queued(applier, lsn.max(self.wal.durable_lsn()));
         Ok(())
     }
 
@@ -467,11 +469,10 @@ impl Shared {
         let Some(&(applied_lsn, _, _)) = ready.last() else { return };
         let logged_bytes = ready.iter().map(|(_, _, bytes)| bytes).sum();
         let mut index_changes = Vec::new();
-        for (record_lsn, record, _) in ready {
-            // The committer dropped its reference before waiting, so this is usually the last
-            // one and the record moves into the store without a copy.
-            index_changes.extend(self.store.apply(record_lsn, Arc::unwrap_or_clone(record)));
-        }
+        // The committers dropped their references before waiting, so these are usually the last
+        // ones and the records move into the store without a copy.
+        let commits = ready.into_iter().map(|(lsn, record, _)| (lsn, Arc::unwrap_or_clone(record)));
+        self.store.apply_batch(commits, &mut index_changes);
         // Queued under the applier lock, so batches reach the index applier in LSN order; the
         // indexing itself happens on its thread, off the commit path.
         self.indexes.enqueue(applied_lsn, index_changes);

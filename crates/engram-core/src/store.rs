@@ -486,34 +486,41 @@ impl Store {
     /// Returns the changes the search indexes follow (memories and the vector metric), sharing
     /// the stored values, for the index applier (search/index.rs).
     pub fn apply(&self, lsn: Lsn, record: CommitRecord) -> Vec<IndexChange> {
-        let commit_ts_ms = record.commit_ts_ms;
         let mut changes = Vec::new();
+        self.apply_batch([(lsn, record)], &mut changes);
+        changes
+    }
+
+    /// [`Store::apply`] for several commits, in LSN order, under one acquisition of each lock
+    /// (the applier makes a whole group commit visible at once; readers wait for the write lock
+    /// once per group instead of once per commit). Appends the index changes to `changes`.
+    pub fn apply_batch(&self, commits: impl IntoIterator<Item = (Lsn, CommitRecord)>, changes: &mut Vec<IndexChange>) {
+        let mut commit_times = Vec::new();
         let mut map = self.write();
-        for (op_index, op) in record.ops.into_iter().enumerate() {
-            let (key, value) = match op {
-                Op::Put { key, after, .. } => (key, Some(Arc::new(after))),
-                Op::Delete { key, .. } => (key, None),
-                Op::Event { .. } => continue,
-            };
-            if is_indexed(&key) {
-                changes.push(IndexChange {
+        for (lsn, record) in commits {
+            commit_times.push((lsn, record.commit_ts_ms));
+            for (op_index, op) in record.ops.into_iter().enumerate() {
+                let (key, value) = match op {
+                    Op::Put { key, after, .. } => (key, Some(Arc::new(after))),
+                    Op::Delete { key, .. } => (key, None),
+                    Op::Event { .. } => continue,
+                };
+                if is_indexed(&key) {
+                    changes.push(IndexChange {
+                        lsn,
+                        key: key.clone(),
+                        value: value.clone(),
+                    });
+                }
+                map.entry(key).or_default().versions.push(Version {
                     lsn,
-                    key: key.clone(),
-                    value: value.clone(),
+                    op_index: op_index as u32,
+                    value,
                 });
             }
-            map.entry(key).or_default().versions.push(Version {
-                lsn,
-                op_index: op_index as u32,
-                value,
-            });
         }
         drop(map);
-        self.commit_times
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((lsn, commit_ts_ms));
-        changes
+        self.commit_times.write().unwrap_or_else(|p| p.into_inner()).extend(commit_times);
     }
 
     /// The value of `key`'s version written exactly at `lsn` (None if there is none, or it is a

@@ -229,6 +229,41 @@ fn acknowledged_commits_survive_power_loss_and_unacknowledged_ones_vanish_whole(
     assert_eq!((snap.kv_get("ns", b"b").unwrap(), snap.kv_get("ns", b"c").unwrap()), (None, None));
 }
 
+/// With the default durability a commit is durable before anyone can see it: a snapshot never
+/// holds a commit that a power loss could take back. (A `Never` commit is visible before it is
+/// durable, and, visibility following LSN order, so is every commit logged before it:
+/// docs/architecture.md, step 6.)
+#[test]
+fn with_always_durability_no_commit_is_visible_before_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let writers_done = std::sync::atomic::AtomicUsize::new(0);
+    const WRITERS: usize = 8;
+    let observations = std::thread::scope(|s| {
+        for writer in 0..WRITERS {
+            let (db, writers_done) = (&db, &writers_done);
+            s.spawn(move || {
+                for i in 0..200 {
+                    db.run(10, |t| t.kv_put("ns", format!("{writer}/{i}").as_bytes(), KvValue::Json(json!(i))))
+                        .unwrap();
+                }
+                writers_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let mut observations = 0u64;
+        while writers_done.load(std::sync::atomic::Ordering::SeqCst) < WRITERS {
+            // Visible first: the durable LSN read after it can only be larger.
+            let visible = db.visible_lsn();
+            let durable = db.wal_stats().durable_lsn;
+            assert!(visible <= durable, "LSN {visible} is visible but only {durable} is durable");
+            observations += 1;
+        }
+        observations
+    });
+    assert!(observations > 0);
+    assert_eq!(db.visible_lsn(), db.wal_stats().durable_lsn);
+}
+
 #[test]
 fn bad_input_gets_typed_errors_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
