@@ -72,6 +72,10 @@ pub struct CheckpointOptions {
     /// Truncation after a checkpoint keeps at least this many of the newest log records (for
     /// change-feed readers and followers without a durable cursor).
     pub retain_log_records: u64,
+    /// Keep the file of the checkpoint retired last (renamed to [`SPARE_FILE`]) and write the
+    /// next checkpoint over it: writes into pages the page cache still holds cost a fraction of
+    /// filling new ones (docs/checkpoint-format.md), for one more checkpoint's worth of disk.
+    pub reuse_retired_file: bool,
 }
 
 impl Default for CheckpointOptions {
@@ -81,6 +85,7 @@ impl Default for CheckpointOptions {
             grow_with_database: true,
             every: Some(Duration::from_secs(300)),
             retain_log_records: 0,
+            reuse_retired_file: true,
         }
     }
 }
@@ -135,6 +140,10 @@ pub struct OpenReport {
 pub(crate) fn file_name(lsn: Lsn) -> String {
     format!("ckpt-{lsn:020}.ckpt")
 }
+
+/// The name of the retired checkpoint file kept for the next checkpoint to overwrite. Never
+/// read: its bytes are only ever replaced.
+pub const SPARE_FILE: &str = "ckpt-spare.reuse";
 
 fn tmp_name(lsn: Lsn) -> String {
     format!("ckpt-{lsn:020}.tmp")
@@ -380,13 +389,31 @@ pub(crate) struct CheckpointFile {
 /// Writes the checkpoint of `store` at `plan.at` to `dir/ckpt-<lsn>.ckpt`, without what the
 /// plan prunes (see the module docs for the protocol). The caller guarantees that the LSN is
 /// visible and durable in the log.
-fn write(storage: &dyn Storage, dir: &Path, store: &Store, plan: &RetentionPlan, floors: (u64, u64)) -> Result<(CheckpointFile, Header)> {
+///
+/// With `spare`, a retired checkpoint file, the checkpoint is written over it (renamed to the
+/// temporary name first, so that a crash leaves a leftover, never a file under a checkpoint
+/// name) and cut to its new length before it is synced.
+fn write(
+    storage: &dyn Storage,
+    dir: &Path,
+    store: &Store,
+    plan: &RetentionPlan,
+    floors: (u64, u64),
+    spare: Option<&Path>,
+) -> Result<(CheckpointFile, Header)> {
     let lsn = plan.at;
     let tmp = dir.join(tmp_name(lsn));
     let path = dir.join(file_name(lsn));
-    let file = storage
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| io_error(format!("creating {}", tmp.display()), e))?;
+    let file = match spare {
+        Some(spare) => {
+            storage
+                .rename(spare, &tmp)
+                .map_err(|e| io_error(format!("renaming {} to {}", spare.display(), tmp.display()), e))?;
+            storage.open(&tmp, OpenMode::ReadWrite)
+        }
+        None => storage.open(&tmp, OpenMode::CreateNew),
+    }
+    .map_err(|e| io_error(format!("creating {}", tmp.display()), e))?;
     // The body starts after the header, which is written last, once the counts are known.
     let mut w = FileWriter {
         file: file.clone(),
@@ -440,6 +467,10 @@ fn write(storage: &dyn Storage, dir: &Path, store: &Store, plan: &RetentionPlan,
     let what = |action: &str, p: &Path| format!("{action} {}", p.display());
     file.write_all_at(&header_bytes, 0)
         .map_err(|e| io_error(what("writing", &tmp), e))?;
+    if spare.is_some() {
+        file.set_len(header.file_bytes())
+            .map_err(|e| io_error(what("cutting to length", &tmp), e))?;
+    }
     file.sync_data().map_err(|e| io_error(what("fdatasync of", &tmp), e))?;
     storage
         .rename(&tmp, &path)
@@ -820,14 +851,42 @@ impl CheckpointState {
         self.remove_files(storage, |name| name.ends_with(".tmp"))
     }
 
+    /// The spare file to write the next checkpoint over, if reuse is on and there is one.
+    fn spare(&self, storage: &dyn Storage, reuse: bool) -> Result<Option<PathBuf>> {
+        let path = self.dir.join(SPARE_FILE);
+        if !reuse {
+            return Ok(None);
+        }
+        let found = storage
+            .kind_of(&path)
+            .map_err(|e| io_error(format!("inspecting {}", path.display()), e))?;
+        Ok((found == Some(false)).then_some(path))
+    }
+
     /// Keeps the two newest verified checkpoints and deletes every other checkpoint file
-    /// (older ones, and damaged ones open skipped), then syncs the directory.
-    fn apply_retention(&mut self, storage: &dyn Storage) -> Result<usize> {
+    /// (older ones, and damaged ones open skipped), then syncs the directory. With `reuse`,
+    /// the newest of the retired files becomes the spare (unless there is one) instead.
+    fn apply_retention(&mut self, storage: &dyn Storage, reuse: bool) -> Result<usize> {
         self.retained.truncate(2);
         let keep: Vec<&std::ffi::OsStr> = self.retained.iter().filter_map(|c| c.path.file_name()).collect();
-        let removed = self.remove_files(storage, |name| {
-            parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name))
-        })?;
+        let is_retired = |name: &str| parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name));
+        let mut kept_as_spare = 0;
+        if !reuse {
+            // A spare left from a run with reuse on.
+            kept_as_spare = self.remove_files(storage, |name| name == SPARE_FILE)?;
+        } else if self.spare(storage, reuse)?.is_none() {
+            let names = storage
+                .list(&self.dir)
+                .map_err(|e| io_error(format!("listing {}", self.dir.display()), e))?;
+            if let Some(newest_retired) = names.iter().filter(|n| is_retired(n)).max_by_key(|n| parse_file_name(n)) {
+                let (from, to) = (self.dir.join(newest_retired), self.dir.join(SPARE_FILE));
+                storage
+                    .rename(&from, &to)
+                    .map_err(|e| io_error(format!("renaming {} to {}", from.display(), to.display()), e))?;
+                kept_as_spare = 1;
+            }
+        }
+        let removed = self.remove_files(storage, is_retired)? + kept_as_spare;
         if removed > 0 {
             storage
                 .sync_dir(&self.dir)
@@ -952,7 +1011,8 @@ impl Database {
             // nothing). The checkpoint mutex keeps the versions at or below `lsn` as planned.
             let rule = shared.options.retention.rule(&shared.store, lsn, now_ms);
             let plan = shared.store.plan_retention(lsn, rule);
-            let (file, header) = write(storage, &state.dir, &shared.store, &plan, floors)?;
+            let spare = state.spare(storage, shared.options.checkpoint.reuse_retired_file)?;
+            let (file, header) = write(storage, &state.dir, &shared.store, &plan, floors, spare.as_deref())?;
             // Read back before anything older is deleted: the previous checkpoint is kept until
             // this one is known good. A file that fails is removed (best effort; if it survives,
             // open skips it as it would any damaged checkpoint).
@@ -970,7 +1030,7 @@ impl Database {
             shared.last_checkpoint_lsn.store(lsn, Ordering::Release);
             shared.last_checkpoint_file_bytes.store(report.file_bytes, Ordering::Release);
 
-            report.removed_files += state.apply_retention(storage)?;
+            report.removed_files += state.apply_retention(storage, shared.options.checkpoint.reuse_retired_file)?;
         }
         // The search indexes as of the newest checkpoint, so that open need not rebuild them:
         // written after a new checkpoint, and by the next run when an earlier one failed (or the
@@ -1176,7 +1236,7 @@ mod tests {
         let dir = PathBuf::from("/db/checkpoints");
         ensure_dir(&fs, &dir).unwrap();
         let plan = store.plan_retention(lsn, rule);
-        let (file, _) = write(&fs, &dir, store, &plan, (lsn, 1000 + lsn)).unwrap();
+        let (file, _) = write(&fs, &dir, store, &plan, (lsn, 1000 + lsn), None).unwrap();
         ((fs, dir, file), plan)
     }
 

@@ -24,7 +24,10 @@ mod store;
 mod threads;
 mod txn;
 
-pub use checkpoint::{CheckpointOptions, CheckpointReport, OpenReport, RejectedCheckpoint, CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION};
+pub use checkpoint::{
+    CheckpointOptions, CheckpointReport, OpenReport, RejectedCheckpoint, CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION,
+    SPARE_FILE as CHECKPOINT_SPARE_FILE,
+};
 pub use db::{Database, DatabaseOptions, ReplayProgress, WAL_DIR};
 pub use engram_wal::{Lsn, SyncPolicy, WalOptions};
 pub use error::{CoreError, Result};

@@ -33,6 +33,7 @@ fn options() -> DatabaseOptions {
             grow_with_database: false,
             every: None,
             retain_log_records: 0,
+            reuse_retired_file: true,
         },
         ..Default::default()
     }
@@ -205,11 +206,16 @@ fn dump_every_lsn(db: &Database, touched: &Touched) -> Vec<String> {
     states
 }
 
+/// The checkpoint files (`.ckpt`) in the checkpoint directory, oldest first.
 fn checkpoint_files(fs: &FaultStorage) -> Vec<PathBuf> {
     fs.files()
         .into_iter()
-        .filter(|p| p.starts_with(Path::new("/db").join(CHECKPOINT_DIR)))
+        .filter(|p| p.starts_with(Path::new("/db").join(CHECKPOINT_DIR)) && p.extension().is_some_and(|e| e == "ckpt"))
         .collect()
+}
+
+fn spare_file(fs: &FaultStorage) -> Option<Vec<u8>> {
+    fs.read_file(&Path::new("/db").join(CHECKPOINT_DIR).join(CHECKPOINT_SPARE_FILE))
 }
 
 #[test]
@@ -297,6 +303,61 @@ fn big_commits(db: &Database, n: usize) -> Lsn {
             .lsn;
     }
     last
+}
+
+/// The checkpoint retired by a run is kept as the spare, and the next run writes over it (its
+/// pages are likely still cached) instead of creating a file: whatever the spare held, the new
+/// checkpoint reads back exactly, is cut to its own length, and reopens to the same state. With
+/// reuse off, retired files are deleted and a spare left from before goes too.
+#[test]
+fn the_next_checkpoint_is_written_over_the_file_retired_last() {
+    let fs = FaultStorage::new();
+    let db = open(&fs);
+    let mut runs = Vec::new();
+    for round in 0..4 {
+        // Shrinking rounds: a later checkpoint is shorter than the spare it overwrites.
+        big_commits(&db, 20 - 4 * round);
+        runs.push(db.checkpoint().unwrap());
+    }
+    assert_eq!(
+        checkpoint_files(&fs),
+        vec![runs[2].path.clone().unwrap(), runs[3].path.clone().unwrap()]
+    );
+    let spare = spare_file(&fs).expect("the checkpoint retired last is kept as the spare");
+    assert_eq!(
+        spare.len() as u64,
+        runs[1].file_bytes,
+        "the spare is the second checkpoint's file, retired by the fourth"
+    );
+    let newest = fs.read_file(runs[3].path.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        newest.len() as u64,
+        runs[3].file_bytes,
+        "written over the first checkpoint's file and cut to its length"
+    );
+    let before = db.snapshot().kv_scan_prefix("ns", b"").unwrap();
+    drop(db);
+    let db = open(&fs);
+    assert_eq!(db.open_report().checkpoint_lsn, Some(runs[3].lsn));
+    assert!(db.open_report().rejected_checkpoints.is_empty());
+    assert_eq!(db.snapshot().kv_scan_prefix("ns", b"").unwrap(), before);
+    drop(db);
+
+    let no_reuse = DatabaseOptions {
+        checkpoint: CheckpointOptions {
+            reuse_retired_file: false,
+            ..options().checkpoint
+        },
+        ..options()
+    };
+    let db = Database::open_with_storage(Arc::new(fs.clone()), "/db", no_reuse).unwrap();
+    big_commits(&db, 3);
+    let last = db.checkpoint().unwrap();
+    assert_eq!(
+        checkpoint_files(&fs),
+        vec![runs[3].path.clone().unwrap(), last.path.clone().unwrap()]
+    );
+    assert_eq!(spare_file(&fs), None, "with reuse off, the spare is deleted");
 }
 
 #[test]
@@ -530,6 +591,9 @@ impl StorageFile for HookedFile {
     fn size_bytes(&self) -> io::Result<u64> {
         self.inner.size_bytes()
     }
+    fn set_len(&self, bytes: u64) -> io::Result<()> {
+        self.inner.set_len(bytes)
+    }
 }
 
 /// Holds writers until opened.
@@ -659,7 +723,8 @@ fn a_checkpoint_that_fails_its_read_back_keeps_the_previous_ones_and_the_log() {
 fn crash_setup(fs: &FaultStorage, touched: &mut Touched) -> Database {
     let db = open(fs);
     let mut rng = Rng(3);
-    for _ in 0..2 {
+    // Three runs: two checkpoints retained and a spare, so that the crashed run writes over it.
+    for _ in 0..3 {
         random_history(&db, &mut rng, touched, 25);
         big_commits(&db, 8);
         db.checkpoint().unwrap();
@@ -676,6 +741,7 @@ fn a_crash_at_any_io_point_of_a_checkpoint_loses_nothing_acknowledged() {
         let fs = FaultStorage::new();
         let db = crash_setup(&fs, &mut Touched::default());
         let before = fs.mutation_count();
+        assert!(spare_file(&fs).is_some(), "the crashed run starts with a spare to write over");
         let report = db.checkpoint().unwrap();
         assert!(report.removed_files > 0 && report.log_segments_removed > 0, "{report:?}");
         fs.mutation_count() - before
@@ -714,7 +780,12 @@ fn a_crash_at_any_io_point_of_a_checkpoint_loses_nothing_acknowledged() {
                 acknowledged,
                 "after the next checkpoint ({k}, {mode:?})"
             );
-            assert!(!checkpoint_files(&fs).iter().any(|p| p.extension().is_some_and(|e| e == "tmp")));
+            let in_checkpoint_dir = |p: &PathBuf| p.starts_with(Path::new("/db").join(CHECKPOINT_DIR));
+            assert!(!fs
+                .files()
+                .iter()
+                .filter(|p| in_checkpoint_dir(p))
+                .any(|p| p.extension().is_some_and(|e| e == "tmp")));
         }
     }
 }

@@ -62,6 +62,7 @@ fn options() -> DatabaseOptions {
             grow_with_database: false,
             every: None,
             retain_log_records: 0,
+            reuse_retired_file: true,
         },
         ..Default::default()
     }

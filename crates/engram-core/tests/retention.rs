@@ -27,6 +27,7 @@ fn options(retention: RetentionPolicy) -> DatabaseOptions {
             grow_with_database: false,
             every: None,
             retain_log_records: 0,
+            reuse_retired_file: true,
         },
         retention,
         ..Default::default()

@@ -40,6 +40,7 @@ fn options() -> DatabaseOptions {
             every: None,
             // The log stays whole, so checkpoints can sit anywhere on it.
             retain_log_records: 1_000_000,
+            reuse_retired_file: true,
         },
         ..Default::default()
     }

@@ -103,6 +103,7 @@ pub fn database_options(background_checkpoints: bool) -> DatabaseOptions {
             grow_with_database: false,
             every: None,
             retain_log_records: 8,
+            reuse_retired_file: true,
         },
         // Bounded history keeps checkpoints (and so every open) small over thousands of runs.
         retention: RetentionPolicy::KeepVersions { per_key: 3 },
@@ -126,6 +127,7 @@ pub fn simulated_options() -> DatabaseOptions {
             grow_with_database: false,
             every: None,
             retain_log_records: 2,
+            reuse_retired_file: true,
         },
         ..Default::default()
     }

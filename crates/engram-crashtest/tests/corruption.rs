@@ -35,6 +35,7 @@ fn options() -> DatabaseOptions {
             every: None,
             // The log keeps everything, so a damaged newer checkpoint can fall back.
             retain_log_records: 1_000_000,
+            reuse_retired_file: true,
         },
         ..Default::default()
     }

@@ -78,6 +78,7 @@ pub fn options() -> DatabaseOptions {
             grow_with_database: false,
             every: None,
             retain_log_records: 0,
+            reuse_retired_file: true,
         },
         ..Default::default()
     }

@@ -518,6 +518,16 @@ impl StorageFile for FaultFile {
         let _s = self.fs.begin(OpKind::Read, &self.path, Some(self.epoch))?;
         Ok(lock_inode(&self.inode).written.len() as u64)
     }
+
+    /// A size change is a write: it can fail like one and is durable only after `sync_data`.
+    fn set_len(&self, bytes: u64) -> io::Result<()> {
+        let _s = self.fs.begin(OpKind::Write, &self.path, Some(self.epoch))?;
+        if !self.writable {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"));
+        }
+        lock_inode(&self.inode).written.resize(bytes as usize, 0);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

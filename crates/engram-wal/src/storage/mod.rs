@@ -45,6 +45,8 @@ pub trait StorageFile: Send + Sync + Debug {
     /// fdatasync: the file's data (and size, if it changed) is durable when this returns Ok.
     fn sync_data(&self) -> io::Result<()>;
     fn size_bytes(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) the file to `bytes`; durable with the next `sync_data`.
+    fn set_len(&self, bytes: u64) -> io::Result<()>;
 }
 
 pub trait LockGuard: Send + Sync + Debug {}
