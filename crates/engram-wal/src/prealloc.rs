@@ -252,17 +252,11 @@ impl Preparer {
         Ok(())
     }
 
-    /// Stops the background thread and deletes the retired segments kept for reuse (best
-    /// effort: open removes any that remain).
+    /// Stops the background thread. Retired segments kept for reuse stay on disk as `.seg.tmp`
+    /// files, which the next open removes with any other leftover: closing makes no file
+    /// system change of its own (the crash campaigns count every mutating call of a run).
     pub fn shutdown(&self) {
-        let recycled = {
-            let mut st = self.lock();
-            st.shutdown = true;
-            std::mem::take(&mut st.recycled)
-        };
+        self.lock().shutdown = true;
         self.changed.notify_all();
-        for old in recycled {
-            let _ = self.storage.remove(&old.path);
-        }
     }
 }
