@@ -6,6 +6,7 @@
 //! stop words, so results are predictable and hand-checkable. Scoring is BM25 with k1 = 1.2 and
 //! b = 0.75 and the non-negative idf `ln(1 + (N - df + 0.5) / (df + 0.5))` (as Lucene).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 pub const BM25_K1: f32 = 1.2;
@@ -17,6 +18,18 @@ pub fn tokenize(text: &str) -> Vec<String> {
         .filter(|t| !t.is_empty())
         .map(|t| t.to_lowercase())
         .collect()
+}
+
+/// The tokens of `text` as [`tokenize`] finds them, borrowed from `text` where lower-casing
+/// changes nothing (the common case: no allocation per token).
+fn tokens_borrowed(text: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| {
+        if t.chars().any(char::is_uppercase) || !t.is_ascii() {
+            Cow::Owned(t.to_lowercase())
+        } else {
+            Cow::Borrowed(t)
+        }
+    })
 }
 
 /// Each distinct term of `tokens` with its count.
@@ -48,17 +61,27 @@ pub(crate) struct InvertedIndex {
 
 impl InvertedIndex {
     /// Indexes the text of the version in `slot`; returns its length in tokens.
+    ///
+    /// On the indexer's hot path (every memory version): tokens are borrowed from the text where
+    /// possible and counted by sorting rather than hashing, so each distinct term is hashed once,
+    /// for its postings list.
     pub fn add(&mut self, slot: u32, text: &str) -> u32 {
-        let tokens = tokenize(text);
-        for (term, count) in term_counts(&tokens) {
-            match self.postings.get_mut(term) {
-                Some(list) => list.push((slot, count)),
+        let mut tokens: Vec<Cow<'_, str>> = tokens_borrowed(text).collect();
+        let length = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        tokens.sort_unstable();
+        let mut rest = tokens.as_slice();
+        while let Some(term) = rest.first() {
+            let count = rest.iter().take_while(|t| *t == term).count();
+            let occurrences = (slot, u32::try_from(count).unwrap_or(u32::MAX));
+            match self.postings.get_mut(term.as_ref()) {
+                Some(list) => list.push(occurrences),
                 None => {
-                    self.postings.insert(term.into(), vec![(slot, count)]);
+                    self.postings.insert(term.as_ref().into(), vec![occurrences]);
                 }
             }
+            rest = &rest[count..];
         }
-        u32::try_from(tokens.len()).unwrap_or(u32::MAX)
+        length
     }
 
     pub fn postings(&self, term: &str) -> &[(u32, u32)] {
@@ -100,4 +123,47 @@ pub(crate) fn bm25_over(documents: &[Vec<String>], query_terms: &[String]) -> Ve
 pub(crate) fn query_terms(text: &str) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     tokenize(text).into_iter().filter(|t| seen.insert(t.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXTS: &[&str] = &[
+        "",
+        "the agent noted something worth remembering, the agent did",
+        "Mixed CASE words and MIXED case Words",
+        "Straße STRASSE İstanbul ΣΟΦΟΣ σοφος naïve café 東京 tokyo 2026-11-26",
+        "  punctuation!!! only... and   spaces\t\nnewlines  ",
+    ];
+
+    #[test]
+    fn borrowed_tokens_are_exactly_the_tokenized_ones() {
+        for text in TEXTS {
+            let borrowed: Vec<String> = tokens_borrowed(text).map(Cow::into_owned).collect();
+            assert_eq!(borrowed, tokenize(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn postings_hold_each_distinct_term_once_per_version_with_its_count() {
+        let mut index = InvertedIndex::default();
+        for (slot, text) in TEXTS.iter().enumerate() {
+            let length = index.add(slot as u32, text);
+            assert_eq!(length as usize, tokenize(text).len());
+        }
+        let mut expected: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+        for (slot, text) in TEXTS.iter().enumerate() {
+            let tokens = tokenize(text);
+            let mut counts: Vec<(&str, u32)> = term_counts(&tokens).into_iter().collect();
+            counts.sort();
+            for (term, count) in counts {
+                expected.entry(term.to_string()).or_default().push((slot as u32, count));
+            }
+        }
+        assert_eq!(index.postings.len(), expected.len());
+        for (term, list) in &expected {
+            assert_eq!(index.postings(term), list.as_slice(), "{term}");
+        }
+    }
 }

@@ -1,0 +1,172 @@
+//! Where the CPU of durable one-memory commits goes, thread by thread: the committing threads,
+//! the search indexer, the checkpointer, the log's segment preparer. Throughput on a shared
+//! 2-core machine moves with its load; CPU time per commit, split by thread, moves much less,
+//! so this is the tool for deciding whether a change makes commits cheaper.
+//!
+//! ```text
+//! cargo run --release -p engram-core --example commit_cpu -- <wal|engine|paused> [seconds=10] [writers=64]
+//! ```
+//!
+//! `wal`: engram-wal appends of a commit record's size; `engine`: one-memory transactions
+//! (300 B text, 384-dim embedding, small metadata) with default options; `paused`: the same
+//! with the search indexer paused. Environment: `ENGRAM_TEXT_ONLY=1` (no embedding),
+//! `ENGRAM_NO_CHECKPOINTS=1`, `ENGRAM_NO_FILE_REUSE=1` (checkpoints write new files),
+//! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`). Runs in a temporary directory under the
+//! current one (put it on the disk to measure). Linux only (reads /proc/self/task).
+
+use engram_core::{Database, DatabaseOptions, NewMemory, SyncPolicy};
+use engram_wal::{Wal, WalOptions};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const TEXT_BYTES: usize = 300;
+const DIMENSION: usize = 384;
+
+fn flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v != "0")
+}
+
+fn memory(writer: usize, i: u64) -> NewMemory {
+    let mut text = format!("writer {writer} memory {i}: ");
+    while text.len() < TEXT_BYTES {
+        text.push_str("the agent noted something worth remembering. ");
+    }
+    text.truncate(TEXT_BYTES);
+    let embedding = (!flag("ENGRAM_TEXT_ONLY")).then(|| (0..DIMENSION).map(|d| ((d as u64 * 31 + i) % 97) as f32 / 97.0).collect());
+    NewMemory {
+        text,
+        embedding,
+        metadata: serde_json::json!({"writer": writer, "kind": "note"}),
+    }
+}
+
+/// CPU seconds (user + system) of each live thread of this process, summed by thread name.
+fn cpu_by_thread_name() -> BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut by_name = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("Linux /proc").flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, rest)| rest).split(' ').collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        *by_name.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / ticks_per_second;
+    }
+    by_name
+}
+
+/// Runs `commit` from `writers` threads named "writer" for `seconds` and prints commits/s and
+/// the CPU per commit of every thread name (sampled while all threads are alive).
+fn measure(label: &str, writers: usize, seconds: u64, commit: impl Fn(usize, u64) + Sync) {
+    let count = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let (count, stop, commit) = (&count, &stop, &commit);
+            std::thread::Builder::new()
+                .name("writer".into())
+                .spawn_scoped(s, move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        commit(w, i);
+                        i += 1;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .expect("spawn a writer");
+        }
+        // Warm-up, so that the measured span starts with every writer committing.
+        std::thread::sleep(Duration::from_millis(500));
+        let (cpu_before, count_before, started) = (cpu_by_thread_name(), count.load(Ordering::Relaxed), Instant::now());
+        std::thread::sleep(Duration::from_secs(seconds));
+        let (cpu_after, commits, elapsed) = (
+            cpu_by_thread_name(),
+            count.load(Ordering::Relaxed) - count_before,
+            started.elapsed(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        let per_commit_us = |cpu: f64| cpu * 1e6 / commits.max(1) as f64;
+        let total: f64 = cpu_after
+            .iter()
+            .map(|(name, after)| after - cpu_before.get(name).unwrap_or(&0.0))
+            .sum();
+        println!(
+            "{label}: {:.0} commits/s, {:.1} µs of CPU per commit",
+            commits as f64 / elapsed.as_secs_f64(),
+            per_commit_us(total)
+        );
+        for (name, after) in &cpu_after {
+            println!(
+                "  {name:<16} {:>6.1} µs/commit",
+                per_commit_us(after - cpu_before.get(name).unwrap_or(&0.0))
+            );
+        }
+    });
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "engine".into());
+    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let writers: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let policy = if flag("ENGRAM_NEVER_SYNC") {
+        SyncPolicy::Never
+    } else {
+        SyncPolicy::Always
+    };
+    let dir = tempfile::tempdir_in(".").expect("a temporary directory here");
+    match mode.as_str() {
+        "wal" => {
+            let wal = Wal::open(dir.path(), WalOptions::default()).expect("open the log");
+            // The size of one-memory commit records (the commit bench prints it).
+            let payload = vec![7u8; 1977];
+            measure("wal", writers, seconds, |_, _| {
+                wal.append_with(1, &payload, policy).expect("append");
+            });
+        }
+        "engine" | "paused" => {
+            let mut options = DatabaseOptions::default();
+            options.checkpoint.reuse_retired_file = !flag("ENGRAM_NO_FILE_REUSE");
+            if flag("ENGRAM_NO_CHECKPOINTS") {
+                (options.checkpoint.every_log_bytes, options.checkpoint.every) = (None, None);
+            }
+            let db = Database::open(dir.path(), options).expect("open the database");
+            db.run(1, |t| t.declare_dimension("bench", DIMENSION))
+                .expect("declare the dimension");
+            db.pause_indexer(mode == "paused");
+            measure(&mode, writers, seconds, |w, i| {
+                db.run(10, |t| {
+                    t.set_durability(policy);
+                    t.insert_memory("bench", memory(w, i))
+                })
+                .expect("commit");
+            });
+            let wal = db.wal_stats();
+            println!(
+                "  log: {} segments started, {} of them reused; checkpoint at LSN {}",
+                wal.rotations,
+                wal.segments_recycled,
+                db.last_checkpoint_lsn().unwrap_or(0)
+            );
+            // Dropping waits for the indexer to catch up (long when it was paused): skip it. The
+            // background threads may still create files while the directory is removed.
+            let path = dir.keep();
+            for _ in 0..10 {
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::process::exit(0);
+        }
+        other => {
+            eprintln!("unknown mode {other:?}: wal, engine or paused");
+            std::process::exit(2);
+        }
+    }
+}
