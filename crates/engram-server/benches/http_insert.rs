@@ -6,7 +6,7 @@
 //! the figures as JSON (bench/run.sh does, for bench/report.py's "Server (HTTP)" row),
 //! ENGRAM_BENCH_DIR=dir puts the scratch databases there, ENGRAM_BENCH_ONLY=http or embedded runs one phase alone (for profiling; no ratio then).
 //! ENGRAM_BENCH_BULK=1 adds, to the HTTP phase, one more client sending bulk transactions back to
-//! back (1,000 of the same memories each, about 3.6 MB of JSON): the server parses and commits
+//! back (1,000 of the same memories each, 7.8 MB of JSON): the server parses and commits
 //! them on its async workers, and the small inserts' figures show what that costs them.
 //!
 //! Both phases commit the same memories (300 B text, 384-dim embedding, small metadata) with the
