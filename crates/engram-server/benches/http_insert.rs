@@ -5,6 +5,9 @@
 //! duration (default 5 s), ENGRAM_BENCH_QUICK=1 a short run, ENGRAM_BENCH_JSON=path also writes
 //! the figures as JSON (bench/run.sh does, for bench/report.py's "Server (HTTP)" row),
 //! ENGRAM_BENCH_DIR=dir puts the scratch databases there, ENGRAM_BENCH_ONLY=http or embedded runs one phase alone (for profiling; no ratio then).
+//! ENGRAM_BENCH_BULK=1 adds, to the HTTP phase, one more client sending bulk transactions back to
+//! back (1,000 of the same memories each, 7.8 MB of JSON): the server parses and commits
+//! them on its async workers, and the small inserts' figures show what that costs them.
 //!
 //! Both phases commit the same memories (300 B text, 384-dim embedding, small metadata) with the
 //! same durability (fdatasync before the acknowledgement) from 64 concurrent writers. The HTTP
@@ -171,8 +174,27 @@ fn request_bodies(writer: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// One keep-alive connection sending inserts back to back until `stop`.
-async fn http_writer(addr: std::net::SocketAddr, bodies: Vec<Bytes>, stop: Arc<AtomicBool>) -> Vec<Duration> {
+/// Memories in one bulk transaction (`ENGRAM_BENCH_BULK`): the server's default
+/// `limits.max_batch_items`.
+const BULK_MEMORIES: u64 = 1000;
+
+/// One `POST /v1/transactions` inserting `BULK_MEMORIES` memories like the small inserts'.
+fn bulk_body() -> Bytes {
+    let operations: Vec<_> = (0..BULK_MEMORIES)
+        .map(|i| json!({"op": "insert_memory", "namespace": "bench", "text": text(CLIENTS, i), "embedding": embedding(i), "metadata": {"writer": CLIENTS, "kind": "bulk"}}))
+        .collect();
+    Bytes::from(serde_json::to_vec(&json!({ "operations": operations })).unwrap())
+}
+
+/// One keep-alive connection sending `bodies` to `path` back to back until `stop`, each
+/// answered with `expected`.
+async fn http_writer(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    expected: hyper::StatusCode,
+    bodies: Vec<Bytes>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Duration> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
@@ -181,7 +203,7 @@ async fn http_writer(addr: std::net::SocketAddr, bodies: Vec<Bytes>, stop: Arc<A
     let mut latencies = Vec::new();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let request = hyper::Request::post("/v1/namespaces/bench/memories")
+        let request = hyper::Request::post(path)
             .header(hyper::header::HOST, &host)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(bodies[i % bodies.len()].clone()))
@@ -191,7 +213,7 @@ async fn http_writer(addr: std::net::SocketAddr, bodies: Vec<Bytes>, stop: Arc<A
         let response = sender.send_request(request).await.unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(status, hyper::StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(status, expected, "{}", String::from_utf8_lossy(&body));
         latencies.push(t.elapsed());
         i += 1;
     }
@@ -220,13 +242,33 @@ fn http(dir: &std::path::Path) -> Figures {
         client_runtime.block_on(async move {
             ready.send(()).unwrap();
             let cpu_before = cpu_time(libc::RUSAGE_THREAD);
+            let bulk = std::env::var_os("ENGRAM_BENCH_BULK").map(|_| {
+                tokio::spawn(http_writer(
+                    addr,
+                    "/v1/transactions",
+                    hyper::StatusCode::OK,
+                    vec![bulk_body()],
+                    client_stop.clone(),
+                ))
+            });
             let writers: Vec<_> = bodies
                 .into_iter()
-                .map(|mine| tokio::spawn(http_writer(addr, mine, client_stop.clone())))
+                .map(|mine| {
+                    tokio::spawn(http_writer(
+                        addr,
+                        "/v1/namespaces/bench/memories",
+                        hyper::StatusCode::CREATED,
+                        mine,
+                        client_stop.clone(),
+                    ))
+                })
                 .collect();
             let mut latencies = Vec::new();
             for w in writers {
                 latencies.extend(w.await.unwrap());
+            }
+            if let Some(bulk) = bulk {
+                print_bulk(bulk.await.unwrap());
             }
             (latencies, cpu_time(libc::RUSAGE_THREAD) - cpu_before)
         })
@@ -248,6 +290,18 @@ fn http(dir: &std::path::Path) -> Figures {
     let _ = stop_server.send(());
     runtime.block_on(server).unwrap().unwrap();
     figures
+}
+
+fn print_bulk(mut latencies: Vec<Duration>) {
+    latencies.sort_unstable();
+    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    println!(
+        "bulk transactions ({BULK_MEMORIES} memories, {:.1} MB of JSON each): {} committed, p50 {:.0} ms, max {:.0} ms",
+        bulk_body().len() as f64 / 1e6,
+        latencies.len(),
+        ms(latencies.get(latencies.len() / 2)),
+        ms(latencies.last()),
+    );
 }
 
 fn load_average() -> String {

@@ -36,6 +36,32 @@ impl From<Memory> for MemoryBody {
     }
 }
 
+/// A memory serialised where it is stored, without copying its text, embedding and metadata
+/// out: the JSON of [`MemoryBody`] (the same fields in the same order), for answers built from
+/// shared memories (`MemoryRef`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemoryBodyRef<'a> {
+    pub id: &'a str,
+    pub text: &'a str,
+    pub embedding: Option<&'a [f32]>,
+    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl<'a> From<&'a Memory> for MemoryBodyRef<'a> {
+    fn from(m: &'a Memory) -> Self {
+        MemoryBodyRef {
+            id: &m.id,
+            text: &m.text,
+            embedding: m.embedding.as_deref(),
+            metadata: &m.metadata,
+            created_ms: m.created_ms,
+            updated_ms: m.updated_ms,
+        }
+    }
+}
+
 impl From<MemoryBody> for Memory {
     fn from(m: MemoryBody) -> Self {
         Memory {

@@ -4,11 +4,11 @@
 
 use super::check_dimension;
 use crate::auth::Caller;
-use crate::dto::{GraphBody, MemoryBody, WriteResult};
+use crate::dto::{GraphBody, MemoryBody, MemoryBodyRef, WriteResult};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::state::{AppState, AsOf, WriteParams};
 use axum::extract::State;
-use engram_core::{Direction, Lsn, Metric, ReadView, SearchMode, SearchReads, SearchRequest, SignalScore};
+use engram_core::{Direction, Lsn, Metric, ReadView, SearchHitRef, SearchMode, SearchReads, SearchRequest, SignalScore};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
@@ -271,7 +271,7 @@ pub async fn search(
     caller: Caller,
     ApiPath(ns): ApiPath<String>,
     ApiJson(body): ApiJson<SearchBody>,
-) -> ApiResult<ApiJson<SearchResult>> {
+) -> ApiResult<ApiJson<SharedSearchResult>> {
     caller.read(&ns)?;
     engram_core::validate_namespace(&ns)?;
     let as_of = AsOf::parse_opt(body.as_of.as_deref())?;
@@ -290,21 +290,49 @@ pub async fn search(
         filter: body.filter,
         ef_search: body.ef_search,
     };
-    let (hits, lsn) = state.read(as_of, move |s| Ok((s.search(&request)?, s.read_lsn()))).await?;
-    Ok(ApiJson(SearchResult {
-        hits: hits
-            .into_iter()
-            .map(|h| SearchHitBody {
-                memory: h.memory.into(),
-                score: h.score,
-                vector: h.vector.map(Into::into),
-                keyword: h.keyword.map(Into::into),
-            })
-            .collect(),
+    // The search itself stays on the blocking pool: it is CPU work whose length grows with k,
+    // ef_search, the filter and the unindexed tail, and must not hold an async worker.
+    let (hits, lsn) = state.read(as_of, move |s| Ok((s.search_refs(&request)?, s.read_lsn()))).await?;
+    Ok(ApiJson(SharedSearchResult {
+        hits,
         lsn,
         mode,
         embedder_used: plan.embedder_used,
         note: plan.note,
+    }))
+}
+
+/// The answer of a search whose hits share the stored memories (`search_refs`): serialised to
+/// exactly the JSON of [`SearchResult`] (the OpenAPI schema), without copying each hit's text,
+/// embedding and metadata first.
+#[derive(Serialize)]
+pub struct SharedSearchResult {
+    #[serde(serialize_with = "serialize_shared_hits")]
+    pub hits: Vec<SearchHitRef>,
+    pub lsn: Lsn,
+    pub mode: SearchModeBody,
+    pub embedder_used: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One hit as [`SearchHitBody`] serialises it, borrowing the memory.
+#[derive(Serialize)]
+struct SearchHitJson<'a> {
+    memory: MemoryBodyRef<'a>,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vector: Option<SignalScoreBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyword: Option<SignalScoreBody>,
+}
+
+fn serialize_shared_hits<S: serde::Serializer>(hits: &[SearchHitRef], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(hits.iter().map(|h| SearchHitJson {
+        memory: MemoryBodyRef::from(&*h.memory),
+        score: h.score,
+        vector: h.vector.map(Into::into),
+        keyword: h.keyword.map(Into::into),
     }))
 }
 
@@ -391,4 +419,88 @@ pub async fn declare_vector_space(
         .commit(write.durability, move |txn| Ok(txn.declare_vector_space(&ns, dimension, metric)?))
         .await?;
     Ok(ApiJson(WriteResult { lsn: info.lsn }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_core::{Database, DatabaseOptions, NewMemory};
+    use serde_json::json;
+
+    /// The answer built from shared hits is byte for byte the answer the copying path gave (and
+    /// that the OpenAPI schema, `SearchResult`, describes): field order, absent signals, null
+    /// embeddings, metadata, the note.
+    #[test]
+    fn shared_hits_serialise_exactly_as_copied_hits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), DatabaseOptions::default()).unwrap();
+        db.run(1, |t| t.declare_vector_space("agent", 3, Metric::Cosine)).unwrap();
+        let memories = [
+            ("the cat sat on the mat", Some(vec![1.0, 0.0, 0.5]), json!({"kind": "note", "n": 1})),
+            ("a dog chased the cat \"quoted\" é ✓", Some(vec![0.9, 0.1, 0.4]), json!({})),
+            ("the cat has no vector", None, json!({"nested": {"list": [1, 2.5, null]}})),
+            ("unrelated text", Some(vec![-1.0, 2.0, 0.25]), json!({"kind": "other"})),
+        ];
+        for (text, embedding, metadata) in memories {
+            let memory = NewMemory {
+                text: text.to_string(),
+                embedding,
+                metadata,
+            };
+            db.run(1, |t| t.insert_memory("agent", memory.clone())).unwrap();
+        }
+        let snapshot = db.snapshot();
+        for (mode, note) in [
+            (SearchModeBody::Hybrid, None),
+            (SearchModeBody::Vector, None),
+            (SearchModeBody::Keyword, Some(NO_EMBEDDER_NOTE.to_string())),
+        ] {
+            let request = SearchRequest {
+                namespace: "agent".to_string(),
+                text: Some("cat".to_string()),
+                vector: Some(vec![1.0, 0.0, 0.5]),
+                k: 10,
+                mode: mode.into(),
+                filter: None,
+                ef_search: None,
+            };
+            let copied = SearchResult {
+                hits: snapshot
+                    .search(&request)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| SearchHitBody {
+                        memory: h.memory.into(),
+                        score: h.score,
+                        vector: h.vector.map(Into::into),
+                        keyword: h.keyword.map(Into::into),
+                    })
+                    .collect(),
+                lsn: snapshot.read_lsn(),
+                mode,
+                embedder_used: false,
+                note: note.clone(),
+            };
+            let shared = SharedSearchResult {
+                hits: snapshot.search_refs(&request).unwrap(),
+                lsn: snapshot.read_lsn(),
+                mode,
+                embedder_used: false,
+                note,
+            };
+            assert!(!copied.hits.is_empty(), "{mode:?} found nothing: the comparison would be empty");
+            if mode == SearchModeBody::Hybrid {
+                // The cases worth comparing are there: a memory without a vector (null), and
+                // hits missing one signal (the field left out).
+                assert!(copied.hits.iter().any(|h| h.memory.embedding.is_none()));
+                assert!(copied.hits.iter().any(|h| h.keyword.is_none()));
+                assert!(copied.hits.iter().any(|h| h.vector.is_none()));
+            }
+            assert_eq!(
+                serde_json::to_string(&shared).unwrap(),
+                serde_json::to_string(&copied).unwrap(),
+                "{mode:?}"
+            );
+        }
+    }
 }
