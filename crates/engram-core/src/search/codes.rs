@@ -101,7 +101,10 @@ pub(crate) fn dot(a: &[i8], b: &[i8]) -> i32 {
     (*KERNEL)(a, b)
 }
 
-static KERNEL: std::sync::LazyLock<fn(&[i8], &[i8]) -> i32> = std::sync::LazyLock::new(|| {
+/// An integer inner product of two code vectors.
+type DotKernel = fn(&[i8], &[i8]) -> i32;
+
+static KERNEL: std::sync::LazyLock<DotKernel> = std::sync::LazyLock::new(|| {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         return |a, b| {
