@@ -431,7 +431,8 @@ pub struct IndexStats {
     pub versions: usize,
     /// Vectors in the graphs (one per version with an embedding).
     pub vectors: usize,
-    /// Approximate heap bytes of all indexes (vectors, graph links, postings, entries).
+    /// Approximate heap bytes of all indexes (vector codes, graph links, postings, entries; not
+    /// the embeddings, which are shared with the store).
     pub heap_bytes: usize,
     /// Whether open loaded the indexes from a checkpoint or rebuilt them.
     pub origin: IndexOrigin,
