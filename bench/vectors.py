@@ -292,6 +292,51 @@ def bench_chroma(base, threads, scratch, data):
     return {"peer": "chroma", "settings": settings, "build_s": build_s, "points": points}
 
 
+def quantisation_study(base, queries, truth, queries_used=300):
+    """Brute force, no graph: recall@10 of the ranking by distances between int8-decoded vectors
+    (the query encoded the same way, as Engram's graph compares codes), alone and after re-scoring
+    its nearest R exactly, for the encodings docs/search.md (*Compact vectors*) weighs: one scale
+    per vector (Engram's) and one range per dimension (trained on every row, or on the first 2,048
+    as an index built one insert at a time would have to)."""
+
+    def per_vector(x):
+        scale = np.abs(x).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1
+        return np.clip(np.round(x / scale), -127, 127) * scale
+
+    def per_dimension(train):
+        low, high = train.min(axis=0), train.max(axis=0)
+        step = (high - low) / 255.0
+        step[step == 0] = 1
+        return lambda x: np.clip(np.round((x - low) / step), 0, 255) * step + low
+
+    queries, truth = queries[:queries_used], truth[:queries_used, :K]
+    exact_norms = (base.astype(np.float64) ** 2).sum(axis=1)
+    widths = (20, 40, 80)
+    for name, encode in [
+        ("one scale per vector (symmetric int8)", per_vector),
+        ("one range per dimension, from all rows", per_dimension(base)),
+        ("one range per dimension, from the first 2,048 rows", per_dimension(base[:2048])),
+    ]:
+        decoded_base, decoded_queries = encode(base).astype(np.float32), encode(queries).astype(np.float32)
+        decoded_norms = (decoded_base.astype(np.float64) ** 2).sum(axis=1)
+        alone, rescored = 0, {r: 0 for r in widths}
+        for start in range(0, len(queries), 50):
+            d = decoded_norms[None, :] - 2.0 * (decoded_queries[start : start + 50] @ decoded_base.T)
+            nearest = np.argpartition(d, widths[-1], axis=1)[:, : widths[-1]]
+            nearest = np.take_along_axis(nearest, np.take_along_axis(d, nearest, axis=1).argsort(axis=1), axis=1)
+            for i, candidates in enumerate(nearest):
+                q, expected = queries[start + i].astype(np.float64), set(truth[start + i].tolist())
+                alone += len(expected & set(candidates[:K].tolist()))
+                for r in widths:
+                    c = candidates[:r]
+                    exact = exact_norms[c] - 2.0 * (base[c].astype(np.float64) @ q)
+                    rescored[r] += len(expected & set(c[np.argsort(exact)[:K]].tolist()))
+        n = len(queries) * K
+        after = ", ".join(f"nearest {r}: {rescored[r] / n:.4f}" for r in widths)
+        print(f"{name}: recall@10 by code distance alone {alone / n:.4f}; re-scoring exactly the {after}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
@@ -308,6 +353,7 @@ def main():
     parser.add_argument("--engram", help="the bench/peers `peers` binary (Engram's side); omitted: no Engram row")
     parser.add_argument("--faiss-cache", help="load faiss's index from this file if it exists, else save it there after the build (experiments)")
     parser.add_argument("--peers", default="faiss,hnswlib,engram,chroma", help="comma-separated subset to run (default: all)")
+    parser.add_argument("--quantisation-study", action="store_true", help="only print the int8 encodings' brute-force recall (docs/search.md, Compact vectors) and stop")
     args = parser.parse_args()
     if args.chroma_query:
         return chroma_query_child(args.chroma_query, args.data, args.rows)
@@ -333,6 +379,8 @@ def main():
         print(f"generated {args.rows} x {DIM} vectors and exact top-100 in {time.perf_counter() - started:.1f} s", flush=True)
     if args.generate_only:
         return
+    if args.quantisation_study:
+        return quantisation_study(base, queries, truth)
     threads = os.cpu_count() or 1
     wanted = set(args.peers.split(","))
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

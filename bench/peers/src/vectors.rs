@@ -26,9 +26,11 @@ const TRUTH_WIDTH: usize = 100;
 const K: usize = 10;
 const MEMORIES_PER_TRANSACTION: usize = 1000;
 /// The graph parameters engram-core builds with (crates/engram-core/src/search/hnsw.rs,
-/// `DEFAULT_M` and `DEFAULT_EF_CONSTRUCTION`; not configurable through the public API). Only
+/// `DEFAULT_M` and `DEFAULT_EF_CONSTRUCTION`, and the codes and re-scoring of codes.rs and
+/// index.rs `rerank_count`; not configurable through the public API). Only
 /// printed in the settings, so a reader can compare them with the peers' M=32, efConstruction=200.
-const ENGRAM_GRAPH: &str = "M=32 (64 links on level 0), ef_construction=128";
+const ENGRAM_GRAPH: &str = "M=32 (64 links on level 0), ef_construction=128, nodes hold int8 codes (one scale per vector), \
+     the best max(2k, 32) of the ef candidates re-scored with the exact f32 distance from each memory's embedding";
 const DEFAULT_EF: [usize; 7] = [10, 16, 32, 64, 128, 256, 512];
 /// How long a build may take to reach the index before the run is abandoned.
 const INDEX_WAIT: Duration = Duration::from_secs(3600);

@@ -1,11 +1,13 @@
 //! Retrieval: vector k-NN (exact or HNSW), BM25 keyword search, hybrid (reciprocal rank fusion)
 //! and graph neighbours, all at the reader's snapshot (docs/search.md).
 //!
-//! - `vector.rs`: metrics and distances; `hnsw.rs`: the approximate graph;
+//! - `vector.rs`: metrics and distances; `codes.rs`: the graph's int8 vector codes;
+//!   `hnsw.rs`: the approximate graph;
 //! - `keyword.rs`: tokenizer, BM25, the inverted index; `hybrid.rs`: rank fusion;
 //! - `filter.rs`: metadata filters; `index.rs`: versioned per-namespace indexes and their
 //!   background applier; `neighbours.rs`: graph traversal.
 
+pub(crate) mod codes;
 pub(crate) mod filter;
 pub(crate) mod hnsw;
 pub(crate) mod hybrid;

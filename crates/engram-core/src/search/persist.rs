@@ -6,7 +6,7 @@
 //! A missing, damaged or inconsistent index file is never used: open logs a warning and rebuilds
 //! the indexes from the store, which is always the source of truth.
 
-use super::hnsw::{Hnsw, SavedGraph};
+use super::hnsw::{Hnsw, SavedGraph, SavedNode, SavedNodeV1};
 use super::index::{NamespaceIndex, NodeValidity, VersionEntry};
 use super::vector::Metric;
 use crate::error::{CoreError, Result};
@@ -22,7 +22,10 @@ use std::sync::Arc;
 pub const INDEX_DIR: &str = "search-index";
 
 const MAGIC: &[u8; 8] = b"ENGRMIDX";
-pub(crate) const INDEX_FORMAT_VERSION: u32 = 1;
+/// 2: graph nodes hold int8 codes and a scale (search/codes.rs). 1: they held the f32 vector;
+/// still read, each vector encoded at load.
+pub(crate) const INDEX_FORMAT_VERSION: u32 = 2;
+const INDEX_FORMAT_VERSION_F32: u32 = 1;
 const HEADER_BYTES: usize = 40;
 const TRAILER_BYTES: usize = 4;
 const SECTION_LENGTH_BYTES: usize = 8;
@@ -39,14 +42,29 @@ pub(crate) fn parse_file_name(name: &str) -> Option<Lsn> {
         .flatten()
 }
 
+/// One namespace's section; `N` is the graph's node form (format 2: [`SavedNode`]; format 1:
+/// [`SavedNodeV1`]).
 #[derive(Serialize, Deserialize)]
-struct SavedNamespace {
+struct SavedNamespace<N = SavedNode> {
     name: String,
     metric: Metric,
     entries: Vec<SavedEntry>,
     /// Graph node -> entry slot.
     node_entry: Vec<u32>,
-    graph: Option<SavedGraph>,
+    graph: Option<SavedGraph<N>>,
+}
+
+impl SavedNamespace<SavedNodeV1> {
+    /// The section in format 2: every vector replaced by its codes.
+    fn encode(self) -> std::result::Result<SavedNamespace, Rejection> {
+        Ok(SavedNamespace {
+            name: self.name,
+            metric: self.metric,
+            entries: self.entries,
+            node_entry: self.node_entry,
+            graph: self.graph.map(SavedGraph::encode).transpose()?,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,14 +113,26 @@ pub(crate) fn save(
     lsn: Lsn,
     namespaces: Vec<(String, Arc<std::sync::RwLock<NamespaceIndex>>)>,
 ) -> Result<u64> {
-    let mut body = Vec::new();
-    let count = namespaces.len() as u64;
-    for (name, index) in namespaces {
+    let sections = namespaces.into_iter().map(|(name, index)| {
         // Copied out under the read lock; encoded after it is released.
-        let saved = {
-            let index = index.read().unwrap_or_else(|p| p.into_inner());
-            saved_namespace(&name, &index, lsn)
-        };
+        let index = index.read().unwrap_or_else(|p| p.into_inner());
+        saved_namespace(&name, &index, lsn)
+    });
+    write_file(storage, dir, lsn, INDEX_FORMAT_VERSION, sections)
+}
+
+/// Writes an index file of format `version` whose sections are `sections` (format 1 only in
+/// tests, which check that such a file still loads).
+fn write_file<N: Serialize>(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: Lsn,
+    version: u32,
+    sections: impl ExactSizeIterator<Item = SavedNamespace<N>>,
+) -> Result<u64> {
+    let mut body = Vec::new();
+    let count = sections.len() as u64;
+    for saved in sections {
         let start = body.len();
         body.extend_from_slice(&[0; SECTION_LENGTH_BYTES]);
         body = postcard::to_extend(&saved, body).map_err(|e| CoreError::Io {
@@ -114,7 +144,7 @@ pub(crate) fn save(
     }
     let mut file_bytes = Vec::with_capacity(HEADER_BYTES + body.len() + TRAILER_BYTES);
     file_bytes.extend_from_slice(MAGIC);
-    file_bytes.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
+    file_bytes.extend_from_slice(&version.to_le_bytes());
     file_bytes.extend_from_slice(&0u32.to_le_bytes());
     file_bytes.extend_from_slice(&lsn.to_le_bytes());
     file_bytes.extend_from_slice(&count.to_le_bytes());
@@ -215,8 +245,10 @@ pub(crate) fn load(
         return Err("bad magic".into());
     }
     let version = u32::from_le_bytes(content[8..12].try_into().unwrap_or([0; 4]));
-    if version != INDEX_FORMAT_VERSION {
-        return Err(format!("format version {version}, this build reads {INDEX_FORMAT_VERSION}"));
+    if version != INDEX_FORMAT_VERSION && version != INDEX_FORMAT_VERSION_F32 {
+        return Err(format!(
+            "format version {version}, this build reads {INDEX_FORMAT_VERSION_F32} and {INDEX_FORMAT_VERSION}"
+        ));
     }
     if u64_at(16) != lsn {
         return Err(format!("it is for LSN {}, not {lsn}", u64_at(16)));
@@ -236,8 +268,15 @@ pub(crate) fn load(
             .ok()
             .filter(|&s| s <= body.len() - SECTION_LENGTH_BYTES)
             .ok_or("section overruns the body")?;
-        let saved: SavedNamespace = postcard::from_bytes(&body[SECTION_LENGTH_BYTES..SECTION_LENGTH_BYTES + section])
-            .map_err(|e| format!("section does not decode: {e}"))?;
+        let bytes = &body[SECTION_LENGTH_BYTES..SECTION_LENGTH_BYTES + section];
+        let decode_error = |e: postcard::Error| format!("section does not decode: {e}");
+        let saved: SavedNamespace = if version == INDEX_FORMAT_VERSION_F32 {
+            postcard::from_bytes::<SavedNamespace<SavedNodeV1>>(bytes)
+                .map_err(decode_error)?
+                .encode()?
+        } else {
+            postcard::from_bytes(bytes).map_err(decode_error)?
+        };
         body = &body[SECTION_LENGTH_BYTES + section..];
         let name = saved.name.clone();
         out.push((
@@ -313,6 +352,158 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::{IndexOrigin, SearchMode, SearchReads, SearchRequest};
+    use crate::{CheckpointOptions, Database, DatabaseOptions, NewMemory, SyncPolicy};
+
+    fn options() -> DatabaseOptions {
+        DatabaseOptions {
+            checkpoint: CheckpointOptions {
+                every_log_bytes: None,
+                grow_with_database: false,
+                every: None,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn coordinate(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    /// Every answer compared: (memory id, score bits) of vector searches through the graph.
+    fn answers(db: &Database, queries: &[Vec<f32>]) -> Vec<Vec<(String, u32)>> {
+        let snapshot = db.snapshot();
+        queries
+            .iter()
+            .map(|q| {
+                let request = SearchRequest {
+                    namespace: "ns".into(),
+                    text: None,
+                    vector: Some(q.clone()),
+                    k: 10,
+                    mode: SearchMode::Vector,
+                    filter: None,
+                    ef_search: Some(32),
+                };
+                let hits = snapshot.search(&request).unwrap();
+                assert_eq!(hits.len(), 10);
+                hits.into_iter().map(|h| (h.memory.id, h.score.to_bits())).collect()
+            })
+            .collect()
+    }
+
+    /// The checkpoint's index sections as format 1 wrote them: each node's prepared f32 vector
+    /// (from its memory's embedding) instead of its codes.
+    fn format_1_sections(db: &Database, lsn: Lsn) -> Vec<SavedNamespace<SavedNodeV1>> {
+        db.shared
+            .indexes
+            .all()
+            .into_iter()
+            .map(|(name, index)| {
+                let index = index.read().unwrap();
+                let saved = saved_namespace(&name, &index, lsn);
+                let metric = index.metric;
+                let graph = saved.graph.map(|g| SavedGraph {
+                    dimension: g.dimension,
+                    m: g.m,
+                    ef_construction: g.ef_construction,
+                    entry: g.entry,
+                    nodes: g
+                        .nodes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(n, node)| {
+                            let slot = index.node_entry[n] as usize;
+                            let embedding = index.entries[slot].memory().unwrap().embedding.as_ref().unwrap();
+                            SavedNodeV1 {
+                                links: node.links,
+                                vector: metric.prepare(embedding),
+                            }
+                        })
+                        .collect(),
+                });
+                SavedNamespace {
+                    name: saved.name,
+                    metric: saved.metric,
+                    entries: saved.entries,
+                    node_entry: saved.node_entry,
+                    graph,
+                }
+            })
+            .collect()
+    }
+
+    /// An index file of format 1 (f32 vectors) still loads: each vector is encoded at load, so
+    /// the graph equals the one this build saved and every answer is the same to the bit. A
+    /// format this build does not know is refused with its number named, and the indexes are
+    /// rebuilt from the store (same answers again).
+    #[test]
+    fn an_index_file_of_format_1_loads_converted_and_an_unknown_format_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seed = 17u64;
+        let count = crate::search::EXACT_SEARCH_MAX_VECTORS + 600;
+        let queries: Vec<Vec<f32>> = (0..20).map(|_| (0..12).map(|_| coordinate(&mut seed)).collect()).collect();
+        let (lsn, expected) = {
+            let db = Database::open(dir.path(), options()).unwrap();
+            for chunk in 0..count.div_ceil(1000) {
+                let mut txn = db.begin();
+                txn.set_durability(SyncPolicy::Never);
+                for i in chunk * 1000..((chunk + 1) * 1000).min(count) {
+                    let memory = NewMemory {
+                        text: format!("memory {i}"),
+                        embedding: Some((0..12).map(|_| coordinate(&mut seed)).collect()),
+                        metadata: serde_json::json!({}),
+                    };
+                    txn.insert_memory("ns", memory).unwrap();
+                }
+                txn.commit().unwrap();
+            }
+            db.wait_for_index(db.visible_lsn(), std::time::Duration::from_secs(60)).unwrap();
+            db.checkpoint().unwrap();
+            let lsn = db.shared.indexes.file_lsn().expect("the checkpoint wrote an index file");
+            let expected = answers(&db, &queries);
+            let sections = format_1_sections(&db, lsn);
+            write_file(
+                &*db.shared.storage,
+                &dir.path().join(INDEX_DIR),
+                lsn,
+                INDEX_FORMAT_VERSION_F32,
+                sections.into_iter(),
+            )
+            .unwrap();
+            (lsn, expected)
+        };
+        let db = Database::open(dir.path(), options()).unwrap();
+        assert_eq!(db.index_stats().origin, IndexOrigin::Checkpoint { lsn });
+        assert_eq!(answers(&db, &queries), expected);
+        // Written again by this build: format 2 now.
+        let sections: Vec<SavedNamespace> = db
+            .shared
+            .indexes
+            .all()
+            .into_iter()
+            .map(|(name, index)| saved_namespace(&name, &index.read().unwrap(), lsn))
+            .collect();
+        write_file(
+            &*db.shared.storage,
+            &dir.path().join(INDEX_DIR),
+            lsn,
+            INDEX_FORMAT_VERSION + 1,
+            sections.into_iter(),
+        )
+        .unwrap();
+        drop(db);
+        let db = Database::open(dir.path(), options()).unwrap();
+        match db.index_stats().origin {
+            IndexOrigin::Rebuilt { reason: Some(reason) } => {
+                assert!(reason.contains("format version 3, this build reads 1 and 2"), "{reason}")
+            }
+            other => panic!("a file of an unknown format was used: {other:?}"),
+        }
+        assert_eq!(answers(&db, &queries), expected);
+    }
 
     #[test]
     fn file_names_carry_the_lsn_in_twenty_digits() {

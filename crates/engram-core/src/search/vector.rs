@@ -271,3 +271,18 @@ impl TopK {
         self.heap.into_sorted_vec()
     }
 }
+
+/// Asks the CPU to start loading the cache line holding `value` (a hint: it never faults and
+/// changes nothing), so that a load that follows soon does not stall on memory.
+#[inline(always)]
+pub(crate) fn prefetch<T: ?Sized>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch only hints (the address is
+        // that of a live reference anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
