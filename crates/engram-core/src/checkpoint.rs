@@ -870,23 +870,28 @@ impl CheckpointState {
         self.retained.truncate(2);
         let keep: Vec<&std::ffi::OsStr> = self.retained.iter().filter_map(|c| c.path.file_name()).collect();
         let is_retired = |name: &str| parse_file_name(name).is_some() && !keep.iter().any(|k| *k == std::ffi::OsStr::new(name));
-        let mut kept_as_spare = 0;
-        if !reuse {
-            // A spare left from a run with reuse on.
-            kept_as_spare = self.remove_files(storage, |name| name == SPARE_FILE)?;
-        } else if self.spare(storage, reuse)?.is_none() {
+        // The spare counts as a removed checkpoint file: one deleted when reuse is off (left from
+        // a run with it on), or one retired file renamed to become it.
+        let spare_changes = if !reuse {
+            self.remove_files(storage, |name| name == SPARE_FILE)?
+        } else if self.spare(storage, true)?.is_none() {
             let names = storage
                 .list(&self.dir)
                 .map_err(|e| io_error(format!("listing {}", self.dir.display()), e))?;
-            if let Some(newest_retired) = names.iter().filter(|n| is_retired(n)).max_by_key(|n| parse_file_name(n)) {
-                let (from, to) = (self.dir.join(newest_retired), self.dir.join(SPARE_FILE));
-                storage
-                    .rename(&from, &to)
-                    .map_err(|e| io_error(format!("renaming {} to {}", from.display(), to.display()), e))?;
-                kept_as_spare = 1;
+            match names.iter().filter(|n| is_retired(n)).max_by_key(|n| parse_file_name(n)) {
+                Some(newest_retired) => {
+                    let (from, to) = (self.dir.join(newest_retired), self.dir.join(SPARE_FILE));
+                    storage
+                        .rename(&from, &to)
+                        .map_err(|e| io_error(format!("renaming {} to {}", from.display(), to.display()), e))?;
+                    1
+                }
+                None => 0,
             }
-        }
-        let removed = self.remove_files(storage, is_retired)? + kept_as_spare;
+        } else {
+            0
+        };
+        let removed = self.remove_files(storage, is_retired)? + spare_changes;
         if removed > 0 {
             storage
                 .sync_dir(&self.dir)
