@@ -79,22 +79,90 @@ struct Waiter {
 /// How a satisfied waiter is woken.
 enum Wake {
     /// A thread blocked in `complete`; it may be asked to lead the next round.
-    Thread(Arc<Condvar>),
+    Thread(Arc<ThreadSignal>),
     /// A task awaiting a [`Completion`]. It never leads (a leader blocks in write and fdatasync,
     /// which an executor thread must not): the syncer thread leads rounds on its behalf.
     Task { id: u64, waker: Waker },
 }
 
 impl Wake {
-    fn wake(&self) {
+    /// Decides the waiter's wake-up, to be delivered by `wakeups` once the state lock is
+    /// released. A thread learns `outcome` now; whoever wakes a thread also removes its entry
+    /// from the waiters, so that the thread need not take the state lock to leave.
+    fn wake(&self, outcome: u8, wakeups: &mut Wakeups) {
         match self {
-            Wake::Thread(condvar) => condvar.notify_one(),
-            Wake::Task { waker, .. } => waker.wake_by_ref(),
+            Wake::Thread(signal) => {
+                signal.outcome.store(outcome, Ordering::Release);
+                wakeups.0.push(Wakeup::Thread(signal.clone()));
+            }
+            Wake::Task { waker, .. } => wakeups.0.push(Wakeup::Task(waker.clone())),
         }
     }
 
     fn is_task(&self, task_id: u64) -> bool {
         matches!(self, Wake::Task { id, .. } if *id == task_id)
+    }
+}
+
+/// The thread is still waiting.
+const SIGNAL_WAITING: u8 = 0;
+/// The round reached the thread's target: it returns without taking the state lock.
+const SIGNAL_REACHED: u8 = 1;
+/// The thread takes the state lock and looks again: it is asked to lead the next round, or the
+/// log stopped.
+const SIGNAL_RECHECK: u8 = 2;
+
+/// How a round tells a thread blocked in `drive` what it decided. A woken thread that had to
+/// take the state lock again only to read an outcome the leader already knew made every round
+/// end with all its waiters queueing on that mutex: with 64 appenders on 2 cores that queue
+/// cost more CPU than the wake-up itself.
+struct ThreadSignal {
+    thread: std::thread::Thread,
+    outcome: std::sync::atomic::AtomicU8,
+}
+
+thread_local! {
+    /// One signal per thread, reused for every wait (a thread waits in one `drive` at a time).
+    static THREAD_SIGNAL: Arc<ThreadSignal> = Arc::new(ThreadSignal {
+        thread: std::thread::current(),
+        outcome: std::sync::atomic::AtomicU8::new(SIGNAL_WAITING),
+    });
+}
+
+/// Wake-ups a round decided under the state lock, delivered after the lock is released: on a
+/// machine with fewer cores than appenders a woken thread preempts the one waking it, and a
+/// leader preempted while it held the lock made every appender queue on the lock behind it
+/// (with 64 appenders on 2 cores, most context switches were sleeps on the contended state lock).
+#[derive(Default)]
+struct Wakeups(Vec<Wakeup>);
+
+enum Wakeup {
+    Thread(Arc<ThreadSignal>),
+    Task(Waker),
+}
+
+impl Wakeups {
+    fn deliver(self) {
+        for wakeup in self.0 {
+            match wakeup {
+                Wakeup::Thread(signal) => signal.thread.unpark(),
+                Wakeup::Task(waker) => waker.wake(),
+            }
+        }
+    }
+}
+
+impl ThreadSignal {
+    /// Parks until signalled (`park` may return early, and an unpark meant for an earlier wait
+    /// may be pending: only the outcome counts).
+    fn wait(&self) -> u8 {
+        loop {
+            let outcome = self.outcome.load(Ordering::Acquire);
+            if outcome != SIGNAL_WAITING {
+                return outcome;
+            }
+            std::thread::park();
+        }
     }
 }
 
@@ -364,12 +432,18 @@ impl Wal {
     }
 
     fn shutdown(&mut self) {
+        let mut wakeups = Wakeups::default();
         {
             let mut st = self.inner.lock_state();
             st.closed = true;
-            // Tasks still waiting see the log closed when polled.
-            st.waiters.iter().for_each(|w| w.wake.wake());
+            // Tasks still waiting see the log closed when polled. (No thread can be waiting: it
+            // would hold a reference to this log.)
+            st.waiters.retain(|w| {
+                w.wake.wake(SIGNAL_RECHECK, &mut wakeups);
+                !matches!(w.wake, Wake::Thread(_))
+            });
         }
+        wakeups.deliver();
         self.inner.syncer_wakeup.notify_all();
         self.inner.progress.notify_all();
         self.inner.durable_changed.notify_all();
@@ -578,7 +652,7 @@ impl Inner {
     /// Waits until the record at `last` (and everything before it) meets `policy`.
     fn complete_locked(&self, mut st: MutexGuard<'_, State>, last: Lsn, policy: SyncPolicy) -> Result<()> {
         let durable = self.note_policy(&mut st, last, policy);
-        drop(self.drive(st, last, durable)?);
+        self.drive(st, last, durable)?;
         Ok(())
     }
 
@@ -661,25 +735,39 @@ impl Inner {
         self.counters.rotations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// [`Inner::drive`] for callers that go on under the state lock.
+    fn drive_holding<'a>(&'a self, st: MutexGuard<'a, State>, target: Lsn, durable: bool) -> Result<MutexGuard<'a, State>> {
+        Ok(match self.drive(st, target, durable)? {
+            Some(st) => st,
+            None => self.lock_state(),
+        })
+    }
+
     /// Waits until `target` is written (or durable), leading write rounds when no one else is.
-    fn drive<'a>(&'a self, mut st: MutexGuard<'a, State>, target: Lsn, durable: bool) -> Result<MutexGuard<'a, State>> {
+    /// Returns the state lock if it holds it at the end; `None` when a leader's round reached
+    /// `target` while this thread waited (it then leaves without taking the lock again).
+    fn drive<'a>(&'a self, mut st: MutexGuard<'a, State>, target: Lsn, durable: bool) -> Result<Option<MutexGuard<'a, State>>> {
         loop {
             if let Some(cause) = &st.poisoned {
                 return Err(Error::Poisoned { cause: cause.clone() });
             }
             let reached = if durable { st.durable_lsn } else { st.written_lsn };
             if reached >= target {
-                return Ok(st);
+                return Ok(Some(st));
             }
             if st.leader_active {
-                let wake = Arc::new(Condvar::new());
+                let signal = THREAD_SIGNAL.with(Arc::clone);
+                signal.outcome.store(SIGNAL_WAITING, Ordering::Relaxed);
                 st.waiters.push(Waiter {
                     target,
                     durable,
-                    wake: Wake::Thread(wake.clone()),
+                    wake: Wake::Thread(signal.clone()),
                 });
-                st = wake.wait(st).unwrap_or_else(|p| p.into_inner());
-                st.waiters.retain(|w| !matches!(&w.wake, Wake::Thread(c) if Arc::ptr_eq(c, &wake)));
+                drop(st);
+                if signal.wait() == SIGNAL_REACHED {
+                    return Ok(None);
+                }
+                st = self.lock_state();
                 continue;
             }
             st.leader_active = true;
@@ -719,33 +807,47 @@ impl Inner {
                     tracing::error!(error = %e, "log write failed; the log is stopped until reopened");
                     st.poisoned = Some(e.to_string());
                     self.durable_changed.notify_all();
-                    self.wake_waiters(&mut st, true);
+                    let wakeups = self.wake_waiters(&mut st, true);
+                    drop(st);
+                    wakeups.deliver();
                     // The leader reports the I/O error itself; everyone else gets Poisoned.
                     return Err(e);
                 }
             }
             let leader_done = (if durable { st.durable_lsn } else { st.written_lsn }) >= target;
-            self.wake_waiters(&mut st, leader_done);
+            let wakeups = self.wake_waiters(&mut st, leader_done);
+            drop(st);
+            wakeups.deliver();
+            if leader_done {
+                return Ok(None);
+            }
+            st = self.lock_state();
         }
     }
 
     /// After a round: wakes the waiters it satisfied (all of them if the log stopped) and, when
     /// work remains and the leader is leaving, a successor: one more waiting thread, or, when
     /// only tasks wait, the syncer thread, which leads for them.
-    fn wake_waiters(&self, st: &mut State, leader_leaving: bool) {
+    fn wake_waiters(&self, st: &mut State, leader_leaving: bool) -> Wakeups {
+        let mut wakeups = Wakeups::default();
         let stopped = st.poisoned.is_some();
         let (durable_lsn, written_lsn) = (st.durable_lsn, st.written_lsn);
         st.waiters.retain(|w| {
             let satisfied = stopped || (if w.durable { durable_lsn } else { written_lsn }) >= w.target;
             if satisfied {
-                w.wake.wake();
+                // A stopped log's waiters look again, under the lock, to read the cause.
+                w.wake.wake(if stopped { SIGNAL_RECHECK } else { SIGNAL_REACHED }, &mut wakeups);
             }
             !satisfied
         });
         let work_remains = !st.pending.is_empty() || st.sync_wanted_upto > durable_lsn;
         if leader_leaving && work_remains {
-            match st.waiters.iter().find(|w| matches!(w.wake, Wake::Thread(_))) {
-                Some(successor) => successor.wake.wake(),
+            match st.waiters.iter().position(|w| matches!(w.wake, Wake::Thread(_))) {
+                Some(successor) => {
+                    st.waiters.remove(successor).wake.wake(SIGNAL_RECHECK, &mut wakeups);
+                    // Woken first: the next fdatasync waits for it.
+                    wakeups.0.rotate_right(1);
+                }
                 None if !st.waiters.is_empty() => self.syncer_wakeup.notify_one(),
                 None => {}
             }
@@ -753,6 +855,7 @@ impl Inner {
         if st.quiesce_waiters > 0 {
             self.progress.notify_all();
         }
+        wakeups
     }
 
     /// The round the syncer should lead for waiting tasks when no leader is running: up to the
@@ -859,7 +962,7 @@ impl Inner {
         let mut st = self.lock_state();
         let target = st.next_lsn - 1;
         st.sync_wanted_upto = st.sync_wanted_upto.max(target);
-        drop(self.drive(st, target, true)?);
+        self.drive(st, target, true)?;
         Ok(target)
     }
 
@@ -872,7 +975,7 @@ impl Inner {
                 return;
             }
             if let Some((target, durable)) = Self::task_round(&st) {
-                st = match self.drive(st, target, durable) {
+                st = match self.drive_holding(st, target, durable) {
                     Ok(st) => st,
                     Err(_) => return,
                 };
@@ -883,7 +986,7 @@ impl Inner {
                     st.sync_deadline = None;
                     let target = st.next_lsn - 1;
                     st.sync_wanted_upto = st.sync_wanted_upto.max(target);
-                    st = match self.drive(st, target, true) {
+                    st = match self.drive_holding(st, target, true) {
                         Ok(st) => st,
                         Err(_) => return,
                     };
@@ -947,7 +1050,7 @@ impl Inner {
                 } else if !st.pending.is_empty() || st.durable_lsn < st.next_lsn - 1 {
                     let target = st.next_lsn - 1;
                     st.sync_wanted_upto = st.sync_wanted_upto.max(target);
-                    st = self.drive(st, target, true)?;
+                    st = self.drive_holding(st, target, true)?;
                 } else {
                     break;
                 }

@@ -78,6 +78,44 @@ fn concurrent_appenders_share_fsyncs_and_get_unique_dense_lsns() {
     assert!(stats.syncs < 800, "group commit must share fsyncs: {stats:?}");
 }
 
+/// A thread blocked in an append is woken by whichever thread led the round that covered its
+/// record, and leaves without looking at the log's state again: what it was told must already
+/// hold. With appends that wait for durability mixed with appends that only wait to be written,
+/// every `Always` append must find its record durable, and every append its record readable
+/// once synced, the moment it returns.
+#[test]
+fn an_append_woken_by_another_threads_round_returns_only_once_its_policy_is_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(
+        dir.path(),
+        WalOptions {
+            segment_bytes: 1 << 20,
+            max_record_bytes: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (threads, appends_per_thread) = (32u64, 200u64);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let wal = &wal;
+            s.spawn(move || {
+                for i in 0..appends_per_thread {
+                    let policy = if (t + i) % 3 == 0 { SyncPolicy::Never } else { SyncPolicy::Always };
+                    let lsn = wal.append_with(1, format!("t{t} i{i}").as_bytes(), policy).unwrap();
+                    if policy == SyncPolicy::Always {
+                        assert!(wal.durable_lsn() >= lsn, "append {lsn} returned before it was durable");
+                    }
+                    assert!(wal.last_lsn() >= lsn);
+                }
+            });
+        }
+    });
+    wal.sync().unwrap();
+    assert_eq!(read_all(&wal, 1).len() as u64, threads * appends_per_thread);
+    assert!(wal.stats().syncs < threads * appends_per_thread, "group commit must share fsyncs");
+}
+
 #[test]
 fn readers_see_only_durable_records() {
     let fs = FaultStorage::new();
