@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const DIMENSION: usize = 384;
-const TEXT_BYTES: usize = 300;
+#[path = "common/one_memory.rs"]
+mod one_memory;
+use one_memory::{DIMENSION, TEXT_BYTES};
 
 fn run_duration() -> Duration {
     if std::env::var_os("ENGRAM_BENCH_QUICK").is_some() {
@@ -25,17 +26,7 @@ fn run_duration() -> Duration {
 }
 
 fn memory(writer: usize, i: u64) -> NewMemory {
-    let mut text = format!("writer {writer} memory {i}: ");
-    while text.len() < TEXT_BYTES {
-        text.push_str("the agent noted something worth remembering. ");
-    }
-    text.truncate(TEXT_BYTES);
-    let embedding = (0..DIMENSION).map(|d| ((d as u64 * 31 + i) % 97) as f32 / 97.0).collect();
-    NewMemory {
-        text,
-        embedding: Some(embedding),
-        metadata: serde_json::json!({"writer": writer, "kind": "note"}),
-    }
+    one_memory::memory(writer, i, true)
 }
 
 struct Figures {

@@ -14,31 +14,17 @@
 //! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`). Runs in a temporary directory under the
 //! current one (put it on the disk to measure). Linux only (reads /proc/self/task).
 
-use engram_core::{Database, DatabaseOptions, NewMemory, SyncPolicy};
+use engram_core::{Database, DatabaseOptions, SyncPolicy};
 use engram_wal::{Wal, WalOptions};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const TEXT_BYTES: usize = 300;
-const DIMENSION: usize = 384;
+#[path = "../benches/common/one_memory.rs"]
+mod one_memory;
 
 fn flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| v != "0")
-}
-
-fn memory(writer: usize, i: u64) -> NewMemory {
-    let mut text = format!("writer {writer} memory {i}: ");
-    while text.len() < TEXT_BYTES {
-        text.push_str("the agent noted something worth remembering. ");
-    }
-    text.truncate(TEXT_BYTES);
-    let embedding = (!flag("ENGRAM_TEXT_ONLY")).then(|| (0..DIMENSION).map(|d| ((d as u64 * 31 + i) % 97) as f32 / 97.0).collect());
-    NewMemory {
-        text,
-        embedding,
-        metadata: serde_json::json!({"writer": writer, "kind": "note"}),
-    }
 }
 
 /// CPU seconds (user + system) of each live thread of this process, summed by thread name.
@@ -136,13 +122,14 @@ fn main() {
                 (options.checkpoint.every_log_bytes, options.checkpoint.every) = (None, None);
             }
             let db = Database::open(dir.path(), options).expect("open the database");
-            db.run(1, |t| t.declare_dimension("bench", DIMENSION))
+            db.run(1, |t| t.declare_dimension("bench", one_memory::DIMENSION))
                 .expect("declare the dimension");
             db.pause_indexer(mode == "paused");
+            let with_embedding = !flag("ENGRAM_TEXT_ONLY");
             measure(&mode, writers, seconds, |w, i| {
                 db.run(10, |t| {
                     t.set_durability(policy);
-                    t.insert_memory("bench", memory(w, i))
+                    t.insert_memory("bench", one_memory::memory(w, i, with_embedding))
                 })
                 .expect("commit");
             });

@@ -1,0 +1,44 @@
+//! The one-memory transaction of the commit benchmarks (issue 3): about 300 B of text, a 384-dim
+//! embedding and small metadata.
+//!
+//! Built from precomputed parts: the log side of the comparison appends a payload made once, so
+//! the engine side should pay for taking ownership of its input (allocations and copies), not for
+//! computing it. The data are the same as when every call computed them: the text names the
+//! writer and the sequence number, and the embedding depends on the sequence number mod 97.
+
+use engram_core::NewMemory;
+use std::fmt::Write;
+use std::sync::OnceLock;
+
+pub const TEXT_BYTES: usize = 300;
+pub const DIMENSION: usize = 384;
+const FILLER: &str = "the agent noted something worth remembering. ";
+const DISTINCT_EMBEDDINGS: u64 = 97;
+
+fn embeddings() -> &'static [Vec<f32>] {
+    static EMBEDDINGS: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
+    EMBEDDINGS.get_or_init(|| {
+        (0..DISTINCT_EMBEDDINGS)
+            .map(|i| {
+                (0..DIMENSION as u64)
+                    .map(|d| ((d * 31 + i) % DISTINCT_EMBEDDINGS) as f32 / 97.0)
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// Memory number `i` of `writer`, with or without its embedding.
+pub fn memory(writer: usize, i: u64, with_embedding: bool) -> NewMemory {
+    let mut text = String::with_capacity(TEXT_BYTES + FILLER.len());
+    write!(text, "writer {writer} memory {i}: ").expect("writing to a String cannot fail");
+    while text.len() < TEXT_BYTES {
+        text.push_str(FILLER);
+    }
+    text.truncate(TEXT_BYTES);
+    NewMemory {
+        text,
+        embedding: with_embedding.then(|| embeddings()[(i % DISTINCT_EMBEDDINGS) as usize].clone()),
+        metadata: serde_json::json!({"writer": writer, "kind": "note"}),
+    }
+}
