@@ -257,6 +257,17 @@ impl Database {
             _index_applier: index_applier,
         };
         let shared = Arc::new(shared);
+        // The thread that makes a group durable applies it before waking the group's committers
+        // (the log holds only a weak reference: no cycle through the log's own hook).
+        let weak = Arc::downgrade(&shared);
+        let hook: engram_wal::DurableHook = Box::new(move |durable_lsn| {
+            if let Some(shared) = weak.upgrade() {
+                shared.apply_durable(durable_lsn);
+            }
+        });
+        if shared.wal.set_durable_hook(hook).is_err() {
+            unreachable!("the log was opened by this call, which sets its hook once");
+        }
         let background = checkpoint::spawn_background(&shared)?;
         Ok(Database {
             shared,
@@ -439,6 +450,18 @@ impl Shared {
         // with it find it done instead of taking the applier lock one after another.
         self.apply_queued(applier, lsn.max(self.wal.durable_lsn()));
         Ok(())
+    }
+
+    /// The log's durable hook: applies the queued commits up to `durable_lsn`, on the thread
+    /// that made them durable and before it wakes their committers, so that they find their
+    /// commits visible (`apply_logged` returns at once) instead of queueing on the applier lock
+    /// to apply the group one after another.
+    fn apply_durable(&self, durable_lsn: Lsn) {
+        if self.visible_lsn.load(Ordering::Acquire) >= durable_lsn {
+            return;
+        }
+        let applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
+        self.apply_queued(applier, durable_lsn);
     }
 
     /// Makes visible the queued commits that are already durable, if no one else is applying.

@@ -22,7 +22,7 @@ pub use options::{RecoveryMode, SyncPolicy, WalOptions};
 pub use reader::{Record, WalReader};
 pub use recovery::RecoveryReport;
 pub use stats::WalStats;
-pub use wal::{Completion, Wal, LOCK_FILE_NAME};
+pub use wal::{Completion, DurableHook, Wal, LOCK_FILE_NAME};
 
 /// The on-disk format, exposed for inspection tools and tests.
 pub mod layout {

@@ -93,9 +93,9 @@ impl Wake {
         match self {
             Wake::Thread(signal) => {
                 signal.outcome.store(outcome, Ordering::Release);
-                wakeups.0.push(Wakeup::Thread(signal.clone()));
+                wakeups.satisfied.push(Wakeup::Thread(signal.clone()));
             }
-            Wake::Task { waker, .. } => wakeups.0.push(Wakeup::Task(waker.clone())),
+            Wake::Task { waker, .. } => wakeups.satisfied.push(Wakeup::Task(waker.clone())),
         }
     }
 
@@ -134,23 +134,41 @@ thread_local! {
 /// leader preempted while it held the lock made every appender queue on the lock behind it
 /// (with 64 appenders on 2 cores, most context switches were sleeps on the contended state lock).
 #[derive(Default)]
-struct Wakeups(Vec<Wakeup>);
+struct Wakeups {
+    /// The thread asked to lead the next round: woken first, since the next fdatasync waits for it.
+    successor: Option<Wakeup>,
+    satisfied: Vec<Wakeup>,
+}
 
 enum Wakeup {
     Thread(Arc<ThreadSignal>),
     Task(Waker),
 }
 
-impl Wakeups {
+impl Wakeup {
     fn deliver(self) {
-        for wakeup in self.0 {
-            match wakeup {
-                Wakeup::Thread(signal) => signal.thread.unpark(),
-                Wakeup::Task(waker) => waker.wake(),
-            }
+        match self {
+            Wakeup::Thread(signal) => signal.thread.unpark(),
+            Wakeup::Task(waker) => waker.wake(),
         }
     }
 }
+
+impl Wakeups {
+    fn deliver_successor(&mut self) {
+        if let Some(successor) = self.successor.take() {
+            successor.deliver();
+        }
+    }
+
+    fn deliver(mut self) {
+        self.deliver_successor();
+        self.satisfied.into_iter().for_each(Wakeup::deliver);
+    }
+}
+
+/// See [`Wal::set_durable_hook`].
+pub type DurableHook = Box<dyn Fn(Lsn) + Send + Sync>;
 
 impl ThreadSignal {
     /// Parks until signalled (`park` may return early, and an unpark meant for an earlier wait
@@ -176,6 +194,7 @@ pub(crate) struct Inner {
     /// Signalled for the background syncer.
     syncer_wakeup: Condvar,
     pub segments: RwLock<Vec<Arc<Segment>>>,
+    durable_hook: std::sync::OnceLock<DurableHook>,
     durable_lsn: AtomicU64,
     durable_lock: Mutex<()>,
     durable_changed: Condvar,
@@ -288,6 +307,7 @@ impl Wal {
             durable_lock: Mutex::new(()),
             durable_changed: Condvar::new(),
             durable_waiters: AtomicUsize::new(0),
+            durable_hook: std::sync::OnceLock::new(),
             preparer: preparer.clone(),
             counters,
             truncation: Mutex::new(()),
@@ -388,6 +408,17 @@ impl Wal {
         self.inner.durable_lsn()
     }
 
+    /// Sets a function that the thread which made records durable calls with the new durable
+    /// LSN, after it released the log's locks and woke the next round's leader, and before it
+    /// wakes the appenders the round satisfied. A database applies the group's commits there,
+    /// so that its committers wake once with their commits already visible instead of queueing
+    /// to apply them. The hook runs on whichever thread led the round (an appender, the
+    /// syncer, a `sync` caller); it must not append to or wait on this log. Set once: a second
+    /// call returns the hook it was given.
+    pub fn set_durable_hook(&self, hook: DurableHook) -> std::result::Result<(), DurableHook> {
+        self.inner.durable_hook.set(hook)
+    }
+
     /// LSN of the last record appended (durable or not).
     pub fn last_lsn(&self) -> Lsn {
         self.inner.lock_state().next_lsn - 1
@@ -449,7 +480,11 @@ impl Wal {
         self.inner.durable_changed.notify_all();
         self.inner.preparer.shutdown();
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // The last owner of the log can be dropped on the syncer thread itself (by the
+            // durable hook of the layer above): that thread finishes on its own.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -781,6 +816,7 @@ impl Inner {
                 group.push(st.pending.pop_front().expect("front exists"));
             }
             let group_last = group.last().map_or(st.written_lsn, |c| c.last_lsn);
+            let mut made_durable = None;
             let sync = st.sync_wanted_upto > st.durable_lsn || durable;
             let sync_segment = group.last().map_or_else(|| st.last_written_segment.clone(), |c| c.segment.clone());
             drop(st);
@@ -795,6 +831,7 @@ impl Inner {
                     }
                     let newly_durable = durable_upto.map_or(st.durable_lsn, |d| d.min(group_last)).max(st.durable_lsn);
                     if newly_durable > st.durable_lsn {
+                        made_durable = Some(newly_durable);
                         self.counters
                             .records_synced
                             .fetch_add(newly_durable - st.durable_lsn, Ordering::Relaxed);
@@ -815,13 +852,28 @@ impl Inner {
                 }
             }
             let leader_done = (if durable { st.durable_lsn } else { st.written_lsn }) >= target;
-            let wakeups = self.wake_waiters(&mut st, leader_done);
+            let mut wakeups = self.wake_waiters(&mut st, leader_done);
             drop(st);
+            wakeups.deliver_successor();
+            if let Some(durable_lsn) = made_durable {
+                self.run_durable_hook(durable_lsn);
+            }
             wakeups.deliver();
             if leader_done {
                 return Ok(None);
             }
             st = self.lock_state();
+        }
+    }
+
+    /// Runs the hook (if set) for records newly durable up to `durable_lsn`. It is an
+    /// optimisation for the layer above, which must not depend on it: a panicking hook is
+    /// reported and the round goes on to wake its waiters.
+    fn run_durable_hook(&self, durable_lsn: Lsn) {
+        if let Some(hook) = self.durable_hook.get() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(durable_lsn))).is_err() {
+                tracing::error!(durable_lsn, "the durable hook panicked; waking the round's appenders anyway");
+            }
         }
     }
 
@@ -845,8 +897,7 @@ impl Inner {
             match st.waiters.iter().position(|w| matches!(w.wake, Wake::Thread(_))) {
                 Some(successor) => {
                     st.waiters.remove(successor).wake.wake(SIGNAL_RECHECK, &mut wakeups);
-                    // Woken first: the next fdatasync waits for it.
-                    wakeups.0.rotate_right(1);
+                    wakeups.successor = wakeups.satisfied.pop();
                 }
                 None if !st.waiters.is_empty() => self.syncer_wakeup.notify_one(),
                 None => {}

@@ -405,3 +405,62 @@ fn regression_a_prepared_segment_whose_name_was_never_synced_is_made_durable_bef
     let got: Vec<Vec<u8>> = read_all(&wal, 1).into_iter().map(|r| r.payload).collect();
     assert_eq!(got, expected, "every acknowledged record, including those in the adopted segment");
 }
+
+/// The durable hook lets the layer above act on a group before its appenders wake (a database
+/// applies the group there). It is called by whichever thread made records durable, with an
+/// LSN that is durable by then, and it reaches the last durable LSN; it is set only once.
+#[test]
+fn the_durable_hook_sees_only_durable_lsns_and_reaches_the_last_one() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), small()).unwrap());
+    let highest_seen = Arc::new(AtomicU64::new(0));
+    let saw_non_durable = Arc::new(AtomicBool::new(false));
+    let hook: engram_wal::DurableHook = {
+        let (weak_wal, highest_seen, saw_non_durable) = (Arc::downgrade(&wal), highest_seen.clone(), saw_non_durable.clone());
+        Box::new(move |lsn| {
+            if let Some(wal) = weak_wal.upgrade() {
+                if wal.durable_lsn() < lsn {
+                    saw_non_durable.store(true, Ordering::SeqCst);
+                }
+            }
+            highest_seen.fetch_max(lsn, Ordering::SeqCst);
+        })
+    };
+    assert!(wal.set_durable_hook(hook).is_ok());
+    assert!(wal.set_durable_hook(Box::new(|_| {})).is_err(), "a second hook is refused");
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let wal = &wal;
+            s.spawn(move || {
+                for i in 0..50 {
+                    wal.append(1, format!("t{t} i{i}").as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(highest_seen.load(Ordering::SeqCst), wal.durable_lsn());
+    assert_eq!(wal.durable_lsn(), 400);
+    assert!(!saw_non_durable.load(Ordering::SeqCst));
+}
+
+/// The hook is an optimisation for the layer above: if it panics, the round still wakes its
+/// appenders and the log goes on.
+#[test]
+fn a_panicking_durable_hook_does_not_stop_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    assert!(wal.set_durable_hook(Box::new(|_| panic!("a hook that fails"))).is_ok());
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let wal = &wal;
+            s.spawn(move || {
+                for i in 0..25 {
+                    wal.append(1, format!("t{t} i{i}").as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(wal.durable_lsn(), 100);
+    assert_eq!(read_all(&wal, 1).len(), 100);
+}
