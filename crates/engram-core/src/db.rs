@@ -428,9 +428,30 @@ impl Shared {
     }
 
     /// [`Shared::finish_commit`] without blocking the calling thread while the log syncs.
+    /// Dropped before it finishes (a server's request abandoned by its client), it still sees
+    /// the commit made durable and visible ([`FinishOnDrop`]).
     pub async fn finish_commit_async(&self, lsn: Lsn, policy: SyncPolicy) -> Result<()> {
+        let mut unfinished = FinishOnDrop {
+            shared: self,
+            lsn,
+            armed: true,
+        };
         let logged = self.wal.complete_async(lsn, policy).await;
+        unfinished.armed = false;
         self.apply_logged(lsn, logged)
+    }
+
+    /// What a dropped [`Shared::finish_commit_async`] leaves to do for its logged commit: make it
+    /// durable without waiting (the log's syncer leads a round if no committer does, even for a
+    /// `Never` commit), so that the durable hook applies it. If it is durable already, the hook
+    /// may have run before the commit was queued for the applier: apply it here.
+    fn finish_abandoned(&self, lsn: Lsn) {
+        let durable = self.wal.durable_lsn();
+        if durable >= lsn {
+            self.apply_durable(durable);
+        } else {
+            self.wal.request_durable(lsn);
+        }
     }
 
     /// Once the log has met the commit's policy (`logged`), applies every queued commit up to
@@ -503,5 +524,22 @@ impl Shared {
         // Counted once visible: a checkpoint covers only visible commits, so bytes counted
         // earlier could be cleared by a checkpoint that does not contain them.
         self.note_logged_bytes(logged_bytes);
+    }
+}
+
+/// Finishes a logged commit whose async committer was dropped before it finished: without it the
+/// commit would be durable only with some later group and visible only when a later commit
+/// applies the queue (docs/architecture.md, "Async commits").
+struct FinishOnDrop<'a> {
+    shared: &'a Shared,
+    lsn: Lsn,
+    armed: bool,
+}
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.finish_abandoned(self.lsn);
+        }
     }
 }

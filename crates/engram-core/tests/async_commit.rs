@@ -183,3 +183,58 @@ fn an_empty_or_conflicting_async_commit_logs_nothing() {
     assert_eq!(db.wal_stats().last_lsn, logged, "the loser logged nothing");
     assert_eq!(db.snapshot().kv_get("agent", b"k").unwrap(), Some(KvValue::Json(json!("winner"))));
 }
+
+/// A server drops a request's future when its client disconnects. A commit dropped after its
+/// first poll is in the log: it must not then sit invisible (or, with a relaxed policy,
+/// unsynced) until some later commit happens to carry it. With no other writer, it becomes
+/// durable and visible on its own, whatever its durability, and survives a power loss.
+#[test]
+fn a_commit_dropped_after_it_was_logged_becomes_durable_and_visible_without_later_commits() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    for durability in [SyncPolicy::Always, SyncPolicy::Never] {
+        let fs = FaultStorage::new();
+        let db = open(&fs);
+        let mut txn = db.begin();
+        txn.set_durability(durability);
+        let id = txn
+            .insert_memory(
+                "agent",
+                NewMemory {
+                    text: format!("abandoned with {durability:?}"),
+                    embedding: None,
+                    metadata: json!({}),
+                },
+            )
+            .unwrap();
+        let mut commit = Box::pin(txn.commit_async());
+        let first_poll = commit.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        drop(commit);
+        if first_poll.is_pending() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while db.snapshot().get_memory("agent", &id).unwrap().is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the abandoned commit never became visible ({durability:?})"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        let visible_lsn = db.visible_lsn();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db.wal_stats().durable_lsn < visible_lsn {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned commit never became durable ({durability:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(db);
+        fs.crash(CrashMode::DropUnsynced);
+        let db = open(&fs);
+        assert!(
+            db.snapshot().get_memory("agent", &id).unwrap().is_some(),
+            "the abandoned commit was lost in a power loss ({durability:?})"
+        );
+    }
+}

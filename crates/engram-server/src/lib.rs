@@ -16,7 +16,6 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
-mod unabandoned;
 
 pub use config::{ApiKeyConfig, Config, EmbedderConfig, Limits, Role};
 pub use embedder::Embedder;

@@ -7,7 +7,6 @@ use crate::config::Config;
 use crate::embedder::Embedder;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
-use crate::unabandoned::Unabandoned;
 use engram_core::{CommitInfo, Database, Lsn, Snapshot, SyncPolicy, Transaction};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,8 +86,8 @@ impl AppState {
     /// Runs on the request's task, not the blocking pool: `work` only buffers changes, and
     /// `commit_async` queues the commit in the log and awaits its group commit without holding a
     /// thread (docs/architecture.md, "Async commits"), so a request costs no hand-off to a pool
-    /// thread and back. A commit whose request is dropped after it was logged is finished by a
-    /// task of its own ([`Unabandoned`]).
+    /// thread and back. A commit whose request is dropped after it was logged still becomes
+    /// durable and visible: engram-core finishes it (`Transaction::commit_async`).
     pub async fn commit<T>(
         &self,
         durability: Durability,
@@ -104,7 +103,7 @@ impl AppState {
                 Ok(value) => value,
                 Err(e) => break Err(e),
             };
-            match Unabandoned::new(txn.commit_async()).await {
+            match txn.commit_async().await {
                 Ok(info) => break Ok((value, info)),
                 Err(e) if e.is_conflict() && attempt < COMMIT_ATTEMPTS => {
                     // The bounded, growing pause of `Database::run`. (tokio's timer rounds it up

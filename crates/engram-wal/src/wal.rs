@@ -408,6 +408,21 @@ impl Wal {
         self.inner.durable_lsn()
     }
 
+    /// Asks for the records up to `lsn` to become durable soon, without waiting for it: the
+    /// appender that leads the next round syncs them, or the syncer thread leads one if no
+    /// appender does. For a caller that stopped waiting (a dropped [`Completion`]) but whose
+    /// record must still become durable without depending on later appends.
+    pub fn request_durable(&self, lsn: Lsn) {
+        let mut st = self.inner.lock_state();
+        if st.durable_lsn >= lsn || st.poisoned.is_some() || st.closed {
+            return;
+        }
+        st.sync_wanted_upto = st.sync_wanted_upto.max(lsn.min(st.next_lsn - 1));
+        if !st.leader_active {
+            self.inner.syncer_wakeup.notify_one();
+        }
+    }
+
     /// Sets a function that the thread which made records durable calls with the new durable
     /// LSN, after it released the log's locks and woke the next round's leader, and before it
     /// wakes the appenders the round satisfied. A database applies the group's commits there,
@@ -899,7 +914,9 @@ impl Inner {
                     st.waiters.remove(successor).wake.wake(SIGNAL_RECHECK, &mut wakeups);
                     wakeups.successor = wakeups.satisfied.pop();
                 }
-                None if !st.waiters.is_empty() => self.syncer_wakeup.notify_one(),
+                // Only tasks wait, or no one waits but durability was requested
+                // (`request_durable`): the syncer leads.
+                None if !st.waiters.is_empty() || st.sync_wanted_upto > durable_lsn => self.syncer_wakeup.notify_one(),
                 None => {}
             }
         }
@@ -1027,6 +1044,15 @@ impl Inner {
             }
             if let Some((target, durable)) = Self::task_round(&st) {
                 st = match self.drive_holding(st, target, durable) {
+                    Ok(st) => st,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            if !st.leader_active && st.sync_wanted_upto > st.durable_lsn {
+                // Durability requested by someone who does not wait for it (`request_durable`).
+                let target = st.sync_wanted_upto;
+                st = match self.drive_holding(st, target, true) {
                     Ok(st) => st,
                     Err(_) => return,
                 };

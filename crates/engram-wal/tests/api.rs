@@ -464,3 +464,25 @@ fn a_panicking_durable_hook_does_not_stop_the_log() {
     assert_eq!(wal.durable_lsn(), 100);
     assert_eq!(read_all(&wal, 1).len(), 100);
 }
+
+/// A caller that stops waiting for its record (a dropped `Completion`) can still ask for it to
+/// become durable: with no appender leading a round, the syncer leads one.
+#[test]
+fn a_requested_sync_happens_without_anyone_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small()).unwrap();
+    let lsn = wal.append_with(1, b"written, not synced", SyncPolicy::Never).unwrap();
+    assert!(wal.durable_lsn() < lsn);
+    wal.request_durable(lsn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wal.durable_lsn() < lsn {
+        assert!(std::time::Instant::now() < deadline, "the requested sync never happened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(read_all(&wal, 1).len(), 1);
+    // Asking again, or for an LSN past the end, changes nothing.
+    wal.request_durable(lsn);
+    wal.request_durable(lsn + 100);
+    assert_eq!(wal.durable_lsn(), lsn);
+    assert_eq!(wal.append(1, b"next").unwrap(), lsn + 1);
+}
