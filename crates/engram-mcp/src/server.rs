@@ -1,5 +1,8 @@
 //! `EngramMcp`: the MCP server handler. Every tool call is one engram transaction (retried on a
-//! write-write conflict), run on tokio's blocking pool because a commit waits for fdatasync.
+//! write-write conflict). Writes run on the call's own task and await their group commit
+//! (`Transaction::commit_async`: no thread waits for the fdatasync, and a call cancelled after
+//! its commit was logged still sees it made durable and visible); reads, searches and history
+//! run on tokio's blocking pool, since their CPU time grows with the request.
 //! A call that fails, for any reason, commits nothing and answers with a tool error
 //! (`isError: true`) whose text says why, as the reference server does.
 
@@ -211,8 +214,7 @@ impl EngramMcp {
             engram_tools::FORGET => {
                 let p: ForgetParams = params(name, args)?;
                 let namespace = self.namespace_or_default(p.namespace)?;
-                let db = self.inner.db.clone();
-                let (_, info) = blocking(move || db.run(CONFLICT_ATTEMPTS, |t| t.delete_memory(&namespace, &p.id))).await?;
+                let (_, info) = self.commit(&namespace, |t, ns| t.delete_memory(ns, &p.id)).await?;
                 let output = ForgetOutput { lsn: info.lsn };
                 Ok(ToolOutput::json_text(&output, json!(output)))
             }
@@ -260,8 +262,7 @@ impl EngramMcp {
             embedding,
             metadata: p.metadata.map(Value::Object).unwrap_or(Value::Null),
         };
-        let db = self.inner.db.clone();
-        let (id, info) = blocking(move || db.run(CONFLICT_ATTEMPTS, |t| t.insert_memory(&namespace, memory.clone()))).await?;
+        let (id, info) = self.commit(&namespace, |t, ns| t.insert_memory(ns, memory.clone())).await?;
         let output = RememberOutput { id, lsn: info.lsn };
         Ok(ToolOutput::json_text(&output, json!(output)))
     }
@@ -332,13 +333,35 @@ impl EngramMcp {
     }
 
     /// One transaction in the default namespace, retried on conflicts.
-    async fn write<T: Send + 'static>(
+    async fn write<T>(
         &self,
-        work: impl Fn(&mut engram_core::Transaction, &str) -> Result<T, CoreError> + Send + 'static,
+        work: impl Fn(&mut engram_core::Transaction, &str) -> Result<T, CoreError>,
     ) -> Result<(T, engram_core::CommitInfo), ToolFailure> {
-        let db = self.inner.db.clone();
         let namespace = self.inner.namespace.clone();
-        blocking(move || db.run(CONFLICT_ATTEMPTS, |t| work(t, &namespace))).await
+        self.commit(&namespace, work).await
+    }
+
+    /// One transaction in `namespace`, committed on this task (`commit_async`) and retried on
+    /// write-write conflicts with `Database::run`'s bounded, growing pause. `work` only buffers
+    /// changes and reads the in-memory store, so it runs inline; it runs again on each attempt.
+    async fn commit<T>(
+        &self,
+        namespace: &str,
+        work: impl Fn(&mut engram_core::Transaction, &str) -> Result<T, CoreError>,
+    ) -> Result<(T, engram_core::CommitInfo), ToolFailure> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut txn = self.inner.db.begin();
+            let value = work(&mut txn, namespace).map_err(core_failure)?;
+            match txn.commit_async().await {
+                Ok(info) => return Ok((value, info)),
+                Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_micros(50 * u64::from(attempt.min(20)))).await;
+                }
+                Err(e) => return Err(core_failure(e)),
+            }
+        }
     }
 
     /// One read of the default namespace, now or as of a past point.
