@@ -575,3 +575,129 @@ impl Store {
 fn commit_time(times: &[(Lsn, u64)], lsn: Lsn) -> u64 {
     times.binary_search_by_key(&lsn, |(l, _)| *l).map_or(0, |i| times[i].1)
 }
+
+/// The store's reads against a model that keeps every version in a `BTreeMap<Key, _>` and
+/// answers by filtering: the encoded keys must give the same keys, in the same order, for
+/// namespaces that are prefixes of one another and ids that are prefixes of one another.
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use crate::model::KvValue;
+    use proptest::prelude::*;
+
+    type Model = BTreeMap<Key, Vec<(Lsn, Option<Value>)>>;
+
+    fn key() -> impl Strategy<Value = Key> {
+        let namespace = prop::sample::select(vec!["a", "ab", "a-b", "a.b", "b", "ns"]);
+        let space = prop::sample::select(vec![Space::Meta, Space::Memory, Space::Entity, Space::Kv]);
+        let id = prop::collection::vec(prop::sample::select(vec![0u8, 1, b'a', b'b', 0xFF]), 0..4);
+        (namespace, space, id).prop_map(|(n, s, id)| Key::new(n, s, id))
+    }
+
+    /// Commits of puts (`Some(n)`) and deletions (`None`) of a few keys each.
+    fn commits() -> impl Strategy<Value = Vec<Vec<(Key, Option<u8>)>>> {
+        prop::collection::vec(prop::collection::vec((key(), prop::option::of(any::<u8>())), 1..4), 1..30)
+    }
+
+    fn value(n: u8) -> Value {
+        Value::Kv(KvValue::Bytes(vec![n]))
+    }
+
+    fn visible_in(model: &Model, key: &Key, at: Lsn) -> Option<Value> {
+        model
+            .get(key)?
+            .iter()
+            .rev()
+            .find(|(lsn, _)| *lsn <= at)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    fn build(commits: &[Vec<(Key, Option<u8>)>]) -> (Store, Model) {
+        let store = Store::default();
+        let mut model = Model::new();
+        for (i, ops) in commits.iter().enumerate() {
+            let lsn = i as Lsn + 1;
+            let record = CommitRecord {
+                txn_id: lsn,
+                commit_ts_ms: lsn * 10,
+                ops: ops
+                    .iter()
+                    .map(|(key, put)| match put {
+                        Some(n) => Op::Put {
+                            key: key.clone(),
+                            before: None,
+                            after: value(*n),
+                        },
+                        None => Op::Delete {
+                            key: key.clone(),
+                            before: value(0),
+                        },
+                    })
+                    .collect(),
+            };
+            store.apply(lsn, record);
+            for (key, put) in ops {
+                model.entry(key.clone()).or_default().push((lsn, put.map(value)));
+            }
+        }
+        (store, model)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn reads_scans_and_exports_match_a_key_ordered_model(commits in commits(), probe in key(), at_pick in 0u64..32) {
+            let (store, model) = build(&commits);
+            let at = at_pick.min(commits.len() as Lsn);
+            for key in model.keys().chain([&probe]) {
+                prop_assert_eq!(store.get(key, at).as_deref().cloned(), visible_in(&model, key, at));
+                let newest = model.get(key).and_then(|v| v.last()).map_or(0, |(lsn, _)| *lsn);
+                prop_assert_eq!(store.latest_lsn(key), newest);
+            }
+            let live = |want: &dyn Fn(&Key) -> bool| -> Vec<(Key, Value)> {
+                model.keys().filter(|k| want(k)).filter_map(|k| visible_in(&model, k, at).map(|v| (k.clone(), v))).collect()
+            };
+            let scanned = |items: Vec<(Key, Arc<Value>, CreationOrder)>| -> Vec<(Key, Value)> {
+                items.into_iter().map(|(k, v, _)| (k, (*v).clone())).collect()
+            };
+            let (ns, space, prefix) = (probe.namespace.as_str(), probe.space, probe.id.as_slice());
+            prop_assert_eq!(
+                scanned(store.scan_prefix(ns, space, prefix, at)),
+                live(&|k| k.namespace == ns && k.space == space && k.id.starts_with(prefix))
+            );
+            prop_assert_eq!(
+                scanned(store.scan_range(ns, space, prefix, Some(b"b"), at)),
+                live(&|k| k.namespace == ns && k.space == space && k.id.as_slice() >= prefix && k.id.as_slice() < b"b".as_slice())
+            );
+            prop_assert_eq!(
+                scanned(store.scan_range(ns, space, prefix, None, at)),
+                live(&|k| k.namespace == ns && k.space == space && k.id.as_slice() >= prefix)
+            );
+            let mut namespaces: Vec<String> = model
+                .iter()
+                .filter(|(_, versions)| versions[0].0 <= at)
+                .map(|(k, _)| k.namespace.clone())
+                .collect();
+            namespaces.dedup();
+            prop_assert_eq!(store.namespaces(at), namespaces);
+            // The export in chunks of 2 keys lists every key with a version at or below `at`, in order.
+            let mut exported = Vec::new();
+            let mut after: Option<Key> = None;
+            loop {
+                let chunk = store.export_chunk(after.as_ref(), at, 2, PruneRule::Off);
+                exported.extend(chunk.chains.into_iter().map(|(k, c)| (k, c.versions.len())));
+                match chunk.resume_after {
+                    Some(key) => after = Some(key),
+                    None => break,
+                }
+            }
+            let expected: Vec<(Key, usize)> = model
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().filter(|(lsn, _)| *lsn <= at).count()))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            prop_assert_eq!(exported, expected);
+        }
+    }
+}
