@@ -9,11 +9,15 @@
 //! reading (a read that saw pruned data then sees the raised horizon, which was published before
 //! the write lock that removed the data).
 
+mod compact_key;
+
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
 use crate::record::{CommitRecord, Op};
 use crate::search::index::{is_indexed, IndexChange};
+use compact_key::StoredKey;
 use engram_wal::Lsn;
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +36,14 @@ pub(crate) struct Version {
     pub value: Option<Arc<Value>>,
 }
 
+/// A key's versions. Most keys have one (memories are inserted once, and the open bench's keys all
+/// do), so it is held inline: a `Vec` would allocate room for four (112 bytes of heap).
+pub(crate) type Versions = SmallVec<[Version; 1]>;
+
 /// The retained versions of one key, oldest first (never empty in the store).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Chain {
-    pub versions: Vec<Version>,
+    pub versions: Versions,
     /// Where the incarnation that `versions[0]` belongs to was created, when that was an older
     /// version that pruning removed (graph reads order items by it); `None` when `versions[0]`
     /// itself created it.
@@ -142,9 +150,12 @@ pub(crate) struct ExportChunk {
 /// Where an item's current incarnation was created: orders graph items by insertion.
 pub(crate) type CreationOrder = (Lsn, u32);
 
+/// The versions of every key, by key (encoded: see compact_key.rs).
+type VersionMap = BTreeMap<StoredKey, Chain>;
+
 #[derive(Default)]
 pub(crate) struct Store {
-    versions: RwLock<BTreeMap<Key, Chain>>,
+    versions: RwLock<VersionMap>,
     /// (commit LSN, commit time) of applied commits, in LSN order, for as-of by time: every
     /// commit at or above the history horizon, and below it those that wrote a retained version.
     commit_times: RwLock<Vec<(Lsn, u64)>>,
@@ -168,17 +179,18 @@ fn creation(chain: &Chain, at: Lsn) -> CreationOrder {
 }
 
 impl Store {
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Key, Chain>> {
+    fn read(&self) -> RwLockReadGuard<'_, VersionMap> {
         self.versions.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<Key, Chain>> {
+    fn write(&self) -> RwLockWriteGuard<'_, VersionMap> {
         self.versions.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, key: &Key, at: Lsn) -> Option<Arc<Value>> {
+        let key = compact_key::encode(key);
         self.read()
-            .get(key)
+            .get(key.as_slice())
             .and_then(|chain| visible(chain, at))
             .and_then(|v| v.value.clone())
     }
@@ -190,8 +202,9 @@ impl Store {
     /// rather than overwriting a change it never saw. (Pruning never removes the newest version
     /// of a key that keeps any, so for those the answer is exact.)
     pub fn latest_lsn(&self, key: &Key) -> Lsn {
+        let key = compact_key::encode(key);
         let map = self.read();
-        match map.get(key).and_then(|c| c.versions.last()) {
+        match map.get(key.as_slice()).and_then(|c| c.versions.last()) {
             Some(v) => v.lsn,
             None => self.history_horizon(),
         }
@@ -201,8 +214,9 @@ impl Store {
     /// absent or deleted).
     #[cfg(test)]
     pub fn latest(&self, key: &Key) -> (Lsn, Option<Arc<Value>>) {
+        let key = compact_key::encode(key);
         let map = self.read();
-        match map.get(key).and_then(|c| c.versions.last()) {
+        match map.get(key.as_slice()).and_then(|c| c.versions.last()) {
             Some(v) => (v.lsn, v.value.clone()),
             None => (self.history_horizon(), None),
         }
@@ -230,10 +244,9 @@ impl Store {
 
     /// Live items of one space in a namespace whose id starts with `prefix`, in key order.
     pub fn scan_prefix(&self, namespace: &str, space: Space, prefix: &[u8], at: Lsn) -> Vec<(Key, Arc<Value>, CreationOrder)> {
-        let start = Key::new(namespace, space, prefix.to_vec());
-        self.scan_from(Bound::Included(start), at, |k| {
-            k.namespace == namespace && k.space == space && k.id.starts_with(prefix)
-        })
+        // The id is the end of the encoding, so an id prefix is a prefix of the encoded key.
+        let start = compact_key::encode_prefix(namespace, space, prefix);
+        self.scan_from(&start, at, |k| k.starts_with(&start))
     }
 
     /// Live items of one space with ids in `[from, to)` (an absent bound is open).
@@ -245,21 +258,23 @@ impl Store {
         to: Option<&[u8]>,
         at: Lsn,
     ) -> Vec<(Key, Arc<Value>, CreationOrder)> {
-        let start = Key::new(namespace, space, from.to_vec());
-        self.scan_from(Bound::Included(start), at, |k| {
-            k.namespace == namespace && k.space == space && to.is_none_or(|to| k.id.as_slice() < to)
+        let space_start = compact_key::encode_prefix(namespace, space, &[]);
+        let start = compact_key::encode_prefix(namespace, space, from);
+        let end = to.map(|to| compact_key::encode_prefix(namespace, space, to));
+        self.scan_from(&start, at, |k| {
+            k.starts_with(&space_start) && end.as_ref().is_none_or(|end| k < end.as_slice())
         })
     }
 
-    fn scan_from(&self, start: Bound<Key>, at: Lsn, mut within: impl FnMut(&Key) -> bool) -> Vec<(Key, Arc<Value>, CreationOrder)> {
+    fn scan_from(&self, start: &[u8], at: Lsn, mut within: impl FnMut(&[u8]) -> bool) -> Vec<(Key, Arc<Value>, CreationOrder)> {
         let map = self.read();
         let mut out = Vec::new();
-        for (key, chain) in map.range((start, Bound::Unbounded)) {
+        for (key, chain) in map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)) {
             if !within(key) {
                 break;
             }
             if let Some(value) = visible(chain, at).and_then(|v| v.value.clone()) {
-                out.push((key.clone(), value, creation(chain, at)));
+                out.push((compact_key::decode(key), value, creation(chain, at)));
             }
         }
         out
@@ -270,14 +285,13 @@ impl Store {
     pub fn namespaces(&self, at: Lsn) -> Vec<String> {
         let map = self.read();
         let mut out = Vec::new();
-        let mut start = Bound::Unbounded;
+        let mut start = compact_key::KeyBuf::new();
         while let Some((key, _)) = map
-            .range((start, Bound::Unbounded))
+            .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded))
             .find(|(_, c)| c.versions.first().is_some_and(|v| v.lsn <= at))
         {
-            let namespace = key.namespace.clone();
-            // Every key of `namespace` sorts before `namespace` + NUL.
-            start = Bound::Included(Key::new(&format!("{namespace}\0"), Space::Meta, Vec::new()));
+            let namespace = compact_key::namespace_of(key);
+            start = compact_key::past_namespace(&namespace);
             out.push(namespace);
         }
         out
@@ -285,8 +299,9 @@ impl Store {
 
     /// Every version of `key` at or below `at`, oldest first.
     pub fn history(&self, key: &Key, at: Lsn) -> Vec<VersionInfo> {
+        let key = compact_key::encode(key);
         let map = self.read();
-        let Some(chain) = map.get(key) else { return Vec::new() };
+        let Some(chain) = map.get(key.as_slice()) else { return Vec::new() };
         let times = self.commit_times.read().unwrap_or_else(|p| p.into_inner());
         chain
             .versions
@@ -317,24 +332,27 @@ impl Store {
     /// exports, so successive chunks, each taken under its own short read lock, add up to one
     /// consistent export while the applier keeps appending between them.
     pub fn export_chunk(&self, after: Option<&Key>, at: Lsn, max_keys: usize, rule: PruneRule) -> ExportChunk {
+        let after = after.map(compact_key::encode);
         let map = self.read();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let mut chains = Vec::new();
         let mut last_seen = None;
-        for (key, chain) in map.range::<Key, _>((start, Bound::Unbounded)).take(max_keys) {
+        for (key, chain) in map.range::<[u8], _>((start, Bound::Unbounded)).take(max_keys) {
             last_seen = Some(key);
             let n = chain.versions.partition_point(|v| v.lsn <= at);
             let cut = cut(chain, n, rule);
             if n > cut.drop {
                 let kept = Chain {
-                    versions: chain.versions[cut.drop..n].to_vec(),
+                    versions: chain.versions[cut.drop..n].iter().cloned().collect(),
                     created: cut.created,
                 };
-                chains.push((key.clone(), kept));
+                chains.push((compact_key::decode(key), kept));
             }
         }
         let resume_after = match last_seen {
-            Some(key) if map.range::<Key, _>((Bound::Excluded(key), Bound::Unbounded)).next().is_some() => Some(key.clone()),
+            Some(key) if map.range::<[u8], _>((Bound::Excluded(&**key), Bound::Unbounded)).next().is_some() => {
+                Some(compact_key::decode(key))
+            }
             _ => None,
         };
         ExportChunk { chains, resume_after }
@@ -352,7 +370,7 @@ impl Store {
     /// [`Store::restore_history_horizon`]). The log after the checkpoint is then applied on top.
     pub fn from_checkpoint(chains: Vec<(Key, Chain)>, commit_times: Vec<(Lsn, u64)>) -> Store {
         Store {
-            versions: RwLock::new(chains.into_iter().collect()),
+            versions: RwLock::new(chains.into_iter().map(|(key, chain)| (compact_key::stored(&key), chain)).collect()),
             commit_times: RwLock::new(commit_times),
             history_horizon: AtomicU64::new(0),
         }
@@ -379,13 +397,13 @@ impl Store {
         }
         // Rows (by index) of the commits that wrote a retained version.
         let mut referenced = vec![0u64; all_times.len().div_ceil(64)];
-        let mut after: Option<Key> = None;
+        let mut after: Option<StoredKey> = None;
         loop {
             let map = self.read();
-            let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let mut seen = 0;
             let mut last = None;
-            for (key, chain) in map.range::<Key, _>((start, Bound::Unbounded)).take(PRUNE_KEYS_PER_LOCK) {
+            for (key, chain) in map.range::<[u8], _>((start, Bound::Unbounded)).take(PRUNE_KEYS_PER_LOCK) {
                 seen += 1;
                 last = Some(key);
                 let n = chain.versions.partition_point(|v| v.lsn <= at);
@@ -429,15 +447,15 @@ impl Store {
         }
         self.history_horizon.fetch_max(plan.horizon, Ordering::AcqRel);
         let (mut versions, mut keys) = (0u64, 0u64);
-        let mut after: Option<Key> = None;
+        let mut after: Option<StoredKey> = None;
         loop {
             let mut garbage: Vec<Version> = Vec::new();
-            let mut emptied: Vec<Key> = Vec::new();
+            let mut emptied: Vec<StoredKey> = Vec::new();
             let mut seen = 0;
             let mut map = self.write();
-            let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let mut last = None;
-            for (key, chain) in map.range_mut::<Key, _>((start, Bound::Unbounded)).take(PRUNE_KEYS_PER_LOCK) {
+            for (key, chain) in map.range_mut::<[u8], _>((start, Bound::Unbounded)).take(PRUNE_KEYS_PER_LOCK) {
                 seen += 1;
                 last = Some(key);
                 let n = chain.versions.partition_point(|v| v.lsn <= plan.at);
@@ -456,7 +474,7 @@ impl Store {
             }
             let last = last.cloned();
             for key in &emptied {
-                map.remove(key);
+                map.remove(&**key);
             }
             drop(map);
             drop(garbage);
@@ -505,18 +523,30 @@ impl Store {
                     Op::Delete { key, .. } => (key, None),
                     Op::Event { .. } => continue,
                 };
-                if is_indexed(&key) {
-                    changes.push(IndexChange {
-                        lsn,
-                        key: key.clone(),
-                        value: value.clone(),
-                    });
-                }
-                map.entry(key).or_default().versions.push(Version {
+                let version = Version {
                     lsn,
                     op_index: op_index as u32,
                     value,
-                });
+                };
+                let stored = compact_key::encode(&key);
+                if is_indexed(&key) {
+                    changes.push(IndexChange {
+                        lsn,
+                        key,
+                        value: version.value.clone(),
+                    });
+                }
+                // Looked up by the encoding on the stack: only a new key allocates its own.
+                match map.get_mut(stored.as_slice()) {
+                    Some(chain) => chain.versions.push(version),
+                    None => {
+                        let chain = Chain {
+                            versions: SmallVec::from_buf([version]),
+                            created: None,
+                        };
+                        map.insert(stored.as_slice().into(), chain);
+                    }
+                }
             }
         }
         drop(map);
@@ -526,8 +556,9 @@ impl Store {
     /// The value of `key`'s version written exactly at `lsn` (None if there is none, or it is a
     /// deletion).
     pub fn version_at_exactly(&self, key: &Key, lsn: Lsn) -> Option<Arc<Value>> {
+        let key = compact_key::encode(key);
         let map = self.read();
-        let chain = map.get(key)?;
+        let chain = map.get(key.as_slice())?;
         let i = chain.versions.binary_search_by_key(&lsn, |v| v.lsn).ok()?;
         chain.versions[i].value.clone()
     }
@@ -535,12 +566,138 @@ impl Store {
     /// Calls `visit` with every key of `space` and its retained versions, in key order, under
     /// one read lock (used once at open, to build the search indexes).
     pub fn visit_space(&self, space: Space, mut visit: impl FnMut(&Key, &Chain)) {
-        for (key, chain) in self.read().iter().filter(|(k, _)| k.space == space) {
-            visit(key, chain);
+        for (key, chain) in self.read().iter().filter(|(k, _)| compact_key::space_of(k) == space) {
+            visit(&compact_key::decode(key), chain);
         }
     }
 }
 
 fn commit_time(times: &[(Lsn, u64)], lsn: Lsn) -> u64 {
     times.binary_search_by_key(&lsn, |(l, _)| *l).map_or(0, |i| times[i].1)
+}
+
+/// The store's reads against a model that keeps every version in a `BTreeMap<Key, _>` and
+/// answers by filtering: the encoded keys must give the same keys, in the same order, for
+/// namespaces that are prefixes of one another and ids that are prefixes of one another.
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use crate::model::KvValue;
+    use proptest::prelude::*;
+
+    type Model = BTreeMap<Key, Vec<(Lsn, Option<Value>)>>;
+
+    fn key() -> impl Strategy<Value = Key> {
+        let namespace = prop::sample::select(vec!["a", "ab", "a-b", "a.b", "b", "ns"]);
+        let space = prop::sample::select(vec![Space::Meta, Space::Memory, Space::Entity, Space::Kv]);
+        let id = prop::collection::vec(prop::sample::select(vec![0u8, 1, b'a', b'b', 0xFF]), 0..4);
+        (namespace, space, id).prop_map(|(n, s, id)| Key::new(n, s, id))
+    }
+
+    /// Commits of puts (`Some(n)`) and deletions (`None`) of a few keys each.
+    fn commits() -> impl Strategy<Value = Vec<Vec<(Key, Option<u8>)>>> {
+        prop::collection::vec(prop::collection::vec((key(), prop::option::of(any::<u8>())), 1..4), 1..30)
+    }
+
+    fn value(n: u8) -> Value {
+        Value::Kv(KvValue::Bytes(vec![n]))
+    }
+
+    fn visible_in(model: &Model, key: &Key, at: Lsn) -> Option<Value> {
+        model
+            .get(key)?
+            .iter()
+            .rev()
+            .find(|(lsn, _)| *lsn <= at)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    fn build(commits: &[Vec<(Key, Option<u8>)>]) -> (Store, Model) {
+        let store = Store::default();
+        let mut model = Model::new();
+        for (i, ops) in commits.iter().enumerate() {
+            let lsn = i as Lsn + 1;
+            let record = CommitRecord {
+                txn_id: lsn,
+                commit_ts_ms: lsn * 10,
+                ops: ops
+                    .iter()
+                    .map(|(key, put)| match put {
+                        Some(n) => Op::Put {
+                            key: key.clone(),
+                            before: None,
+                            after: value(*n),
+                        },
+                        None => Op::Delete {
+                            key: key.clone(),
+                            before: value(0),
+                        },
+                    })
+                    .collect(),
+            };
+            store.apply(lsn, record);
+            for (key, put) in ops {
+                model.entry(key.clone()).or_default().push((lsn, put.map(value)));
+            }
+        }
+        (store, model)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn reads_scans_and_exports_match_a_key_ordered_model(commits in commits(), probe in key(), at_pick in 0u64..32) {
+            let (store, model) = build(&commits);
+            let at = at_pick.min(commits.len() as Lsn);
+            for key in model.keys().chain([&probe]) {
+                prop_assert_eq!(store.get(key, at).as_deref().cloned(), visible_in(&model, key, at));
+                let newest = model.get(key).and_then(|v| v.last()).map_or(0, |(lsn, _)| *lsn);
+                prop_assert_eq!(store.latest_lsn(key), newest);
+            }
+            let live = |want: &dyn Fn(&Key) -> bool| -> Vec<(Key, Value)> {
+                model.keys().filter(|k| want(k)).filter_map(|k| visible_in(&model, k, at).map(|v| (k.clone(), v))).collect()
+            };
+            let scanned = |items: Vec<(Key, Arc<Value>, CreationOrder)>| -> Vec<(Key, Value)> {
+                items.into_iter().map(|(k, v, _)| (k, (*v).clone())).collect()
+            };
+            let (ns, space, prefix) = (probe.namespace.as_str(), probe.space, probe.id.as_slice());
+            prop_assert_eq!(
+                scanned(store.scan_prefix(ns, space, prefix, at)),
+                live(&|k| k.namespace == ns && k.space == space && k.id.starts_with(prefix))
+            );
+            prop_assert_eq!(
+                scanned(store.scan_range(ns, space, prefix, Some(b"b"), at)),
+                live(&|k| k.namespace == ns && k.space == space && k.id.as_slice() >= prefix && k.id.as_slice() < b"b".as_slice())
+            );
+            prop_assert_eq!(
+                scanned(store.scan_range(ns, space, prefix, None, at)),
+                live(&|k| k.namespace == ns && k.space == space && k.id.as_slice() >= prefix)
+            );
+            let mut namespaces: Vec<String> = model
+                .iter()
+                .filter(|(_, versions)| versions[0].0 <= at)
+                .map(|(k, _)| k.namespace.clone())
+                .collect();
+            namespaces.dedup();
+            prop_assert_eq!(store.namespaces(at), namespaces);
+            // The export in chunks of 2 keys lists every key with a version at or below `at`, in order.
+            let mut exported = Vec::new();
+            let mut after: Option<Key> = None;
+            loop {
+                let chunk = store.export_chunk(after.as_ref(), at, 2, PruneRule::Off);
+                exported.extend(chunk.chains.into_iter().map(|(k, c)| (k, c.versions.len())));
+                match chunk.resume_after {
+                    Some(key) => after = Some(key),
+                    None => break,
+                }
+            }
+            let expected: Vec<(Key, usize)> = model
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().filter(|(lsn, _)| *lsn <= at).count()))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            prop_assert_eq!(exported, expected);
+        }
+    }
 }
