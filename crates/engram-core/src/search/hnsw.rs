@@ -55,20 +55,79 @@ pub(crate) struct Hnsw {
     entry: Option<(u32, usize)>,
 }
 
-/// Per-thread visited marks: a generation counter instead of clearing a bitmap per search.
-struct Visited {
+/// A (distance, node) pair packed into one `u64` whose integer order is [`Scored`]'s order
+/// (distance by `f32::total_cmp`, then node): the traversal heaps compare one integer instead
+/// of a float total order and a tie-break, and sorting them gives exactly the order sorting the
+/// pairs would, so the graph built is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Ranked(u64);
+
+impl Ranked {
+    #[inline]
+    fn new(distance: f32, node: u32) -> Ranked {
+        let bits = distance.to_bits();
+        // total_cmp's order as an unsigned one: negative values (sign bit set) bit-inverted so
+        // that a larger magnitude sorts lower and all of them below the non-negative ones,
+        // which get the top bit set.
+        let key = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
+        Ranked((u64::from(key) << 32) | u64::from(node))
+    }
+
+    #[inline]
+    fn of(scored: Scored) -> Ranked {
+        Ranked::new(scored.distance, scored.node)
+    }
+
+    #[inline]
+    fn distance(self) -> f32 {
+        let key = (self.0 >> 32) as u32;
+        f32::from_bits(if key >> 31 == 1 { key & 0x7fff_ffff } else { !key })
+    }
+
+    #[inline]
+    fn node(self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline]
+    fn scored(self) -> Scored {
+        Scored {
+            distance: self.distance(),
+            node: self.node(),
+        }
+    }
+}
+
+/// Per-thread traversal scratch, reused by every search and insertion on the thread: visited
+/// marks with a generation counter instead of clearing a bitmap per search, and the buffers of
+/// [`Hnsw::search_layer`], so a traversal allocates nothing but its answer.
+struct Scratch {
     marks: Vec<u32>,
     generation: u32,
-    /// Scratch for the unvisited neighbours of the node being expanded (reused, not allocated
-    /// per expansion).
+    /// The unvisited neighbours of the node being expanded.
     fresh: Vec<u32>,
+    /// Nodes to expand, nearest first.
+    candidates: BinaryHeap<Reverse<Ranked>>,
+    /// The admitted nodes found so far, farthest on top.
+    results: BinaryHeap<Ranked>,
+    /// The results being sorted into the answer.
+    sorted: Vec<Ranked>,
 }
 
 thread_local! {
-    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), generation: 0, fresh: Vec::new() }) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            marks: Vec::new(),
+            generation: 0,
+            fresh: Vec::new(),
+            candidates: BinaryHeap::new(),
+            results: BinaryHeap::new(),
+            sorted: Vec::new(),
+        })
+    };
 }
 
-impl Visited {
+impl Scratch {
     fn reset(&mut self, nodes: usize) {
         if self.marks.len() < nodes {
             self.marks.resize(nodes, 0);
@@ -78,6 +137,8 @@ impl Visited {
             self.marks.iter_mut().for_each(|m| *m = 0);
             self.generation = 1;
         }
+        self.candidates.clear();
+        self.results.clear();
     }
 
     /// Marks `node`; true if it was not marked yet in this generation.
@@ -318,17 +379,15 @@ impl Hnsw {
                 return;
             }
         }
-        let mut current = self.neighbours(neighbour, level).to_vec();
+        let mut current = Vec::with_capacity(limit + 1);
+        current.extend_from_slice(self.neighbours(neighbour, level));
         current.push(node);
         if current.len() > limit {
-            let mut scored: Vec<Scored> = current
-                .iter()
-                .map(|&n| Scored {
-                    distance: self.node_distance(neighbour, n),
-                    node: n,
-                })
-                .collect();
-            scored.sort();
+            current.iter().for_each(|&n| self.prefetch_codes(n));
+            let mut ranked: Vec<Ranked> = current.iter().map(|&n| Ranked::new(self.node_distance(neighbour, n), n)).collect();
+            // The pairs' order (see `Ranked`); no two are equal, so unstable is exact.
+            ranked.sort_unstable();
+            let scored: Vec<Scored> = ranked.into_iter().map(Ranked::scored).collect();
             current = self.select_neighbours(&scored, limit);
         }
         self.set_neighbours(neighbour, level, current);
@@ -338,10 +397,17 @@ impl Hnsw {
     /// only if it is closer to the base than to every neighbour kept so far (spreads links across
     /// directions, which keeps clustered data navigable). `candidates` is sorted nearest first.
     fn select_neighbours(&self, candidates: &[Scored], limit: usize) -> Vec<u32> {
+        /// Candidates ahead whose codes are requested while the current one is compared: each
+        /// is a random node, and its comparisons cannot start before its codes arrive.
+        const LOOKAHEAD: usize = 2;
         let mut kept: Vec<u32> = Vec::with_capacity(limit);
-        for c in candidates {
+        candidates.iter().take(LOOKAHEAD).for_each(|c| self.prefetch_codes(c.node));
+        for (i, c) in candidates.iter().enumerate() {
             if kept.len() >= limit {
                 break;
+            }
+            if let Some(ahead) = candidates.get(i + LOOKAHEAD) {
+                self.prefetch_codes(ahead.node);
             }
             if kept.iter().all(|&k| self.node_distance(c.node, k) > c.distance) {
                 kept.push(c.node);
@@ -353,7 +419,10 @@ impl Hnsw {
     fn greedy(&self, query: &EncodedQuery, mut nearest: Scored, level: usize) -> Scored {
         loop {
             let mut moved = false;
-            for &n in self.neighbours(nearest.node, level) {
+            let neighbours = self.neighbours(nearest.node, level);
+            // All their codes requested before the first distance, so the loads overlap.
+            neighbours.iter().for_each(|&n| self.prefetch_codes(n));
+            for &n in neighbours {
                 let d = self.distance_to(query, n);
                 if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
                     nearest = Scored { distance: d, node: n };
@@ -378,56 +447,75 @@ impl Hnsw {
         level: usize,
         accept: &impl Fn(u32) -> bool,
     ) -> Vec<Scored> {
-        VISITED.with(|visited| {
-            let mut visited = visited.borrow_mut();
-            visited.reset(self.len());
-            let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
-            let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            scratch.reset(self.len());
+            let mut candidates = std::mem::take(&mut scratch.candidates);
+            let mut results = std::mem::take(&mut scratch.results);
+            let mut fresh = std::mem::take(&mut scratch.fresh);
             for &ep in entry_points {
-                if visited.first_visit(ep.node) {
-                    candidates.push(Reverse(ep));
+                if scratch.first_visit(ep.node) {
+                    candidates.push(Reverse(Ranked::of(ep)));
                     if accept(ep.node) {
-                        results.push(ep);
+                        results.push(Ranked::of(ep));
                     }
                 }
             }
             while results.len() > ef {
                 results.pop();
             }
+            // The distance of the worst kept result once `ef` are kept (infinite before): a
+            // candidate or neighbour farther than it cannot improve the answer.
+            let bound = |results: &BinaryHeap<Ranked>| {
+                if results.len() >= ef {
+                    results.peek().map_or(f32::INFINITY, |w| w.distance())
+                } else {
+                    f32::INFINITY
+                }
+            };
+            let mut worst = bound(&results);
             while let Some(Reverse(current)) = candidates.pop() {
-                if results.len() >= ef && results.peek().is_some_and(|worst| current.distance > worst.distance) {
+                if current.distance() > worst {
                     break;
                 }
                 // Unvisited neighbours first, their codes prefetched together, so the memory
                 // loads of the distance computations below overlap instead of queueing one by one.
-                let mut fresh = std::mem::take(&mut visited.fresh);
                 fresh.clear();
-                for &n in self.neighbours(current.node, level) {
-                    if visited.first_visit(n) {
+                for &n in self.neighbours(current.node(), level) {
+                    if scratch.first_visit(n) {
                         self.prefetch_codes(n);
                         fresh.push(n);
                     }
                 }
                 for &n in &fresh {
                     let d = self.distance_to(query, n);
-                    let worst = results.peek().map_or(f32::INFINITY, |w| w.distance);
                     if results.len() < ef || d < worst {
-                        let scored = Scored { distance: d, node: n };
-                        candidates.push(Reverse(scored));
+                        let ranked = Ranked::new(d, n);
+                        candidates.push(Reverse(ranked));
                         if accept(n) {
-                            results.push(scored);
+                            results.push(ranked);
                             if results.len() > ef {
                                 results.pop();
                             }
+                            worst = bound(&results);
                         }
                     }
                 }
-                visited.fresh = fresh;
                 if let Some(Reverse(next)) = candidates.peek() {
-                    self.prefetch_links(next.node);
+                    self.prefetch_links(next.node());
                 }
             }
-            results.into_sorted_vec()
+            // Sorting the packed keys gives the pairs' order (see `Ranked`); an unstable sort
+            // is exact because no two keys are equal (nodes differ).
+            scratch.sorted.clear();
+            scratch.sorted.extend(results.drain());
+            scratch.sorted.sort_unstable();
+            let answer = scratch.sorted.iter().map(|r| r.scored()).collect();
+            candidates.clear();
+            scratch.candidates = candidates;
+            scratch.results = results;
+            scratch.fresh = fresh;
+            answer
         })
     }
 
@@ -655,6 +743,44 @@ mod tests {
                 }
                 let got: Vec<u32> = rescored.into_sorted().iter().map(|s| s.node).collect();
                 assert_eq!(got, expected, "{metric:?}");
+            }
+        }
+    }
+
+    /// The packed keys order exactly as the pairs do (so heaps and sorts over them build the
+    /// same graph) and unpack to the same bits, across signs, zeros, infinities, NaNs,
+    /// subnormals and equal distances with different nodes.
+    #[test]
+    fn ranked_keys_order_and_unpack_exactly_as_scored_pairs() {
+        let mut distances = vec![
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            -f32::from_bits(1),
+            f32::MAX,
+            f32::MIN,
+            1.0,
+            -1.0,
+            0.5,
+            2.0,
+        ];
+        let mut seed = 13;
+        distances.extend((0..40).map(|_| lcg(&mut seed) * 4.0));
+        let pairs: Vec<Scored> = distances
+            .iter()
+            .flat_map(|&distance| [0, 1, 7, u32::MAX].map(|node| Scored { distance, node }))
+            .collect();
+        for a in &pairs {
+            let ranked = Ranked::of(*a);
+            assert_eq!((ranked.distance().to_bits(), ranked.node()), (a.distance.to_bits(), a.node));
+            for b in &pairs {
+                assert_eq!(ranked.cmp(&Ranked::of(*b)), a.cmp(b), "{a:?} {b:?}");
             }
         }
     }
