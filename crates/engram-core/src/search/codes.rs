@@ -87,10 +87,11 @@ fn max_abs(vector: &[f32]) -> f32 {
 fn round_to_code(scaled: f32) -> i8 {
     let limit = f32::from(CODE_MAX);
     // Clamping first changes nothing (every value past ±127 rounds to at least ±127, which the
-    // clamp after rounding would give) and bounds the truncation; NaN passes through.
-    let q = scaled.clamp(-limit, limit);
-    // `as` truncates toward zero and maps NaN to 0.
-    let truncated = q as i32;
+    // clamp after rounding would give) and bounds the truncation; NaN becomes 0, as `as` makes it.
+    let q = if scaled.is_nan() { 0.0 } else { scaled.clamp(-limit, limit) };
+    // SAFETY: `q` is finite and within ±127, so its truncation fits an i32. (`as` would be
+    // safe too, but its saturation and NaN handling keep the loop from vectorising.)
+    let truncated: i32 = unsafe { q.to_int_unchecked() };
     let fraction = q - truncated as f32;
     let rounded = truncated + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5);
     rounded as i8
