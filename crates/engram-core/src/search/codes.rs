@@ -47,15 +47,22 @@ impl CodeParams {
 /// zero codes and scale 0 (it is then at distance 0 from everything under dot and cosine, as
 /// the exact distance says too).
 pub(crate) fn encode_into(vector: &[f32], codes: &mut Vec<i8>) -> CodeParams {
-    let scale = max_abs(vector) / f32::from(CODE_MAX);
     let start = codes.len();
     codes.resize(start + vector.len(), 0);
+    encode_to(vector, &mut codes[start..])
+}
+
+/// [`encode_into`] writing the codes into `codes`, which must be as long as `vector`.
+pub(crate) fn encode_to(vector: &[f32], codes: &mut [i8]) -> CodeParams {
+    debug_assert_eq!(codes.len(), vector.len());
+    let scale = max_abs(vector) / f32::from(CODE_MAX);
     if scale > 0.0 && scale.is_finite() {
-        for (code, x) in codes[start..].iter_mut().zip(vector) {
+        for (code, x) in codes.iter_mut().zip(vector) {
             *code = round_to_code(x / scale);
         }
-        CodeParams::of(&codes[start..], scale)
+        CodeParams::of(codes, scale)
     } else {
+        codes.fill(0);
         CodeParams {
             scale: 0.0,
             squared_norm: 0.0,

@@ -13,7 +13,7 @@
 //! graph is built and traversed on code distances, and its answers are approximate in distance
 //! as well as in membership; the caller re-scores them exactly (search/index.rs).
 
-use super::codes::{encode_into, CodeParams, EncodedQuery, CODE_MAX};
+use super::codes::{encode_into, encode_to, CodeParams, EncodedQuery, CODE_MAX};
 use super::vector::{Metric, Scored};
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -31,6 +31,13 @@ pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 128;
 /// up to 512 dimensions (384 codes span 6 or 7 lines).
 const PREFETCH_LINES: usize = 8;
 const CACHE_LINE_BYTES: usize = 64;
+/// Nodes ahead in a list of distance computations whose codes are requested while the current
+/// one is computed. A few, not the whole list: a core tracks only about a dozen outstanding
+/// cache-line fills, and requesting all 64 neighbours' codes at once (about 400 lines) asks
+/// for far more. Measured, 2 or 5 ahead and the whole list built 100k x 384 at the same CPU per
+/// insert within the noise of a shared machine (docs/benchmarks.md, *Indexer CPU*); the bounded
+/// form is kept because it never queues more requests than the core can track.
+const PREFETCH_AHEAD_NODES: usize = 5;
 /// Levels are capped so that a hash that happens to be tiny cannot make a tall, empty tower.
 const MAX_LEVEL: usize = 16;
 
@@ -41,7 +48,7 @@ pub(crate) struct Hnsw {
     ef_construction: usize,
     level_multiplier: f64,
     /// Node i's codes at `i * dimension` (search/codes.rs).
-    codes: Vec<i8>,
+    codes: CodeArena,
     /// Node i's code parameters.
     params: Vec<CodeParams>,
     /// Level-0 links, the ones every search walks, in one flat array (one cache-friendly block
@@ -53,6 +60,51 @@ pub(crate) struct Hnsw {
     levels: Vec<u8>,
     /// The entry point and its top level.
     entry: Option<(u32, usize)>,
+}
+
+/// One cache line of codes: the unit [`CodeArena`] allocates in, for its alignment.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([i8; CACHE_LINE_BYTES]);
+
+/// The codes of every node, back to back, in a buffer that starts on a cache-line boundary.
+/// A plain `Vec<i8>` of this size comes from `mmap` through the allocator and starts 16 bytes
+/// past a page boundary, so with 384 dimensions every node's codes straddled 7 cache lines
+/// instead of 6: one line in 7 of every distance computation's memory traffic was wasted, and
+/// the traversal is bound by that traffic (docs/search.md, *Indexer CPU*).
+#[derive(Default)]
+struct CodeArena {
+    lines: Vec<CacheLine>,
+    /// Bytes in use (at most `lines.len() * CACHE_LINE_BYTES`).
+    len: usize,
+}
+
+impl CodeArena {
+    fn as_slice(&self) -> &[i8] {
+        // SAFETY: `CacheLine` is `repr(C)` around `[i8; 64]` with size 64 (no padding), so the
+        // lines are `lines.len() * 64` initialised, contiguous bytes, and `len` never exceeds it.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<i8>(), self.len) }
+    }
+
+    /// Appends `bytes` zeroed codes and returns them.
+    fn push_zeroed(&mut self, bytes: usize) -> &mut [i8] {
+        let start = self.len;
+        self.len += bytes;
+        self.lines
+            .resize(self.len.div_ceil(CACHE_LINE_BYTES), CacheLine([0; CACHE_LINE_BYTES]));
+        // SAFETY: as in `as_slice`, for the bytes `start..len`, which the resize just made
+        // part of the lines; the borrow of `self` keeps anything else from touching them.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<i8>().add(start), bytes) }
+    }
+
+    fn reserve_bytes(&mut self, bytes: usize) {
+        self.lines
+            .reserve((self.len + bytes).div_ceil(CACHE_LINE_BYTES).saturating_sub(self.lines.len()));
+    }
+
+    fn capacity_bytes(&self) -> usize {
+        self.lines.capacity() * CACHE_LINE_BYTES
+    }
 }
 
 /// A (distance, node) pair packed into one `u64` whose integer order is [`Scored`]'s order
@@ -175,7 +227,7 @@ impl Hnsw {
             m,
             ef_construction: ef_construction.max(m),
             level_multiplier: 1.0 / (m as f64).ln(),
-            codes: Vec::new(),
+            codes: CodeArena::default(),
             params: Vec::new(),
             level0: Vec::new(),
             upper: Vec::new(),
@@ -226,7 +278,7 @@ impl Hnsw {
     #[inline]
     fn code(&self, node: u32) -> &[i8] {
         let start = node as usize * self.dimension;
-        &self.codes[start..start + self.dimension]
+        &self.codes.as_slice()[start..start + self.dimension]
     }
 
     /// The distance between two nodes' codes.
@@ -244,7 +296,7 @@ impl Hnsw {
             .iter()
             .map(|levels| levels.capacity() * 24 + levels.iter().map(|l| l.capacity() * 4).sum::<usize>())
             .sum();
-        self.codes.capacity()
+        self.codes.capacity_bytes()
             + self.params.capacity() * std::mem::size_of::<CodeParams>()
             + self.level0.capacity() * 4
             + self.upper.capacity() * 24
@@ -293,6 +345,22 @@ impl Hnsw {
         let _ = node;
     }
 
+    /// Prefetches the codes of the first [`PREFETCH_AHEAD_NODES`] of `nodes`, before a loop
+    /// over them that calls [`Hnsw::prefetch_ahead`] at each step.
+    #[inline]
+    fn prefetch_first(&self, nodes: impl Iterator<Item = u32>) {
+        nodes.take(PREFETCH_AHEAD_NODES).for_each(|n| self.prefetch_codes(n));
+    }
+
+    /// At step `i` of a loop over `nodes`: prefetches the codes of the node
+    /// [`PREFETCH_AHEAD_NODES`] steps ahead.
+    #[inline]
+    fn prefetch_ahead(&self, nodes: &[u32], i: usize) {
+        if let Some(&ahead) = nodes.get(i + PREFETCH_AHEAD_NODES) {
+            self.prefetch_codes(ahead);
+        }
+    }
+
     /// Asks the CPU to start loading `node`'s level-0 link block (the count and the first links),
     /// so expanding the next candidate does not begin with a cache miss.
     #[inline]
@@ -324,7 +392,7 @@ impl Hnsw {
         debug_assert_eq!(vector.len(), self.dimension);
         let node = self.len() as u32;
         let level = self.random_level(node);
-        let params = encode_into(vector, &mut self.codes);
+        let params = encode_to(vector, self.codes.push_zeroed(self.dimension));
         self.params.push(params);
         // The node's own codes are its query: its links are chosen by the same code distances
         // searches walk them with.
@@ -383,8 +451,12 @@ impl Hnsw {
         current.extend_from_slice(self.neighbours(neighbour, level));
         current.push(node);
         if current.len() > limit {
-            current.iter().for_each(|&n| self.prefetch_codes(n));
-            let mut ranked: Vec<Ranked> = current.iter().map(|&n| Ranked::new(self.node_distance(neighbour, n), n)).collect();
+            self.prefetch_first(current.iter().copied());
+            let mut ranked: Vec<Ranked> = Vec::with_capacity(current.len());
+            for (i, &n) in current.iter().enumerate() {
+                self.prefetch_ahead(&current, i);
+                ranked.push(Ranked::new(self.node_distance(neighbour, n), n));
+            }
             // The pairs' order (see `Ranked`); no two are equal, so unstable is exact.
             ranked.sort_unstable();
             let scored: Vec<Scored> = ranked.into_iter().map(Ranked::scored).collect();
@@ -397,16 +469,15 @@ impl Hnsw {
     /// only if it is closer to the base than to every neighbour kept so far (spreads links across
     /// directions, which keeps clustered data navigable). `candidates` is sorted nearest first.
     fn select_neighbours(&self, candidates: &[Scored], limit: usize) -> Vec<u32> {
-        /// Candidates ahead whose codes are requested while the current one is compared: each
-        /// is a random node, and its comparisons cannot start before its codes arrive.
-        const LOOKAHEAD: usize = 2;
         let mut kept: Vec<u32> = Vec::with_capacity(limit);
-        candidates.iter().take(LOOKAHEAD).for_each(|c| self.prefetch_codes(c.node));
+        // Each candidate is a random node whose comparisons cannot start before its codes
+        // arrive: they are requested a few candidates ahead.
+        self.prefetch_first(candidates.iter().map(|c| c.node));
         for (i, c) in candidates.iter().enumerate() {
             if kept.len() >= limit {
                 break;
             }
-            if let Some(ahead) = candidates.get(i + LOOKAHEAD) {
+            if let Some(ahead) = candidates.get(i + PREFETCH_AHEAD_NODES) {
                 self.prefetch_codes(ahead.node);
             }
             if kept.iter().all(|&k| self.node_distance(c.node, k) > c.distance) {
@@ -420,9 +491,9 @@ impl Hnsw {
         loop {
             let mut moved = false;
             let neighbours = self.neighbours(nearest.node, level);
-            // All their codes requested before the first distance, so the loads overlap.
-            neighbours.iter().for_each(|&n| self.prefetch_codes(n));
-            for &n in neighbours {
+            self.prefetch_first(neighbours.iter().copied());
+            for (i, &n) in neighbours.iter().enumerate() {
+                self.prefetch_ahead(neighbours, i);
                 let d = self.distance_to(query, n);
                 if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
                     nearest = Scored { distance: d, node: n };
@@ -478,16 +549,17 @@ impl Hnsw {
                 if current.distance() > worst {
                     break;
                 }
-                // Unvisited neighbours first, their codes prefetched together, so the memory
-                // loads of the distance computations below overlap instead of queueing one by one.
+                // Unvisited neighbours first, then their distances with the codes of the next
+                // ones requested ahead, so the memory loads overlap the computations.
                 fresh.clear();
                 for &n in self.neighbours(current.node(), level) {
                     if scratch.first_visit(n) {
-                        self.prefetch_codes(n);
                         fresh.push(n);
                     }
                 }
-                for &n in &fresh {
+                self.prefetch_first(fresh.iter().copied());
+                for (i, &n) in fresh.iter().enumerate() {
+                    self.prefetch_ahead(&fresh, i);
                     let d = self.distance_to(query, n);
                     if results.len() < ef || d < worst {
                         let ranked = Ranked::new(d, n);
@@ -644,7 +716,7 @@ impl Hnsw {
         }
         let count = saved.nodes.len();
         let mut graph = Hnsw::with_parameters(metric, dimension, saved.m as usize, saved.ef_construction as usize);
-        graph.codes.reserve(count * dimension);
+        graph.codes.reserve_bytes(count * dimension);
         graph.params.reserve(count);
         for (n, node) in saved.nodes.iter().enumerate() {
             if node.codes.len() != dimension || node.codes.iter().any(|&c| c < -CODE_MAX) {
@@ -682,7 +754,7 @@ impl Hnsw {
         graph.level0.reserve(count * stride);
         for node in saved.nodes {
             graph.params.push(CodeParams::of(&node.codes, node.scale));
-            graph.codes.extend_from_slice(&node.codes);
+            graph.codes.push_zeroed(dimension).copy_from_slice(&node.codes);
             let mut levels = node.links.into_iter();
             let level0 = levels.next().unwrap_or_default();
             let base = graph.level0.len();
@@ -744,6 +816,29 @@ mod tests {
                 let got: Vec<u32> = rescored.into_sorted().iter().map(|s| s.node).collect();
                 assert_eq!(got, expected, "{metric:?}");
             }
+        }
+    }
+
+    /// Nodes' codes are what `encode_into` gives for their vectors, through the growth of the
+    /// aligned buffer, and with a dimension that is a multiple of the line size each node's
+    /// codes start on a cache line (what the buffer is for).
+    #[test]
+    fn node_codes_are_the_encoded_vectors_and_start_on_cache_lines() {
+        for dimension in [64, 384, 5] {
+            let mut seed = 3;
+            let mut graph = Hnsw::new(Metric::L2, dimension);
+            let mut expected = Vec::new();
+            for _ in 0..300 {
+                let v: Vec<f32> = (0..dimension).map(|_| lcg(&mut seed)).collect();
+                encode_into(&v, &mut expected);
+                graph.insert(&v);
+            }
+            assert_eq!(graph.codes.as_slice(), expected.as_slice(), "dimension {dimension}");
+            if dimension.is_multiple_of(CACHE_LINE_BYTES) {
+                assert!((0..300).all(|n| (graph.code(n).as_ptr() as usize).is_multiple_of(CACHE_LINE_BYTES)));
+            }
+            let loaded = Hnsw::import(Metric::L2, graph.export(graph.len())).unwrap();
+            assert_eq!(loaded.codes.as_slice(), expected.as_slice());
         }
     }
 
