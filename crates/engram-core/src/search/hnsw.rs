@@ -31,13 +31,12 @@ pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 128;
 /// up to 512 dimensions (384 codes span 6 or 7 lines).
 const PREFETCH_LINES: usize = 8;
 const CACHE_LINE_BYTES: usize = 64;
-/// Nodes ahead in a list of distance computations whose codes are requested while the current
-/// one is computed. A few, not the whole list: a core tracks only about a dozen outstanding
-/// cache-line fills, and requesting all 64 neighbours' codes at once (about 400 lines) asks
-/// for far more. Measured, 2 or 5 ahead and the whole list built 100k x 384 at the same CPU per
-/// insert within the noise of a shared machine (docs/benchmarks.md, *Indexer CPU*); the bounded
-/// form is kept because it never queues more requests than the core can track.
-const PREFETCH_AHEAD_NODES: usize = 5;
+/// Candidates ahead in the neighbour-selection heuristic whose codes are requested while the
+/// current one is compared (its list is long, up to `ef_construction`, and often left early).
+/// Elsewhere a node's whole list of unvisited neighbours is requested at once: measured on
+/// 100k x 384, running 2 or 5 nodes ahead there instead was no faster (docs/benchmarks.md,
+/// *Indexer CPU*).
+const PREFETCH_AHEAD_NODES: usize = 2;
 /// Levels are capped so that a hash that happens to be tiny cannot make a tall, empty tower.
 const MAX_LEVEL: usize = 16;
 
@@ -345,22 +344,6 @@ impl Hnsw {
         let _ = node;
     }
 
-    /// Prefetches the codes of the first [`PREFETCH_AHEAD_NODES`] of `nodes`, before a loop
-    /// over them that calls [`Hnsw::prefetch_ahead`] at each step.
-    #[inline]
-    fn prefetch_first(&self, nodes: impl Iterator<Item = u32>) {
-        nodes.take(PREFETCH_AHEAD_NODES).for_each(|n| self.prefetch_codes(n));
-    }
-
-    /// At step `i` of a loop over `nodes`: prefetches the codes of the node
-    /// [`PREFETCH_AHEAD_NODES`] steps ahead.
-    #[inline]
-    fn prefetch_ahead(&self, nodes: &[u32], i: usize) {
-        if let Some(&ahead) = nodes.get(i + PREFETCH_AHEAD_NODES) {
-            self.prefetch_codes(ahead);
-        }
-    }
-
     /// Asks the CPU to start loading `node`'s level-0 link block (the count and the first links),
     /// so expanding the next candidate does not begin with a cache miss.
     #[inline]
@@ -451,12 +434,8 @@ impl Hnsw {
         current.extend_from_slice(self.neighbours(neighbour, level));
         current.push(node);
         if current.len() > limit {
-            self.prefetch_first(current.iter().copied());
-            let mut ranked: Vec<Ranked> = Vec::with_capacity(current.len());
-            for (i, &n) in current.iter().enumerate() {
-                self.prefetch_ahead(&current, i);
-                ranked.push(Ranked::new(self.node_distance(neighbour, n), n));
-            }
+            current.iter().for_each(|&n| self.prefetch_codes(n));
+            let mut ranked: Vec<Ranked> = current.iter().map(|&n| Ranked::new(self.node_distance(neighbour, n), n)).collect();
             // The pairs' order (see `Ranked`); no two are equal, so unstable is exact.
             ranked.sort_unstable();
             let scored: Vec<Scored> = ranked.into_iter().map(Ranked::scored).collect();
@@ -472,7 +451,10 @@ impl Hnsw {
         let mut kept: Vec<u32> = Vec::with_capacity(limit);
         // Each candidate is a random node whose comparisons cannot start before its codes
         // arrive: they are requested a few candidates ahead.
-        self.prefetch_first(candidates.iter().map(|c| c.node));
+        candidates
+            .iter()
+            .take(PREFETCH_AHEAD_NODES)
+            .for_each(|c| self.prefetch_codes(c.node));
         for (i, c) in candidates.iter().enumerate() {
             if kept.len() >= limit {
                 break;
@@ -491,9 +473,9 @@ impl Hnsw {
         loop {
             let mut moved = false;
             let neighbours = self.neighbours(nearest.node, level);
-            self.prefetch_first(neighbours.iter().copied());
-            for (i, &n) in neighbours.iter().enumerate() {
-                self.prefetch_ahead(neighbours, i);
+            // All their codes requested before the first distance, so the loads overlap.
+            neighbours.iter().for_each(|&n| self.prefetch_codes(n));
+            for &n in neighbours {
                 let d = self.distance_to(query, n);
                 if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
                     nearest = Scored { distance: d, node: n };
@@ -549,17 +531,16 @@ impl Hnsw {
                 if current.distance() > worst {
                     break;
                 }
-                // Unvisited neighbours first, then their distances with the codes of the next
-                // ones requested ahead, so the memory loads overlap the computations.
+                // Unvisited neighbours first, their codes prefetched together, so the memory
+                // loads of the distance computations below overlap instead of queueing one by one.
                 fresh.clear();
                 for &n in self.neighbours(current.node(), level) {
                     if scratch.first_visit(n) {
+                        self.prefetch_codes(n);
                         fresh.push(n);
                     }
                 }
-                self.prefetch_first(fresh.iter().copied());
-                for (i, &n) in fresh.iter().enumerate() {
-                    self.prefetch_ahead(&fresh, i);
+                for &n in &fresh {
                     let d = self.distance_to(query, n);
                     if results.len() < ef || d < worst {
                         let ranked = Ranked::new(d, n);
