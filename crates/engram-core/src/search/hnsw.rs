@@ -13,7 +13,7 @@
 //! graph is built and traversed on code distances, and its answers are approximate in distance
 //! as well as in membership; the caller re-scores them exactly (search/index.rs).
 
-use super::codes::{encode_into, CodeParams, EncodedQuery, CODE_MAX};
+use super::codes::{encode_into, encode_to, CodeParams, EncodedQuery, CODE_MAX};
 use super::vector::{Metric, Scored};
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -31,6 +31,12 @@ pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 128;
 /// up to 512 dimensions (384 codes span 6 or 7 lines).
 const PREFETCH_LINES: usize = 8;
 const CACHE_LINE_BYTES: usize = 64;
+/// Candidates ahead in the neighbour-selection heuristic whose codes are requested while the
+/// current one is compared (its list is long, up to `ef_construction`, and often left early).
+/// Elsewhere a node's whole list of unvisited neighbours is requested at once: measured on
+/// 100k x 384, running 2 or 5 nodes ahead there instead was no faster (docs/benchmarks.md,
+/// *Indexer CPU*).
+const PREFETCH_AHEAD_NODES: usize = 2;
 /// Levels are capped so that a hash that happens to be tiny cannot make a tall, empty tower.
 const MAX_LEVEL: usize = 16;
 
@@ -41,7 +47,7 @@ pub(crate) struct Hnsw {
     ef_construction: usize,
     level_multiplier: f64,
     /// Node i's codes at `i * dimension` (search/codes.rs).
-    codes: Vec<i8>,
+    codes: CodeArena,
     /// Node i's code parameters.
     params: Vec<CodeParams>,
     /// Level-0 links, the ones every search walks, in one flat array (one cache-friendly block
@@ -55,20 +61,124 @@ pub(crate) struct Hnsw {
     entry: Option<(u32, usize)>,
 }
 
-/// Per-thread visited marks: a generation counter instead of clearing a bitmap per search.
-struct Visited {
+/// One cache line of codes: the unit [`CodeArena`] allocates in, for its alignment.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([i8; CACHE_LINE_BYTES]);
+
+/// The codes of every node, back to back, in a buffer that starts on a cache-line boundary.
+/// A plain `Vec<i8>` of this size comes from `mmap` through the allocator and starts 16 bytes
+/// past a page boundary, so with 384 dimensions every node's codes straddled 7 cache lines
+/// instead of 6: one line in 7 of every distance computation's memory traffic was wasted, and
+/// the traversal is bound by that traffic (docs/search.md, *Indexer CPU*).
+#[derive(Default)]
+struct CodeArena {
+    lines: Vec<CacheLine>,
+    /// Bytes in use (at most `lines.len() * CACHE_LINE_BYTES`).
+    len: usize,
+}
+
+impl CodeArena {
+    fn as_slice(&self) -> &[i8] {
+        // SAFETY: `CacheLine` is `repr(C)` around `[i8; 64]` with size 64 (no padding), so the
+        // lines are `lines.len() * 64` initialised, contiguous bytes, and `len` never exceeds it.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<i8>(), self.len) }
+    }
+
+    /// Appends `bytes` zeroed codes and returns them.
+    fn push_zeroed(&mut self, bytes: usize) -> &mut [i8] {
+        let start = self.len;
+        self.len += bytes;
+        self.lines
+            .resize(self.len.div_ceil(CACHE_LINE_BYTES), CacheLine([0; CACHE_LINE_BYTES]));
+        // SAFETY: as in `as_slice`, for the bytes `start..len`, which the resize just made
+        // part of the lines; the borrow of `self` keeps anything else from touching them.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<i8>().add(start), bytes) }
+    }
+
+    fn reserve_bytes(&mut self, bytes: usize) {
+        self.lines
+            .reserve((self.len + bytes).div_ceil(CACHE_LINE_BYTES).saturating_sub(self.lines.len()));
+    }
+
+    fn capacity_bytes(&self) -> usize {
+        self.lines.capacity() * CACHE_LINE_BYTES
+    }
+}
+
+/// A (distance, node) pair packed into one `u64` whose integer order is [`Scored`]'s order
+/// (distance by `f32::total_cmp`, then node): the traversal heaps compare one integer instead
+/// of a float total order and a tie-break, and sorting them gives exactly the order sorting the
+/// pairs would, so the graph built is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Ranked(u64);
+
+impl Ranked {
+    #[inline]
+    fn new(distance: f32, node: u32) -> Ranked {
+        let bits = distance.to_bits();
+        // total_cmp's order as an unsigned one: negative values (sign bit set) bit-inverted so
+        // that a larger magnitude sorts lower and all of them below the non-negative ones,
+        // which get the top bit set.
+        let key = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
+        Ranked((u64::from(key) << 32) | u64::from(node))
+    }
+
+    #[inline]
+    fn of(scored: Scored) -> Ranked {
+        Ranked::new(scored.distance, scored.node)
+    }
+
+    #[inline]
+    fn distance(self) -> f32 {
+        let key = (self.0 >> 32) as u32;
+        f32::from_bits(if key >> 31 == 1 { key & 0x7fff_ffff } else { !key })
+    }
+
+    #[inline]
+    fn node(self) -> u32 {
+        self.0 as u32
+    }
+
+    #[inline]
+    fn scored(self) -> Scored {
+        Scored {
+            distance: self.distance(),
+            node: self.node(),
+        }
+    }
+}
+
+/// Per-thread traversal scratch, reused by every search and insertion on the thread: visited
+/// marks with a generation counter instead of clearing a bitmap per search, and the buffers of
+/// [`Hnsw::search_layer`], so a traversal allocates nothing but its answer.
+struct Scratch {
     marks: Vec<u32>,
     generation: u32,
-    /// Scratch for the unvisited neighbours of the node being expanded (reused, not allocated
-    /// per expansion).
+    /// The unvisited neighbours of the node being expanded.
     fresh: Vec<u32>,
+    /// Nodes to expand, nearest first.
+    candidates: BinaryHeap<Reverse<Ranked>>,
+    /// The admitted nodes found so far, farthest on top.
+    results: BinaryHeap<Ranked>,
+    /// The results being sorted into the answer.
+    sorted: Vec<Ranked>,
 }
 
 thread_local! {
-    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), generation: 0, fresh: Vec::new() }) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            marks: Vec::new(),
+            generation: 0,
+            fresh: Vec::new(),
+            candidates: BinaryHeap::new(),
+            results: BinaryHeap::new(),
+            sorted: Vec::new(),
+        })
+    };
 }
 
-impl Visited {
+impl Scratch {
     fn reset(&mut self, nodes: usize) {
         if self.marks.len() < nodes {
             self.marks.resize(nodes, 0);
@@ -78,6 +188,8 @@ impl Visited {
             self.marks.iter_mut().for_each(|m| *m = 0);
             self.generation = 1;
         }
+        self.candidates.clear();
+        self.results.clear();
     }
 
     /// Marks `node`; true if it was not marked yet in this generation.
@@ -114,7 +226,7 @@ impl Hnsw {
             m,
             ef_construction: ef_construction.max(m),
             level_multiplier: 1.0 / (m as f64).ln(),
-            codes: Vec::new(),
+            codes: CodeArena::default(),
             params: Vec::new(),
             level0: Vec::new(),
             upper: Vec::new(),
@@ -165,7 +277,7 @@ impl Hnsw {
     #[inline]
     fn code(&self, node: u32) -> &[i8] {
         let start = node as usize * self.dimension;
-        &self.codes[start..start + self.dimension]
+        &self.codes.as_slice()[start..start + self.dimension]
     }
 
     /// The distance between two nodes' codes.
@@ -183,7 +295,7 @@ impl Hnsw {
             .iter()
             .map(|levels| levels.capacity() * 24 + levels.iter().map(|l| l.capacity() * 4).sum::<usize>())
             .sum();
-        self.codes.capacity()
+        self.codes.capacity_bytes()
             + self.params.capacity() * std::mem::size_of::<CodeParams>()
             + self.level0.capacity() * 4
             + self.upper.capacity() * 24
@@ -263,7 +375,7 @@ impl Hnsw {
         debug_assert_eq!(vector.len(), self.dimension);
         let node = self.len() as u32;
         let level = self.random_level(node);
-        let params = encode_into(vector, &mut self.codes);
+        let params = encode_to(vector, self.codes.push_zeroed(self.dimension));
         self.params.push(params);
         // The node's own codes are its query: its links are chosen by the same code distances
         // searches walk them with.
@@ -318,17 +430,15 @@ impl Hnsw {
                 return;
             }
         }
-        let mut current = self.neighbours(neighbour, level).to_vec();
+        let mut current = Vec::with_capacity(limit + 1);
+        current.extend_from_slice(self.neighbours(neighbour, level));
         current.push(node);
         if current.len() > limit {
-            let mut scored: Vec<Scored> = current
-                .iter()
-                .map(|&n| Scored {
-                    distance: self.node_distance(neighbour, n),
-                    node: n,
-                })
-                .collect();
-            scored.sort();
+            current.iter().for_each(|&n| self.prefetch_codes(n));
+            let mut ranked: Vec<Ranked> = current.iter().map(|&n| Ranked::new(self.node_distance(neighbour, n), n)).collect();
+            // The pairs' order (see `Ranked`); no two are equal, so unstable is exact.
+            ranked.sort_unstable();
+            let scored: Vec<Scored> = ranked.into_iter().map(Ranked::scored).collect();
             current = self.select_neighbours(&scored, limit);
         }
         self.set_neighbours(neighbour, level, current);
@@ -339,9 +449,18 @@ impl Hnsw {
     /// directions, which keeps clustered data navigable). `candidates` is sorted nearest first.
     fn select_neighbours(&self, candidates: &[Scored], limit: usize) -> Vec<u32> {
         let mut kept: Vec<u32> = Vec::with_capacity(limit);
-        for c in candidates {
+        // Each candidate is a random node whose comparisons cannot start before its codes
+        // arrive: they are requested a few candidates ahead.
+        candidates
+            .iter()
+            .take(PREFETCH_AHEAD_NODES)
+            .for_each(|c| self.prefetch_codes(c.node));
+        for (i, c) in candidates.iter().enumerate() {
             if kept.len() >= limit {
                 break;
+            }
+            if let Some(ahead) = candidates.get(i + PREFETCH_AHEAD_NODES) {
+                self.prefetch_codes(ahead.node);
             }
             if kept.iter().all(|&k| self.node_distance(c.node, k) > c.distance) {
                 kept.push(c.node);
@@ -353,7 +472,10 @@ impl Hnsw {
     fn greedy(&self, query: &EncodedQuery, mut nearest: Scored, level: usize) -> Scored {
         loop {
             let mut moved = false;
-            for &n in self.neighbours(nearest.node, level) {
+            let neighbours = self.neighbours(nearest.node, level);
+            // All their codes requested before the first distance, so the loads overlap.
+            neighbours.iter().for_each(|&n| self.prefetch_codes(n));
+            for &n in neighbours {
                 let d = self.distance_to(query, n);
                 if d < nearest.distance || (d == nearest.distance && n < nearest.node) {
                     nearest = Scored { distance: d, node: n };
@@ -378,56 +500,75 @@ impl Hnsw {
         level: usize,
         accept: &impl Fn(u32) -> bool,
     ) -> Vec<Scored> {
-        VISITED.with(|visited| {
-            let mut visited = visited.borrow_mut();
-            visited.reset(self.len());
-            let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
-            let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            scratch.reset(self.len());
+            let mut candidates = std::mem::take(&mut scratch.candidates);
+            let mut results = std::mem::take(&mut scratch.results);
+            let mut fresh = std::mem::take(&mut scratch.fresh);
             for &ep in entry_points {
-                if visited.first_visit(ep.node) {
-                    candidates.push(Reverse(ep));
+                if scratch.first_visit(ep.node) {
+                    candidates.push(Reverse(Ranked::of(ep)));
                     if accept(ep.node) {
-                        results.push(ep);
+                        results.push(Ranked::of(ep));
                     }
                 }
             }
             while results.len() > ef {
                 results.pop();
             }
+            // The distance of the worst kept result once `ef` are kept (infinite before): a
+            // candidate or neighbour farther than it cannot improve the answer.
+            let bound = |results: &BinaryHeap<Ranked>| {
+                if results.len() >= ef {
+                    results.peek().map_or(f32::INFINITY, |w| w.distance())
+                } else {
+                    f32::INFINITY
+                }
+            };
+            let mut worst = bound(&results);
             while let Some(Reverse(current)) = candidates.pop() {
-                if results.len() >= ef && results.peek().is_some_and(|worst| current.distance > worst.distance) {
+                if current.distance() > worst {
                     break;
                 }
                 // Unvisited neighbours first, their codes prefetched together, so the memory
                 // loads of the distance computations below overlap instead of queueing one by one.
-                let mut fresh = std::mem::take(&mut visited.fresh);
                 fresh.clear();
-                for &n in self.neighbours(current.node, level) {
-                    if visited.first_visit(n) {
+                for &n in self.neighbours(current.node(), level) {
+                    if scratch.first_visit(n) {
                         self.prefetch_codes(n);
                         fresh.push(n);
                     }
                 }
                 for &n in &fresh {
                     let d = self.distance_to(query, n);
-                    let worst = results.peek().map_or(f32::INFINITY, |w| w.distance);
                     if results.len() < ef || d < worst {
-                        let scored = Scored { distance: d, node: n };
-                        candidates.push(Reverse(scored));
+                        let ranked = Ranked::new(d, n);
+                        candidates.push(Reverse(ranked));
                         if accept(n) {
-                            results.push(scored);
+                            results.push(ranked);
                             if results.len() > ef {
                                 results.pop();
                             }
+                            worst = bound(&results);
                         }
                     }
                 }
-                visited.fresh = fresh;
                 if let Some(Reverse(next)) = candidates.peek() {
-                    self.prefetch_links(next.node);
+                    self.prefetch_links(next.node());
                 }
             }
-            results.into_sorted_vec()
+            // Sorting the packed keys gives the pairs' order (see `Ranked`); an unstable sort
+            // is exact because no two keys are equal (nodes differ).
+            scratch.sorted.clear();
+            scratch.sorted.extend(results.drain());
+            scratch.sorted.sort_unstable();
+            let answer = scratch.sorted.iter().map(|r| r.scored()).collect();
+            candidates.clear();
+            scratch.candidates = candidates;
+            scratch.results = results;
+            scratch.fresh = fresh;
+            answer
         })
     }
 
@@ -556,7 +697,7 @@ impl Hnsw {
         }
         let count = saved.nodes.len();
         let mut graph = Hnsw::with_parameters(metric, dimension, saved.m as usize, saved.ef_construction as usize);
-        graph.codes.reserve(count * dimension);
+        graph.codes.reserve_bytes(count * dimension);
         graph.params.reserve(count);
         for (n, node) in saved.nodes.iter().enumerate() {
             if node.codes.len() != dimension || node.codes.iter().any(|&c| c < -CODE_MAX) {
@@ -594,7 +735,7 @@ impl Hnsw {
         graph.level0.reserve(count * stride);
         for node in saved.nodes {
             graph.params.push(CodeParams::of(&node.codes, node.scale));
-            graph.codes.extend_from_slice(&node.codes);
+            graph.codes.push_zeroed(dimension).copy_from_slice(&node.codes);
             let mut levels = node.links.into_iter();
             let level0 = levels.next().unwrap_or_default();
             let base = graph.level0.len();
@@ -655,6 +796,67 @@ mod tests {
                 }
                 let got: Vec<u32> = rescored.into_sorted().iter().map(|s| s.node).collect();
                 assert_eq!(got, expected, "{metric:?}");
+            }
+        }
+    }
+
+    /// Nodes' codes are what `encode_into` gives for their vectors, through the growth of the
+    /// aligned buffer, and with a dimension that is a multiple of the line size each node's
+    /// codes start on a cache line (what the buffer is for).
+    #[test]
+    fn node_codes_are_the_encoded_vectors_and_start_on_cache_lines() {
+        for dimension in [64, 384, 5] {
+            let mut seed = 3;
+            let mut graph = Hnsw::new(Metric::L2, dimension);
+            let mut expected = Vec::new();
+            for _ in 0..300 {
+                let v: Vec<f32> = (0..dimension).map(|_| lcg(&mut seed)).collect();
+                encode_into(&v, &mut expected);
+                graph.insert(&v);
+            }
+            assert_eq!(graph.codes.as_slice(), expected.as_slice(), "dimension {dimension}");
+            if dimension.is_multiple_of(CACHE_LINE_BYTES) {
+                assert!((0..300).all(|n| (graph.code(n).as_ptr() as usize).is_multiple_of(CACHE_LINE_BYTES)));
+            }
+            let loaded = Hnsw::import(Metric::L2, graph.export(graph.len())).unwrap();
+            assert_eq!(loaded.codes.as_slice(), expected.as_slice());
+        }
+    }
+
+    /// The packed keys order exactly as the pairs do (so heaps and sorts over them build the
+    /// same graph) and unpack to the same bits, across signs, zeros, infinities, NaNs,
+    /// subnormals and equal distances with different nodes.
+    #[test]
+    fn ranked_keys_order_and_unpack_exactly_as_scored_pairs() {
+        let mut distances = vec![
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            -f32::from_bits(1),
+            f32::MAX,
+            f32::MIN,
+            1.0,
+            -1.0,
+            0.5,
+            2.0,
+        ];
+        let mut seed = 13;
+        distances.extend((0..40).map(|_| lcg(&mut seed) * 4.0));
+        let pairs: Vec<Scored> = distances
+            .iter()
+            .flat_map(|&distance| [0, 1, 7, u32::MAX].map(|node| Scored { distance, node }))
+            .collect();
+        for a in &pairs {
+            let ranked = Ranked::of(*a);
+            assert_eq!((ranked.distance().to_bits(), ranked.node()), (a.distance.to_bits(), a.node));
+            for b in &pairs {
+                assert_eq!(ranked.cmp(&Ranked::of(*b)), a.cmp(b), "{a:?} {b:?}");
             }
         }
     }

@@ -616,12 +616,14 @@ impl Indexes {
             }
         }
         for (namespace, list) in by_namespace {
-            let index = {
+            // The namespace usually exists: found under the read lock, with no name copied.
+            let existing = self.namespace(namespace);
+            let index = existing.unwrap_or_else(|| {
                 let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
                 map.entry(namespace.to_string())
                     .or_insert_with(|| Arc::new(RwLock::new(NamespaceIndex::new())))
                     .clone()
-            };
+            });
             // Partial progress is safe to expose: entries above a reader's snapshot are
             // invisible to it, and a superseded mark above it leaves the old version valid there.
             for chunk in list.chunks(CHANGES_PER_LOCK) {
@@ -640,8 +642,14 @@ impl Indexes {
         let indexed = self.indexed_lsn();
         if batch.lsn > indexed {
             // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version).
-            let fresh: Vec<IndexChange> = batch.changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
-            self.apply_changes(&fresh);
+            // A batch wholly above the indexed LSN (every batch but one straddling a catch-up)
+            // is applied as queued, without copying its keys.
+            if batch.changes.iter().all(|c| c.lsn > indexed) {
+                self.apply_changes(&batch.changes);
+            } else {
+                let fresh: Vec<IndexChange> = batch.changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
+                self.apply_changes(&fresh);
+            }
         }
         {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());

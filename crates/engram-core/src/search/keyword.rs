@@ -32,6 +32,64 @@ fn tokens_borrowed(text: &str) -> impl Iterator<Item = Cow<'_, str>> {
     })
 }
 
+/// The tokens of `text` as [`tokenize`] finds them, each with its [`sort_prefix`]. An ASCII
+/// text (the common case) is split in one pass over its bytes: for ASCII, `char::is_alphanumeric`
+/// is `u8::is_ascii_alphanumeric` and lower-casing is `to_ascii_lowercase`, so the tokens are the
+/// same as the general path's, without decoding characters or scanning each token twice.
+fn tokens_for_index(text: &str) -> Vec<(u64, Cow<'_, str>)> {
+    if !text.is_ascii() {
+        return tokens_borrowed(text).map(|t| (sort_prefix(&t), t)).collect();
+    }
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::with_capacity(bytes.len() / 6 + 1);
+    let mut start = 0;
+    while start < bytes.len() {
+        if !bytes[start].is_ascii_alphanumeric() {
+            start += 1;
+            continue;
+        }
+        let mut end = start;
+        let mut upper = false;
+        while end < bytes.len() && bytes[end].is_ascii_alphanumeric() {
+            upper |= bytes[end].is_ascii_uppercase();
+            end += 1;
+        }
+        // In bounds and on character boundaries: an ASCII text's every byte is one.
+        let token = &text[start..end];
+        let token = if upper {
+            Cow::Owned(token.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(token)
+        };
+        tokens.push((sort_prefix(&token), token));
+        start = end;
+    }
+    tokens
+}
+
+/// The first 8 bytes of `token`, big-endian, zero-padded: comparing these orders tokens as
+/// comparing the strings does, up to ties between tokens sharing their first 8 bytes, without
+/// a `memcmp` call per comparison. Tokens hold no NUL (they are alphanumeric), so two tokens of
+/// at most 8 bytes with equal prefixes are equal.
+fn sort_prefix(token: &str) -> u64 {
+    let mut prefix = [0u8; 8];
+    let length = token.len().min(8);
+    prefix[..length].copy_from_slice(&token.as_bytes()[..length]);
+    u64::from_be_bytes(prefix)
+}
+
+/// Orders tokens with their prefixes: by prefix, then (only when both could differ past it) by
+/// the strings.
+fn compare_tokens(a: &(u64, Cow<'_, str>), b: &(u64, Cow<'_, str>)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then_with(|| {
+        if a.1.len() <= 8 && b.1.len() <= 8 {
+            std::cmp::Ordering::Equal
+        } else {
+            a.1.cmp(&b.1)
+        }
+    })
+}
+
 /// Each distinct term of `tokens` with its count.
 pub(crate) fn term_counts(tokens: &[String]) -> HashMap<&str, u32> {
     let mut counts: HashMap<&str, u32> = HashMap::new();
@@ -63,20 +121,20 @@ impl InvertedIndex {
     /// Indexes the text of the version in `slot`; returns its length in tokens.
     ///
     /// On the indexer's hot path (every memory version): tokens are borrowed from the text where
-    /// possible and counted by sorting rather than hashing, so each distinct term is hashed once,
-    /// for its postings list.
+    /// possible and counted by sorting (on their 8-byte prefixes first) rather than hashing, so
+    /// each distinct term is hashed once, for its postings list.
     pub fn add(&mut self, slot: u32, text: &str) -> u32 {
-        let mut tokens: Vec<Cow<'_, str>> = tokens_borrowed(text).collect();
+        let mut tokens = tokens_for_index(text);
         let length = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
-        tokens.sort_unstable();
+        tokens.sort_unstable_by(compare_tokens);
         let mut rest = tokens.as_slice();
         while let Some(term) = rest.first() {
-            let count = rest.iter().take_while(|t| *t == term).count();
+            let count = rest.iter().take_while(|t| compare_tokens(t, term).is_eq()).count();
             let occurrences = (slot, u32::try_from(count).unwrap_or(u32::MAX));
-            match self.postings.get_mut(term.as_ref()) {
+            match self.postings.get_mut(term.1.as_ref()) {
                 Some(list) => list.push(occurrences),
                 None => {
-                    self.postings.insert(term.as_ref().into(), vec![occurrences]);
+                    self.postings.insert(term.1.as_ref().into(), vec![occurrences]);
                 }
             }
             rest = &rest[count..];
@@ -142,6 +200,42 @@ mod tests {
         for text in TEXTS {
             let borrowed: Vec<String> = tokens_borrowed(text).map(Cow::into_owned).collect();
             assert_eq!(borrowed, tokenize(text), "{text:?}");
+        }
+    }
+
+    /// Random texts over an alphabet with upper and lower case, digits, punctuation, spaces and
+    /// (in some texts) non-ASCII letters, so both the byte path and the general path are taken:
+    /// the tokens are `tokenize`'s, each prefix is its token's, and the prefix order agrees with
+    /// the string order.
+    #[test]
+    fn index_tokens_and_their_order_are_the_tokenized_ones_on_random_texts() {
+        const ASCII: &[char] = &['a', 'b', 'Z', 'Q', 'z', '0', '9', ' ', '.', '-', '\n', '_', '~'];
+        const WIDE: &[char] = &['é', 'Σ', 'ß', '東', 'İ'];
+        let mut seed = 17u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for round in 0..2000 {
+            let length = next(40);
+            let text: String = (0..length)
+                .map(|_| {
+                    if round % 4 == 0 && next(6) == 0 {
+                        WIDE[next(WIDE.len())]
+                    } else {
+                        ASCII[next(ASCII.len())]
+                    }
+                })
+                .collect();
+            let tokens = tokens_for_index(&text);
+            let strings: Vec<String> = tokens.iter().map(|(_, t)| t.to_string()).collect();
+            assert_eq!(strings, tokenize(&text), "{text:?}");
+            for a in &tokens {
+                assert_eq!(a.0, sort_prefix(&a.1));
+                for b in &tokens {
+                    assert_eq!(compare_tokens(a, b), a.1.cmp(&b.1), "{:?} {:?}", a.1, b.1);
+                }
+            }
         }
     }
 
