@@ -6,6 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Segments large enough that concurrent appenders rarely wait for a rotation.
+fn many_appenders() -> WalOptions {
+    WalOptions {
+        segment_bytes: 1 << 20,
+        max_record_bytes: 4096,
+        ..Default::default()
+    }
+}
+
 fn small() -> WalOptions {
     WalOptions {
         segment_bytes: 16 * 1024,
@@ -49,15 +58,7 @@ fn appended_records_read_back_in_order_across_segments_and_reopen() {
 #[test]
 fn concurrent_appenders_share_fsyncs_and_get_unique_dense_lsns() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(
-        dir.path(),
-        WalOptions {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let wal = Wal::open(dir.path(), many_appenders()).unwrap();
     let mut lsns: Vec<u64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
             .map(|t| {
@@ -86,15 +87,7 @@ fn concurrent_appenders_share_fsyncs_and_get_unique_dense_lsns() {
 #[test]
 fn an_append_woken_by_another_threads_round_returns_only_once_its_policy_is_met() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(
-        dir.path(),
-        WalOptions {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let wal = Wal::open(dir.path(), many_appenders()).unwrap();
     let (threads, appends_per_thread) = (32u64, 200u64);
     std::thread::scope(|s| {
         for t in 0..threads {
