@@ -461,14 +461,14 @@ impl Shared {
             self.poison(e.to_string());
             return Err(e.into());
         }
-        // Another committer usually applied this commit already (the first one woken by a group
-        // commit applies the whole group): then there is no need to queue on the applier lock.
+        // The round's leader usually applied this commit already, in the log's durable hook
+        // (`apply_durable`): then there is no need to queue on the applier lock.
         if self.visible_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
         let applier = self.applier.lock().unwrap_or_else(|p| p.into_inner());
-        // Everything durable is applied along with this commit, so that the committers woken
-        // with it find it done instead of taking the applier lock one after another.
+        // Otherwise (a `Never` commit, or a round whose hook ran before this commit was queued)
+        // everything durable is applied along with it, so that others find it done.
         self.apply_queued(applier, lsn.max(self.wal.durable_lsn()));
         Ok(())
     }
