@@ -68,7 +68,15 @@ struct State {
     quiesce_waiters: usize,
     /// Identifies the next [`Completion`] to register as a waiter.
     next_task_id: u64,
+    /// Buffers of chunks already written, kept for the next chunks: a group of a few hundred
+    /// KB built in a fresh vector is reallocated and copied about ten times as it grows, under
+    /// the state lock, and allocator churn of that size costs page faults as well.
+    spare_chunk_buffers: Vec<Vec<u8>>,
 }
+
+/// How many written chunks' buffers are kept for reuse: one chunk fills while another is
+/// written, so a few suffice.
+const SPARE_CHUNK_BUFFERS: usize = 4;
 
 struct Waiter {
     target: Lsn,
@@ -294,6 +302,7 @@ impl Wal {
             waiters: Vec::new(),
             quiesce_waiters: 0,
             next_task_id: 0,
+            spare_chunk_buffers: Vec::new(),
         };
         let inner = Arc::new(Inner {
             dir,
@@ -738,10 +747,11 @@ impl Inner {
                 && c.bytes.len() < self.options.max_group_bytes
         });
         if !reuse {
+            let bytes = st.spare_chunk_buffers.pop().unwrap_or_default();
             st.pending.push_back(Chunk {
                 segment: st.active.clone(),
                 offset,
-                bytes: Vec::new(),
+                bytes,
                 last_lsn: lsn,
                 records: 0,
                 start_after: None,
@@ -838,6 +848,7 @@ impl Inner {
             let result = self.write_group(&group, sync.then_some(&sync_segment));
             st = self.lock_state();
             st.leader_active = false;
+            self.keep_chunk_buffers(&mut st, &mut group);
             match result {
                 Ok(durable_upto) => {
                     if let Some(last) = group.last() {
@@ -878,6 +889,21 @@ impl Inner {
                 return Ok(None);
             }
             st = self.lock_state();
+        }
+    }
+
+    /// Takes the buffers of written chunks back for reuse (emptied, their capacity kept), up to
+    /// [`SPARE_CHUNK_BUFFERS`], skipping any grown well past a group's size by one huge record.
+    fn keep_chunk_buffers(&self, st: &mut State, group: &mut [Chunk]) {
+        for chunk in group {
+            if st.spare_chunk_buffers.len() >= SPARE_CHUNK_BUFFERS {
+                return;
+            }
+            if chunk.bytes.capacity() <= 2 * self.options.max_group_bytes {
+                let mut bytes = std::mem::take(&mut chunk.bytes);
+                bytes.clear();
+                st.spare_chunk_buffers.push(bytes);
+            }
         }
     }
 
