@@ -378,7 +378,9 @@ impl Shared {
         let (lsn, logged_bytes) = match layout {
             Layout::Single { mut buf } => {
                 let bytes = record::encode_single_commit(record.txn_id, record.commit_ts_ms, &mut buf);
-                (*self.wal.submit(&[(KIND_COMMIT, bytes)])?.end(), bytes.len())
+                let (submitted, bytes_len) = (self.wal.submit(&[(KIND_COMMIT, bytes)]), bytes.len());
+                record::recycle_record_buffer(buf);
+                (*submitted?.end(), bytes_len)
             }
             Layout::Streamed { chunks } => {
                 let (last, streamed) = chunks.split_last().expect("a layout has at least one range");

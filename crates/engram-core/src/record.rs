@@ -304,7 +304,10 @@ impl Layout {
     pub fn plan(ops: &[Op], target: usize, max: usize) -> Result<Layout> {
         // Most transactions are small: encode them once, giving up as soon as it is clear that
         // one record of `target` bytes will not do.
-        let mut buf = Vec::with_capacity(target.min(INITIAL_RECORD_CAPACITY));
+        let mut buf = SPARE_RECORD_BUFFER.take();
+        if buf.capacity() == 0 {
+            buf.reserve(target.min(INITIAL_RECORD_CAPACITY));
+        }
         buf.resize(RECORD_OVERHEAD_MAX, 0);
         let capped = Capped { buf, cap: target };
         if let Ok(buf) = postcard::serialize_with_flavor(ops, capped) {
@@ -329,6 +332,24 @@ impl Layout {
         }
         chunks.push(start..ops.len());
         Ok(Layout::Streamed { chunks })
+    }
+}
+
+thread_local! {
+    /// The buffer of this thread's last single-record commit, emptied, for its next one: the
+    /// log copies a record when it is submitted, and a fresh buffer per commit costs the
+    /// allocator more than the encoding (64 writer threads churn glibc's arenas).
+    static SPARE_RECORD_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest buffer kept by [`recycle_record_buffer`]; a rare large transaction's buffer is freed.
+const SPARE_RECORD_BUFFER_MAX_BYTES: usize = 64 * 1024;
+
+/// Gives a `Layout::Single` buffer back once the log has copied its record.
+pub(crate) fn recycle_record_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_RECORD_BUFFER_MAX_BYTES {
+        buf.clear();
+        SPARE_RECORD_BUFFER.set(buf);
     }
 }
 
