@@ -18,6 +18,7 @@
 
 use crate::db::{Database, Shared};
 use crate::error::{CoreError, Result};
+use crate::legacy;
 use crate::model::{Key, Value};
 use crate::store::{Chain, RetentionPlan, Store, Version};
 use engram_wal::storage::{read_exact_at, OpenMode, Storage, StorageFile};
@@ -33,9 +34,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 
 const MAGIC: &[u8; 8] = b"ENGRMCKP";
-/// Version of the checkpoint file format written (docs/checkpoint-format.md). Version 1 (an
-/// 80-byte header without the history horizon, entries without `created`) is still read.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+/// Version of the checkpoint file format written (docs/checkpoint-format.md). Version 2
+/// (embeddings as a sequence of f32s) and version 1 (also: an 80-byte header without the
+/// history horizon, entries without `created`) are still read.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION_2: u32 = 2;
 const FORMAT_VERSION_1: u32 = 1;
 /// Header size of the version written, and of version 1.
 const HEADER_BYTES: usize = 88;
@@ -167,7 +170,7 @@ fn io_error(context: String, source: std::io::Error) -> CoreError {
 /// The fixed-size start of a checkpoint file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
-    /// Format version: `CHECKPOINT_FORMAT_VERSION` when written; 1 or 2 when read.
+    /// Format version: `CHECKPOINT_FORMAT_VERSION` when written; 1 to 3 when read.
     pub version: u32,
     pub lsn: Lsn,
     /// Every transaction id at or below `lsn` is at most this.
@@ -224,7 +227,7 @@ impl Header {
             return Err("bad magic (not a checkpoint file)".into());
         }
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION_1 && version != CHECKPOINT_FORMAT_VERSION {
+        if !(FORMAT_VERSION_1..=CHECKPOINT_FORMAT_VERSION).contains(&version) {
             return Err(format!(
                 "format version {version} is not supported (this build reads versions {FORMAT_VERSION_1} to {CHECKPOINT_FORMAT_VERSION})"
             ));
@@ -284,23 +287,24 @@ struct VersionOut<'a> {
     value: Option<&'a Value>,
 }
 
-/// The same entry as read back (postcard encodes `&T` exactly as `T`).
+/// The same entry as read back (postcard encodes `&T` exactly as `T`). `V` is the value as
+/// the file's version encodes it: [`Value`], or [`legacy::Value`] before version 3.
 #[derive(Deserialize)]
-struct EntryIn {
+struct EntryIn<V = Value> {
     key: Key,
     created: Option<(Lsn, u32)>,
-    versions: Vec<VersionIn>,
+    versions: Vec<VersionIn<V>>,
 }
 
 /// An entry of a version 1 file (no `created`).
 #[derive(Deserialize)]
 struct EntryInV1 {
     key: Key,
-    versions: Vec<VersionIn>,
+    versions: Vec<VersionIn<legacy::Value>>,
 }
 
-impl From<EntryInV1> for EntryIn {
-    fn from(e: EntryInV1) -> EntryIn {
+impl From<EntryInV1> for EntryIn<legacy::Value> {
+    fn from(e: EntryInV1) -> Self {
         EntryIn {
             key: e.key,
             created: None,
@@ -309,11 +313,29 @@ impl From<EntryInV1> for EntryIn {
     }
 }
 
+impl From<EntryIn<legacy::Value>> for EntryIn {
+    fn from(e: EntryIn<legacy::Value>) -> Self {
+        EntryIn {
+            key: e.key,
+            created: e.created,
+            versions: e
+                .versions
+                .into_iter()
+                .map(|v| VersionIn {
+                    lsn: v.lsn,
+                    op_index: v.op_index,
+                    value: v.value.map(Value::from),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
-struct VersionIn {
+struct VersionIn<V> {
     lsn: Lsn,
     op_index: u32,
-    value: Option<Value>,
+    value: Option<V>,
 }
 
 /// Buffers sequential writes to a file and checksums what it writes.
@@ -666,10 +688,10 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
             return Err(corrupt(path, format!("entry {entries} of {length} bytes runs past the body")));
         }
         let bytes = r.take(length as usize)?;
-        let decoded = if header.version == FORMAT_VERSION_1 {
-            postcard::from_bytes::<EntryInV1>(&bytes).map(EntryIn::from)
-        } else {
-            postcard::from_bytes::<EntryIn>(&bytes)
+        let decoded = match header.version {
+            FORMAT_VERSION_1 => postcard::from_bytes::<EntryInV1>(&bytes).map(|e| EntryIn::from(EntryIn::from(e))),
+            FORMAT_VERSION_2 => postcard::from_bytes::<EntryIn<legacy::Value>>(&bytes).map(EntryIn::from),
+            _ => postcard::from_bytes::<EntryIn>(&bytes),
         };
         let entry = decoded.map_err(|e| corrupt(path, format!("entry {entries}: {e}")))?;
         entries += 1;
@@ -1323,7 +1345,7 @@ mod tests {
         let b = h.encode();
         assert_eq!(b.len(), 88);
         assert_eq!(&b[0..8], b"ENGRMCKP");
-        assert_eq!(&b[8..16], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[8..16], &[3, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[16..18], &[0x02, 0x01]);
         assert_eq!([b[24], b[32], b[40], b[48], b[56], b[64], b[72], b[80]], [3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(Header::decode(&b).unwrap(), h);
@@ -1373,12 +1395,25 @@ mod tests {
         );
     }
 
-    /// A version 1 file of `store` at `lsn`, written as the previous build did.
-    fn write_version_1(fs: &FaultStorage, store: &Store, lsn: Lsn) -> PathBuf {
+    /// A file of `store` at `lsn` in format version 1 or 2, written as older builds did:
+    /// embeddings as f32 sequences; in version 1, no `created` and no history horizon.
+    fn write_legacy(fs: &FaultStorage, store: &Store, lsn: Lsn, version: u32) -> PathBuf {
+        #[derive(Serialize)]
+        struct VersionOutV2 {
+            lsn: Lsn,
+            op_index: u32,
+            value: Option<legacy::Value>,
+        }
         #[derive(Serialize)]
         struct EntryOutV1<'a> {
             key: &'a Key,
-            versions: Vec<VersionOut<'a>>,
+            versions: Vec<VersionOutV2>,
+        }
+        #[derive(Serialize)]
+        struct EntryOutV2<'a> {
+            key: &'a Key,
+            created: Option<(Lsn, u32)>,
+            versions: Vec<VersionOutV2>,
         }
         let mut body = Vec::new();
         let times = store.commit_times_upto(lsn);
@@ -1389,19 +1424,29 @@ mod tests {
         let chunk = store.export_chunk(None, lsn, usize::MAX, PruneRule::Off);
         let (mut entries, mut versions) = (0, 0);
         for (key, chain) in &chunk.chains {
-            for run in chain.versions.chunks(MAX_VERSIONS_PER_ENTRY) {
-                let entry = EntryOutV1 {
-                    key,
-                    versions: run
-                        .iter()
-                        .map(|v| VersionOut {
-                            lsn: v.lsn,
-                            op_index: v.op_index,
-                            value: v.value.as_deref(),
-                        })
-                        .collect(),
-                };
-                let bytes = postcard::to_stdvec(&entry).unwrap();
+            for (i, run) in chain.versions.chunks(MAX_VERSIONS_PER_ENTRY).enumerate() {
+                let run_versions = run
+                    .iter()
+                    .map(|v| VersionOutV2 {
+                        lsn: v.lsn,
+                        op_index: v.op_index,
+                        value: v.value.as_deref().cloned().map(legacy::Value::from),
+                    })
+                    .collect();
+                let bytes = if version == FORMAT_VERSION_1 {
+                    postcard::to_stdvec(&EntryOutV1 {
+                        key,
+                        versions: run_versions,
+                    })
+                } else {
+                    let created = if i == 0 { chain.created } else { None };
+                    postcard::to_stdvec(&EntryOutV2 {
+                        key,
+                        created,
+                        versions: run_versions,
+                    })
+                }
+                .unwrap();
                 body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                 body.extend_from_slice(&bytes);
                 entries += 1;
@@ -1409,7 +1454,7 @@ mod tests {
             }
         }
         let header = Header {
-            version: 1,
+            version,
             lsn,
             txn_id_floor: lsn,
             commit_ts_floor_ms: 1000 + lsn,
@@ -1431,26 +1476,77 @@ mod tests {
         path
     }
 
+    /// `sample_store(commits, keys)` followed by memories with embeddings (whose encoding
+    /// changed in version 3), one commit each.
+    fn sample_store_with_memories(commits: u64, keys: u64, memories: u64) -> Store {
+        let store = sample_store(commits, keys);
+        for m in 0..memories {
+            let lsn = commits + 1 + m;
+            let memory = crate::model::Memory {
+                id: format!("m{m}"),
+                text: format!("memory {m}"),
+                embedding: Some(vec![m as f32, -0.5, f32::MIN_POSITIVE, 1e30]),
+                metadata: serde_json::Map::new(),
+                created_ms: lsn,
+                updated_ms: lsn,
+            };
+            let op = Op::Put {
+                key: Key::new("ns", Space::Memory, format!("m{m}").into_bytes()),
+                before: None,
+                after: Value::Memory(memory),
+            };
+            store.apply(
+                lsn,
+                CommitRecord {
+                    txn_id: lsn,
+                    commit_ts_ms: 1000 + lsn,
+                    ops: vec![op],
+                },
+            );
+        }
+        store
+    }
+
     #[test]
-    fn a_version_1_checkpoint_is_still_read() {
-        let store = sample_store(200, 3);
-        let fs = FaultStorage::new();
-        let path = write_version_1(&fs, &store, 150);
-        let (header, contents) = read(&fs, &path, true).unwrap();
-        let contents = contents.unwrap();
-        assert_eq!((header.version, header.lsn, header.history_horizon_lsn), (1, 150, 0));
-        assert_eq!(contents.file.history_horizon_lsn, 0);
-        assert!(contents.chains.iter().all(|(_, c)| c.created.is_none()));
-        let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
-        for at in [0, 1, 75, 150] {
-            for k in 0..3 {
+    fn version_1_and_2_checkpoints_are_still_read() {
+        let store = sample_store_with_memories(200, 3, 5);
+        for version in [FORMAT_VERSION_1, FORMAT_VERSION_2] {
+            let fs = FaultStorage::new();
+            let path = write_legacy(&fs, &store, 205, version);
+            let (header, contents) = read(&fs, &path, true).unwrap();
+            let contents = contents.unwrap();
+            assert_eq!((header.version, header.lsn, header.history_horizon_lsn), (version, 205, 0));
+            assert_eq!(contents.file.history_horizon_lsn, 0);
+            assert!(contents.chains.iter().all(|(_, c)| c.created.is_none()));
+            let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
+            for at in [0, 1, 75, 150, 203, 205] {
+                for k in 0..3 {
+                    assert_eq!(
+                        rebuilt.history(&sample_key(k), at),
+                        store.history(&sample_key(k), at),
+                        "version {version}: key {k} at {at}"
+                    );
+                }
                 assert_eq!(
-                    rebuilt.history(&sample_key(k), at),
-                    store.history(&sample_key(k), at),
-                    "key {k} at {at}"
+                    rebuilt.scan_prefix("ns", Space::Memory, b"", at),
+                    store.scan_prefix("ns", Space::Memory, b"", at),
+                    "version {version}: memories at {at}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn memories_with_embeddings_round_trip_through_a_checkpoint() {
+        let store = sample_store_with_memories(20, 3, 5);
+        let (fs, _, file) = setup(&store, 25);
+        let (header, contents) = read(&fs, &file.path, true).unwrap();
+        assert_eq!(header.version, CHECKPOINT_FORMAT_VERSION);
+        let contents = contents.unwrap();
+        let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
+        let memories = rebuilt.scan_prefix("ns", Space::Memory, b"", 25);
+        assert_eq!(memories.len(), 5);
+        assert_eq!(memories, store.scan_prefix("ns", Space::Memory, b"", 25));
     }
 
     /// Everything a read at `at` can see of the sample keys: values, creation orders, history.

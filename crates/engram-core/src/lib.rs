@@ -13,6 +13,7 @@ mod error;
 mod feed;
 mod graph;
 mod kv;
+mod legacy;
 mod maintenance;
 mod memory;
 mod model;

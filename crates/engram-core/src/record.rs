@@ -14,6 +14,7 @@
 //! checked before anything is logged, and the absence of a `COMMIT` is the abort.
 
 use crate::error::{CoreError, Result};
+use crate::legacy;
 use crate::model::{Key, Value};
 use engram_wal::{Lsn, WalReader};
 use serde::{Deserialize, Serialize};
@@ -26,9 +27,11 @@ pub const KIND_COMMIT: u8 = 1;
 /// engram-wal record kind of operations a large transaction streams before its `COMMIT`.
 pub const KIND_OPS: u8 = 2;
 
-/// Version of the record encoding, first byte of every payload written. Version 1 (commit
-/// records without `first_lsn`, no `OPS` records) is still read.
-pub const RECORD_VERSION: u8 = 2;
+/// Version of the record encoding, first byte of every payload written. Version 2 (embeddings
+/// as a sequence of f32s) and version 1 (also: commit records without `first_lsn`, no `OPS`
+/// records) are still read.
+pub const RECORD_VERSION: u8 = 3;
+const RECORD_VERSION_2: u8 = 2;
 const RECORD_VERSION_1: u8 = 1;
 
 /// A transaction whose encoding is larger than this (or than the log's `max_record_bytes`, if
@@ -67,7 +70,7 @@ pub enum Op {
     },
 }
 
-mod json_payload {
+pub(crate) mod json_payload {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     pub fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
         serde_json::to_string(v).map_err(serde::ser::Error::custom)?.serialize(s)
@@ -130,12 +133,21 @@ struct CommitOut<'a> {
     ops: &'a [Op],
 }
 
+/// `O` is the operation as encoded by the record's version: [`Op`], or [`legacy::Op`].
 #[derive(Deserialize)]
-struct CommitIn {
+struct CommitIn<O> {
     txn_id: u64,
     commit_ts_ms: u64,
     first_lsn: Lsn,
-    ops: Vec<Op>,
+    ops: Vec<O>,
+}
+
+/// A version 1 `COMMIT` record.
+#[derive(Deserialize)]
+struct CommitInV1 {
+    txn_id: u64,
+    commit_ts_ms: u64,
+    ops: Vec<legacy::Op>,
 }
 
 #[derive(Serialize)]
@@ -146,10 +158,15 @@ struct OpsOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct OpsIn {
+struct OpsIn<O> {
     txn_id: u64,
     first_lsn: Lsn,
-    ops: Vec<Op>,
+    ops: Vec<O>,
+}
+
+/// Operations of an older record version, as the current ones.
+fn upgraded(ops: Vec<legacy::Op>) -> Vec<Op> {
+    ops.into_iter().map(Op::from).collect()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -190,32 +207,45 @@ impl LogRecord {
     pub fn decode(lsn: Lsn, kind: u8, bytes: &[u8]) -> Result<LogRecord> {
         let corrupt = |reason: String| CoreError::CorruptRecord { lsn, reason };
         let (version, rest) = bytes.split_first().ok_or_else(|| corrupt("empty record".into()))?;
+        let commit = |c: CommitIn<Op>| LogRecord::Commit {
+            txn_id: c.txn_id,
+            commit_ts_ms: c.commit_ts_ms,
+            first_lsn: c.first_lsn,
+            ops: c.ops,
+        };
+        let ops = |o: OpsIn<Op>| LogRecord::Ops {
+            txn_id: o.txn_id,
+            first_lsn: o.first_lsn,
+            ops: o.ops,
+        };
         let record = match (kind, *version) {
-            (KIND_COMMIT, RECORD_VERSION) => {
-                let c: CommitIn = decode_exact(rest).map_err(corrupt)?;
-                LogRecord::Commit {
+            (KIND_COMMIT, RECORD_VERSION) => commit(decode_exact(rest).map_err(corrupt)?),
+            (KIND_COMMIT, RECORD_VERSION_2) => {
+                let c: CommitIn<legacy::Op> = decode_exact(rest).map_err(corrupt)?;
+                commit(CommitIn {
                     txn_id: c.txn_id,
                     commit_ts_ms: c.commit_ts_ms,
                     first_lsn: c.first_lsn,
-                    ops: c.ops,
-                }
+                    ops: upgraded(c.ops),
+                })
             }
             (KIND_COMMIT, RECORD_VERSION_1) => {
-                let c: CommitRecord = decode_exact(rest).map_err(corrupt)?;
-                LogRecord::Commit {
+                let c: CommitInV1 = decode_exact(rest).map_err(corrupt)?;
+                commit(CommitIn {
                     txn_id: c.txn_id,
                     commit_ts_ms: c.commit_ts_ms,
                     first_lsn: 0,
-                    ops: c.ops,
-                }
+                    ops: upgraded(c.ops),
+                })
             }
-            (KIND_OPS, RECORD_VERSION) => {
-                let o: OpsIn = decode_exact(rest).map_err(corrupt)?;
-                LogRecord::Ops {
+            (KIND_OPS, RECORD_VERSION) => ops(decode_exact(rest).map_err(corrupt)?),
+            (KIND_OPS, RECORD_VERSION_2) => {
+                let o: OpsIn<legacy::Op> = decode_exact(rest).map_err(corrupt)?;
+                ops(OpsIn {
                     txn_id: o.txn_id,
                     first_lsn: o.first_lsn,
-                    ops: o.ops,
-                }
+                    ops: upgraded(o.ops),
+                })
             }
             (KIND_COMMIT | KIND_OPS, v) => return Err(corrupt(format!("unknown record version {v}"))),
             (k, _) => return Err(corrupt(format!("unknown record kind {k}"))),
@@ -635,12 +665,71 @@ mod tests {
         );
     }
 
+    /// `sample()` with a memory that has an embedding (whose encoding changed in version 3).
+    fn sample_with_memory() -> CommitRecord {
+        let mut record = sample();
+        record.ops.push(Op::Put {
+            key: Key::new("ns", Space::Memory, b"m".to_vec()),
+            before: None,
+            after: Value::Memory(crate::model::Memory {
+                id: "m".into(),
+                text: "text".into(),
+                embedding: Some(vec![1.0, -2.5, f32::MAX, f32::MIN_POSITIVE]),
+                metadata: serde_json::json!({"k": "v"}).as_object().unwrap().clone(),
+                created_ms: 1,
+                updated_ms: 2,
+            }),
+        });
+        record
+    }
+
     #[test]
-    fn version_1_commit_records_are_still_read() {
-        // Version 1: the version byte, then postcard { txn_id, commit_ts_ms, ops }.
-        let record = sample();
+    fn memories_with_embeddings_round_trip_in_every_record_kind() {
+        let ops = sample_with_memory().ops;
+        for record in [
+            LogRecord::Ops {
+                txn_id: 3,
+                first_lsn: 0,
+                ops: ops.clone(),
+            },
+            LogRecord::Commit {
+                txn_id: 3,
+                commit_ts_ms: 9,
+                first_lsn: 0,
+                ops: ops.clone(),
+            },
+        ] {
+            let (kind, bytes) = record.encode();
+            assert_eq!(LogRecord::decode(42, kind, &bytes).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn an_embedding_whose_bytes_are_not_whole_floats_is_a_corrupt_record() {
+        let record = CommitRecord {
+            txn_id: 1,
+            commit_ts_ms: 1,
+            ops: sample_with_memory().ops.split_off(2),
+        };
+        let bytes = record.encode();
+        // The embedding: Some (01), 16 bytes (10), then the floats; claim 15 bytes instead and
+        // drop one, so that the record is otherwise well formed.
+        let at = bytes.windows(2).position(|w| w == [0x01, 0x10]).expect("the embedding's header");
+        let mut damaged = bytes.clone();
+        damaged[at + 1] = 0x0f;
+        damaged.remove(at + 2);
+        let result = CommitRecord::decode(1, &damaged);
+        assert!(matches!(result, Err(CoreError::CorruptRecord { lsn: 1, .. })), "{result:?}");
+    }
+
+    #[test]
+    fn version_1_and_2_records_are_still_read() {
+        // Version 1: the version byte, then postcard { txn_id, commit_ts_ms, ops }; version 2
+        // added `first_lsn` and `OPS` records. Both encode embeddings as f32 sequences.
+        let record = sample_with_memory();
+        let legacy_ops: Vec<legacy::Op> = record.ops.iter().cloned().map(legacy::Op::from).collect();
         let mut v1 = vec![RECORD_VERSION_1];
-        v1.extend(postcard::to_stdvec(&record).unwrap());
+        v1.extend(postcard::to_stdvec(&(record.txn_id, record.commit_ts_ms, &legacy_ops)).unwrap());
         assert_eq!(CommitRecord::decode(3, &v1).unwrap(), record);
         assert_eq!(
             LogRecord::decode(3, KIND_COMMIT, &v1).unwrap(),
@@ -648,8 +737,34 @@ mod tests {
                 txn_id: record.txn_id,
                 commit_ts_ms: record.commit_ts_ms,
                 first_lsn: 0,
+                ops: record.ops.clone(),
+            }
+        );
+        let mut v2_commit = vec![RECORD_VERSION_2];
+        v2_commit.extend(postcard::to_stdvec(&(record.txn_id, record.commit_ts_ms, 2u64, &legacy_ops)).unwrap());
+        assert_eq!(
+            LogRecord::decode(3, KIND_COMMIT, &v2_commit).unwrap(),
+            LogRecord::Commit {
+                txn_id: record.txn_id,
+                commit_ts_ms: record.commit_ts_ms,
+                first_lsn: 2,
+                ops: record.ops.clone(),
+            }
+        );
+        let mut v2_ops = vec![RECORD_VERSION_2];
+        v2_ops.extend(postcard::to_stdvec(&(record.txn_id, 0u64, &legacy_ops)).unwrap());
+        assert_eq!(
+            LogRecord::decode(2, KIND_OPS, &v2_ops).unwrap(),
+            LogRecord::Ops {
+                txn_id: record.txn_id,
+                first_lsn: 0,
                 ops: record.ops,
             }
+        );
+        assert_ne!(
+            v2_ops[1..],
+            encode_ops(7, 0, &sample_with_memory().ops)[1..],
+            "the encodings differ"
         );
     }
 
@@ -671,7 +786,7 @@ mod tests {
         assert_eq!(kind, KIND_COMMIT);
         assert_eq!(
             bytes,
-            [0x02, 0x05, 0xe8, 0x07, 0x00, 0x01, 0x00, 0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x00, 0x04, 0x01, 0x01, 0x31]
+            [0x03, 0x05, 0xe8, 0x07, 0x00, 0x01, 0x00, 0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x00, 0x04, 0x01, 0x01, 0x31]
         );
         let (kind, bytes) = LogRecord::Ops {
             txn_id: 5,
@@ -682,7 +797,7 @@ mod tests {
         assert_eq!(kind, KIND_OPS);
         assert_eq!(
             bytes,
-            [0x02, 0x05, 0xac, 0x02, 0x01, 0x00, 0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x00, 0x04, 0x01, 0x01, 0x31]
+            [0x03, 0x05, 0xac, 0x02, 0x01, 0x00, 0x02, 0x6e, 0x73, 0x04, 0x01, 0x6b, 0x00, 0x04, 0x01, 0x01, 0x31]
         );
         let (_, bytes) = LogRecord::Commit {
             txn_id: 5,
@@ -691,7 +806,7 @@ mod tests {
             ops: vec![],
         }
         .encode();
-        assert_eq!(bytes, [0x02, 0x05, 0xe8, 0x07, 0xac, 0x02, 0x00]);
+        assert_eq!(bytes, [0x03, 0x05, 0xe8, 0x07, 0xac, 0x02, 0x00]);
     }
 
     #[test]

@@ -1,0 +1,123 @@
+//! Values as older builds encoded them, still read: log records of versions 1 and 2 and
+//! checkpoints of format versions 1 and 2 hold a memory's embedding as a postcard sequence of
+//! f32s (a varint count, then 4 bytes per element) where newer ones hold one byte string
+//! (`model::embedding_bytes`). Everything else encodes alike, so these types differ from the
+//! current ones only on the way to a memory.
+
+use crate::model::{self, Entity, Key, KvValue, NamespaceMeta, Relation};
+use crate::record;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Memory {
+    pub id: String,
+    pub text: String,
+    pub embedding: Option<Vec<f32>>,
+    #[serde(with = "model::json_text")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Value {
+    Meta(NamespaceMeta),
+    Memory(Memory),
+    Entity(Entity),
+    Relation(Relation),
+    Kv(KvValue),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    Put {
+        key: Key,
+        before: Option<Value>,
+        after: Value,
+    },
+    Delete {
+        key: Key,
+        before: Value,
+    },
+    Event {
+        namespace: String,
+        topic: String,
+        #[serde(with = "record::json_payload")]
+        payload: serde_json::Value,
+    },
+}
+
+impl From<Value> for model::Value {
+    fn from(v: Value) -> model::Value {
+        match v {
+            Value::Meta(m) => model::Value::Meta(m),
+            Value::Memory(m) => model::Value::Memory(model::Memory {
+                id: m.id,
+                text: m.text,
+                embedding: m.embedding,
+                metadata: m.metadata,
+                created_ms: m.created_ms,
+                updated_ms: m.updated_ms,
+            }),
+            Value::Entity(e) => model::Value::Entity(e),
+            Value::Relation(r) => model::Value::Relation(r),
+            Value::Kv(kv) => model::Value::Kv(kv),
+        }
+    }
+}
+
+impl From<Op> for record::Op {
+    fn from(op: Op) -> record::Op {
+        match op {
+            Op::Put { key, before, after } => record::Op::Put {
+                key,
+                before: before.map(Into::into),
+                after: after.into(),
+            },
+            Op::Delete { key, before } => record::Op::Delete {
+                key,
+                before: before.into(),
+            },
+            Op::Event { namespace, topic, payload } => record::Op::Event { namespace, topic, payload },
+        }
+    }
+}
+
+/// The other way, for tests that write what older builds wrote.
+#[cfg(test)]
+impl From<model::Value> for Value {
+    fn from(v: model::Value) -> Value {
+        match v {
+            model::Value::Meta(m) => Value::Meta(m),
+            model::Value::Memory(m) => Value::Memory(Memory {
+                id: m.id,
+                text: m.text,
+                embedding: m.embedding,
+                metadata: m.metadata,
+                created_ms: m.created_ms,
+                updated_ms: m.updated_ms,
+            }),
+            model::Value::Entity(e) => Value::Entity(e),
+            model::Value::Relation(r) => Value::Relation(r),
+            model::Value::Kv(kv) => Value::Kv(kv),
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<record::Op> for Op {
+    fn from(op: record::Op) -> Op {
+        match op {
+            record::Op::Put { key, before, after } => Op::Put {
+                key,
+                before: before.map(Into::into),
+                after: after.into(),
+            },
+            record::Op::Delete { key, before } => Op::Delete {
+                key,
+                before: before.into(),
+            },
+            record::Op::Event { namespace, topic, payload } => Op::Event { namespace, topic, payload },
+        }
+    }
+}
