@@ -24,6 +24,7 @@ mod search;
 mod store;
 mod threads;
 mod txn;
+mod write_set;
 
 pub use checkpoint::{
     CheckpointOptions, CheckpointReport, OpenReport, RejectedCheckpoint, CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION,

@@ -12,6 +12,7 @@ use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
 use crate::record::{CommitRecord, Layout, Op};
 use crate::store::{CreationOrder, VersionInfo};
+use crate::write_set::WriteSet;
 use engram_wal::{Lsn, SyncPolicy};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,7 +83,7 @@ pub struct Transaction {
     pub(crate) db: Arc<Shared>,
     snapshot: Lsn,
     /// Buffered writes, by key.
-    writes: BTreeMap<Key, Write>,
+    writes: WriteSet<Write>,
     events: Vec<Op>,
     write_count: u32,
     durability: SyncPolicy,
@@ -106,7 +107,7 @@ impl Transaction {
         Transaction {
             db,
             snapshot,
-            writes: BTreeMap::new(),
+            writes: WriteSet::default(),
             events: Vec::new(),
             write_count: 0,
             durability,
@@ -199,7 +200,7 @@ impl Transaction {
     fn log(self) -> Result<Logged> {
         let db = self.db.clone();
         db.check_running()?;
-        let writes_memories = self.writes.keys().any(|k| k.space == Space::Memory);
+        let writes_memories = self.writes.iter().any(|(k, _)| k.space == Space::Memory);
         if self.is_empty() {
             return Ok(Logged::Nothing(CommitInfo {
                 lsn: self.snapshot,
