@@ -23,11 +23,7 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
     let options = DatabaseOptions {
         // Checkpoints are driven explicitly below (back to back) in the "with" case; never
         // by the background triggers, so the "without" case really has none.
-        checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            every: None,
-            ..Default::default()
-        },
+        checkpoint: CheckpointOptions::on_demand(),
         ..Default::default()
     };
     let db = Database::open(&dir, options).map_err(text_err)?;

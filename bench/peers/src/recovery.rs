@@ -17,11 +17,7 @@ const MEMORIES_PER_TRANSACTION: u64 = 64;
 
 fn options() -> DatabaseOptions {
     DatabaseOptions {
-        checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            every: None,
-            ..Default::default()
-        },
+        checkpoint: CheckpointOptions::on_demand(),
         ..Default::default()
     }
 }

@@ -53,12 +53,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let options = || DatabaseOptions {
-        checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
-            ..Default::default()
-        },
+        checkpoint: CheckpointOptions::on_demand(),
         ..Default::default()
     };
     if let Some(dir) = std::env::var_os(OPEN_DIR_VAR) {

@@ -6,7 +6,7 @@
 //! `cargo bench -p engram-core --bench search` (100,000 x 384 cosine). A quick run:
 //! `ENGRAM_BENCH_QUICK=1` (10,000 x 384). `ENGRAM_BENCH_SEARCH_VECTORS` sets the count.
 
-use engram_core::{Database, DatabaseOptions, Metric, NewMemory, SearchMode, SearchReads, SearchRequest, SyncPolicy};
+use engram_core::{CheckpointOptions, Database, DatabaseOptions, Metric, NewMemory, SearchMode, SearchReads, SearchRequest, SyncPolicy};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -70,10 +70,10 @@ fn exact_top10(data: &[Vec<f32>], query: &[f32]) -> Vec<usize> {
 }
 
 fn options() -> DatabaseOptions {
-    let mut options = DatabaseOptions::default();
-    options.checkpoint.every_log_bytes = None;
-    options.checkpoint.every = None;
-    options
+    DatabaseOptions {
+        checkpoint: CheckpointOptions::on_demand(),
+        ..DatabaseOptions::default()
+    }
 }
 
 fn main() {

@@ -14,7 +14,7 @@
 //! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`). Runs in a temporary directory under the
 //! current one (put it on the disk to measure). Linux only (reads /proc/self/task).
 
-use engram_core::{Database, DatabaseOptions, SyncPolicy};
+use engram_core::{CheckpointOptions, Database, DatabaseOptions, SyncPolicy};
 use engram_wal::{Wal, WalOptions};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,6 +95,15 @@ fn measure(label: &str, writers: usize, seconds: u64, commit: impl Fn(usize, u64
     });
 }
 
+/// How the log's group commits went over the whole run (warm-up included): the records one
+/// fdatasync made durable, and how long it took.
+fn print_rounds(stats: &engram_wal::WalStats) {
+    println!(
+        "  log: {:.1} records per fdatasync, fdatasync {:.0} µs on average (p99 {:.0} µs)",
+        stats.records_per_sync, stats.sync_latency_avg_us, stats.sync_latency_p99_us
+    );
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "engine".into());
@@ -114,12 +123,16 @@ fn main() {
             measure("wal", writers, seconds, |_, _| {
                 wal.append_with(1, &payload, policy).expect("append");
             });
+            print_rounds(&wal.stats());
         }
         "engine" | "paused" => {
             let mut options = DatabaseOptions::default();
             options.checkpoint.reuse_retired_file = !flag("ENGRAM_NO_FILE_REUSE");
             if flag("ENGRAM_NO_CHECKPOINTS") {
-                (options.checkpoint.every_log_bytes, options.checkpoint.every) = (None, None);
+                options.checkpoint = CheckpointOptions {
+                    reuse_retired_file: options.checkpoint.reuse_retired_file,
+                    ..CheckpointOptions::on_demand()
+                };
             }
             let db = Database::open(dir.path(), options).expect("open the database");
             db.run(1, |t| t.declare_dimension("bench", one_memory::DIMENSION))
@@ -134,6 +147,7 @@ fn main() {
                 .expect("commit");
             });
             let wal = db.wal_stats();
+            print_rounds(&wal);
             println!(
                 "  log: {} segments started, {} of them reused; checkpoint at LSN {}",
                 wal.rotations,

@@ -177,12 +177,7 @@ fn database_heap_per_memory(memories: usize, with_metadata: bool, time_reads: bo
     let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
     let options = DatabaseOptions {
         durability: SyncPolicy::Never,
-        checkpoint: engram_core::CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
-            ..Default::default()
-        },
+        checkpoint: engram_core::CheckpointOptions::on_demand(),
         ..Default::default()
     };
     let db = Database::open(dir.path(), options).unwrap();

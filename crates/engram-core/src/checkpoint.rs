@@ -93,6 +93,20 @@ impl Default for CheckpointOptions {
     }
 }
 
+impl CheckpointOptions {
+    /// Checkpoints only when [`Database::checkpoint`] is called: no byte or time trigger (tests,
+    /// benchmarks and tools that decide when checkpoints happen). The other settings are the
+    /// defaults.
+    pub fn on_demand() -> Self {
+        CheckpointOptions {
+            every_log_bytes: None,
+            grow_with_database: false,
+            every: None,
+            ..CheckpointOptions::default()
+        }
+    }
+}
+
 /// What one `Database::checkpoint` call did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointReport {

@@ -28,11 +28,8 @@ fn options() -> DatabaseOptions {
             ..Default::default()
         },
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             retain_log_records: 0,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         ..Default::default()
     }

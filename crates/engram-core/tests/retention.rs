@@ -23,11 +23,8 @@ fn options(retention: RetentionPolicy) -> DatabaseOptions {
             ..Default::default()
         },
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             retain_log_records: 0,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         retention,
         ..Default::default()

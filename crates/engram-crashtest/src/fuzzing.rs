@@ -35,12 +35,9 @@ fn options() -> DatabaseOptions {
             ..Default::default()
         },
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             // The log stays whole, so checkpoints can sit anywhere on it.
             retain_log_records: 1_000_000,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         ..Default::default()
     }

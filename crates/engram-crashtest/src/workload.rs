@@ -123,11 +123,8 @@ pub fn simulated_options() -> DatabaseOptions {
             ..Default::default()
         },
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             retain_log_records: 2,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         ..Default::default()
     }

@@ -28,11 +28,8 @@ const READERS: usize = 3;
 fn options() -> DatabaseOptions {
     DatabaseOptions {
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             retain_log_records: 1_000_000,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         ..Default::default()
     }

@@ -30,12 +30,9 @@ fn options() -> DatabaseOptions {
             ..Default::default()
         },
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             // The log keeps everything, so a damaged newer checkpoint can fall back.
             retain_log_records: 1_000_000,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         ..Default::default()
     }

@@ -357,12 +357,7 @@ mod tests {
 
     fn options() -> DatabaseOptions {
         DatabaseOptions {
-            checkpoint: CheckpointOptions {
-                every_log_bytes: None,
-                grow_with_database: false,
-                every: None,
-                ..Default::default()
-            },
+            checkpoint: CheckpointOptions::on_demand(),
             ..Default::default()
         }
     }

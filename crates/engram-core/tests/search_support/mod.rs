@@ -74,11 +74,8 @@ pub fn exact_top(metric: Metric, data: &[Vec<f32>], query: &[f32], k: usize) -> 
 pub fn options() -> DatabaseOptions {
     DatabaseOptions {
         checkpoint: CheckpointOptions {
-            every_log_bytes: None,
-            grow_with_database: false,
-            every: None,
             retain_log_records: 0,
-            reuse_retired_file: true,
+            ..CheckpointOptions::on_demand()
         },
         ..Default::default()
     }
