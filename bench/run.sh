@@ -50,7 +50,8 @@ PY="$VENV/bin/python"
 say "building bench/peers (release)"
 ( cd "$BENCH/peers" && ROCKSDB_LIB_DIR=/usr/lib/x86_64-linux-gnu cargo build --release --locked -q )
 PEERS="$BENCH/peers/target/release/peers"
-if ! ldd "$PEERS" | grep -q 'librocksdb\.so'; then
+# grep reads all of ldd's output (not -q): with pipefail, ldd killed by SIGPIPE would fail the test.
+if ! ldd "$PEERS" | grep 'librocksdb\.so' >/dev/null; then
   echo "bench/peers is not linked to Debian's shared librocksdb; refusing to measure a different RocksDB" >&2
   exit 1
 fi
