@@ -290,8 +290,54 @@ pub(crate) fn load(
     Ok(Some(out))
 }
 
+/// Texts handed to the keyword thread at a time (a channel message per memory would cost more
+/// than some of the texts' tokenizing).
+const KEYWORD_BATCH: usize = 1024;
+
+/// Restores one namespace's index. The keyword index is rebuilt from the versions' texts (it is
+/// not stored) on a second thread, fed in slot order while this one checks the entries and
+/// rebuilds the graph: tokenizing a million texts is about a fifth of opening a million
+/// memories, and the two halves share nothing until the end.
 fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Result<NamespaceIndex, Rejection> {
+    let (texts, received) = std::sync::mpsc::sync_channel::<Vec<(u32, Arc<Value>)>>(16);
+    std::thread::scope(|scope| {
+        let keyword = std::thread::Builder::new()
+            .name("engram-open-kw".into())
+            .spawn_scoped(scope, move || {
+                let mut keyword = super::keyword::InvertedIndex::default();
+                let mut text_tokens = Vec::new();
+                for batch in received {
+                    for (slot, value) in batch {
+                        if let Value::Memory(m) = &*value {
+                            text_tokens.push((slot, keyword.add(slot, &m.text)));
+                        }
+                    }
+                }
+                (keyword, text_tokens)
+            })
+            .map_err(|e| format!("cannot start the keyword index thread: {e}"))?;
+        // `texts` moves in, so it is dropped (ending the keyword thread's loop) however this
+        // returns; the scope then joins the thread.
+        let mut index = restore_entries_and_graph(saved, lsn, store, texts)?;
+        let (keyword, text_tokens) = keyword.join().map_err(|_| "the keyword index thread panicked".to_string())?;
+        for (slot, tokens) in text_tokens {
+            index.entries[slot as usize].text_tokens = tokens;
+        }
+        index.keyword = keyword;
+        Ok(index)
+    })
+}
+
+/// Everything of [`restore`] but the keyword index, whose texts go to `texts` in slot order.
+fn restore_entries_and_graph(
+    saved: SavedNamespace,
+    lsn: Lsn,
+    store: &Store,
+    texts: std::sync::mpsc::SyncSender<Vec<(u32, Arc<Value>)>>,
+) -> std::result::Result<NamespaceIndex, Rejection> {
     let mut index = NamespaceIndex::new();
+    let mut batch = Vec::with_capacity(KEYWORD_BATCH);
+    let keyword_thread_gone = || "the keyword index thread stopped".to_string();
     index.metric = saved.metric;
     let mut previous = 0;
     // `superseded_lsn == created_lsn` is an entry valid nowhere: a version pruned from the store
@@ -314,10 +360,13 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
             _ => return Err(format!("entry {slot}: memory {:?} has no version at LSN {}", e.id, e.created_lsn)),
         };
         let superseded_lsn = if value.is_some() { e.superseded_lsn } else { e.created_lsn };
-        let text_tokens = match value.as_deref() {
-            Some(Value::Memory(m)) => index.keyword.add(slot as u32, &m.text),
-            _ => 0,
-        };
+        if let Some(v) = &value {
+            batch.push((slot as u32, v.clone()));
+            if batch.len() == KEYWORD_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(KEYWORD_BATCH));
+                texts.send(full).map_err(|_| keyword_thread_gone())?;
+            }
+        }
         if superseded_lsn == Lsn::MAX && index.current.insert(e.id.clone().into_boxed_str(), slot as u32).is_some() {
             return Err(format!("memory {:?} has two current versions", e.id));
         }
@@ -325,9 +374,14 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
             created_lsn: e.created_lsn,
             superseded_lsn,
             value,
-            text_tokens,
+            // Set from the keyword thread's count once it is done.
+            text_tokens: 0,
         });
     }
+    if !batch.is_empty() {
+        texts.send(batch).map_err(|_| keyword_thread_gone())?;
+    }
+    drop(texts);
     let nodes = saved.graph.as_ref().map_or(0, |g| g.nodes.len());
     if saved.node_entry.len() != nodes {
         return Err(format!("{} node slots for {nodes} nodes", saved.node_entry.len()));
