@@ -317,9 +317,12 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
             })
             .map_err(|e| format!("cannot start the keyword index thread: {e}"))?;
         // `texts` moves in, so it is dropped (ending the keyword thread's loop) however this
-        // returns; the scope then joins the thread.
-        let mut index = restore_entries_and_graph(saved, lsn, store, texts)?;
-        let (keyword, text_tokens) = keyword.join().map_err(|_| "the keyword index thread panicked".to_string())?;
+        // returns. The thread is joined either way, so that a panic in it becomes a rejection
+        // (the indexes are then rebuilt) rather than a panic of the scope.
+        let restored = restore_entries_and_graph(saved, lsn, store, texts);
+        let joined = keyword.join();
+        let mut index = restored?;
+        let (keyword, text_tokens) = joined.map_err(|_| "the keyword index thread panicked".to_string())?;
         for (slot, tokens) in text_tokens {
             index.entries[slot as usize].text_tokens = tokens;
         }
