@@ -589,7 +589,9 @@ impl Hnsw {
 }
 
 /// A graph as a checkpoint stores it (search/persist.rs). `N` is the node form: [`SavedNode`]
-/// (codes, index format 2) or [`SavedNodeV1`] (f32 vectors, index format 1, converted at load).
+/// (links and codes: what [`Hnsw::import`] takes, and index format 2), [`SavedLinks`] (index
+/// format 3: codes only where they cannot be recomputed) or [`SavedNodeV1`] (f32 vectors, index
+/// format 1, converted at load).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SavedGraph<N = SavedNode> {
     pub dimension: u32,
@@ -609,6 +611,89 @@ pub(crate) struct SavedNode {
     pub codes: Vec<i8>,
     /// The vector is `scale * codes`.
     pub scale: f32,
+}
+
+/// A node of index format 3: its links, and its codes only when they may not be recomputable
+/// at load from the memory version the node indexes (see [`Hnsw::export`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedLinks {
+    /// The node's links, level 0 first.
+    pub links: Vec<Vec<u32>>,
+    pub coded: Option<SavedCodes>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedCodes {
+    #[serde(with = "codes_as_bytes")]
+    pub codes: Vec<i8>,
+    pub scale: f32,
+}
+
+impl SavedGraph<SavedLinks> {
+    /// The graph with every node's codes: those saved, and for the rest the encoding of
+    /// `prepared(n)`, node `n`'s prepared vector (the metric's form of its memory's embedding),
+    /// exactly as an insert encodes it, so the graph loaded is the graph that was saved. A node
+    /// without codes whose vector is missing, of the wrong length or not finite is refused.
+    pub fn with_codes(self, mut prepared: impl FnMut(usize) -> Option<Vec<f32>>) -> std::result::Result<SavedGraph, String> {
+        let dimension = self.dimension as usize;
+        let nodes = self
+            .nodes
+            .into_iter()
+            .enumerate()
+            .map(|(n, node)| match node.coded {
+                Some(SavedCodes { codes, scale }) => Ok(SavedNode {
+                    links: node.links,
+                    codes,
+                    scale,
+                }),
+                None => {
+                    let vector = prepared(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
+                    if vector.len() != dimension || vector.iter().any(|x| !x.is_finite()) {
+                        return Err(format!("node {n}: bad vector"));
+                    }
+                    let mut codes = Vec::with_capacity(dimension);
+                    let params = encode_into(&vector, &mut codes);
+                    Ok(SavedNode {
+                        links: node.links,
+                        codes,
+                        scale: params.scale,
+                    })
+                }
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        Ok(SavedGraph {
+            dimension: self.dimension,
+            m: self.m,
+            ef_construction: self.ef_construction,
+            entry: self.entry,
+            nodes,
+        })
+    }
+}
+
+impl<N> SavedGraph<N> {
+    /// The same graph with each node converted.
+    pub fn map_nodes<M>(self, convert: impl FnMut(N) -> M) -> SavedGraph<M> {
+        SavedGraph {
+            dimension: self.dimension,
+            m: self.m,
+            ef_construction: self.ef_construction,
+            entry: self.entry,
+            nodes: self.nodes.into_iter().map(convert).collect(),
+        }
+    }
+}
+
+impl From<SavedNode> for SavedLinks {
+    fn from(n: SavedNode) -> SavedLinks {
+        SavedLinks {
+            links: n.links,
+            coded: Some(SavedCodes {
+                codes: n.codes,
+                scale: n.scale,
+            }),
+        }
+    }
 }
 
 /// A node's codes written and read as one byte string rather than element by element. In
@@ -687,11 +772,12 @@ impl SavedGraph<SavedNodeV1> {
 
 impl Hnsw {
     /// The graph restricted to its first `limit` nodes (links to later nodes dropped; the entry
-    /// point moved to the highest kept node if it was later).
-    pub fn export(&self, limit: usize) -> SavedGraph {
+    /// point moved to the highest kept node if it was later), with the codes of the nodes
+    /// `keep_codes` names (the others' are recomputed at load from their memories' embeddings).
+    pub fn export(&self, limit: usize, keep_codes: impl Fn(usize) -> bool) -> SavedGraph<SavedLinks> {
         let limit = limit.min(self.len());
-        let nodes: Vec<SavedNode> = (0..limit)
-            .map(|n| SavedNode {
+        let nodes: Vec<SavedLinks> = (0..limit)
+            .map(|n| SavedLinks {
                 links: (0..=self.levels[n] as usize)
                     .map(|level| {
                         self.neighbours(n as u32, level)
@@ -701,8 +787,10 @@ impl Hnsw {
                             .collect()
                     })
                     .collect(),
-                codes: self.code(n as u32).to_vec(),
-                scale: self.params[n].scale,
+                coded: keep_codes(n).then(|| SavedCodes {
+                    codes: self.code(n as u32).to_vec(),
+                    scale: self.params[n].scale,
+                }),
             })
             .collect();
         let entry = match self.entry {
@@ -873,17 +961,33 @@ mod tests {
             let mut seed = 3;
             let mut graph = Hnsw::new(Metric::L2, dimension);
             let mut expected = Vec::new();
+            let mut vectors = Vec::new();
             for _ in 0..300 {
                 let v: Vec<f32> = (0..dimension).map(|_| lcg(&mut seed)).collect();
                 encode_into(&v, &mut expected);
                 graph.insert(&v);
+                vectors.push(v);
             }
             assert_eq!(graph.codes.as_slice(), expected.as_slice(), "dimension {dimension}");
             if dimension.is_multiple_of(CACHE_LINE_BYTES) {
                 assert!((0..300).all(|n| (graph.code(n).as_ptr() as usize).is_multiple_of(CACHE_LINE_BYTES)));
             }
-            let loaded = Hnsw::import(Metric::L2, graph.export(graph.len())).unwrap();
+            // Codes saved, or recomputed at load from the vectors (index format 3 saves only the
+            // codes of superseded versions): the same codes either way.
+            let saved = graph.export(graph.len(), |_| true).with_codes(|_| None).unwrap();
+            let loaded = Hnsw::import(Metric::L2, saved).unwrap();
             assert_eq!(loaded.codes.as_slice(), expected.as_slice());
+            let recomputed = graph
+                .export(graph.len(), |n| n % 3 == 0)
+                .with_codes(|n| Some(vectors[n].clone()))
+                .unwrap();
+            let loaded = Hnsw::import(Metric::L2, recomputed).unwrap();
+            assert_eq!(loaded.codes.as_slice(), expected.as_slice());
+            let missing = graph.export(graph.len(), |n| n != 7).with_codes(|_| None);
+            assert_eq!(
+                missing.err().as_deref(),
+                Some("node 7: no codes and no embedding to compute them from")
+            );
         }
     }
 
@@ -946,7 +1050,7 @@ mod tests {
         for _ in 0..600 {
             graph.insert(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
         }
-        let saved = graph.export(graph.len());
+        let saved = graph.export(graph.len(), |_| true).with_codes(|_| None).unwrap();
         assert_eq!((saved.m, saved.ef_construction), (16, 64));
         let mut loaded = Hnsw::import(Metric::L2, saved).unwrap();
         assert_eq!((loaded.m, loaded.ef_construction), (16, 64));

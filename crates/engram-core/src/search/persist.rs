@@ -6,7 +6,7 @@
 //! A missing, damaged or inconsistent index file is never used: open logs a warning and rebuilds
 //! the indexes from the store, which is always the source of truth.
 
-use super::hnsw::{Hnsw, SavedGraph, SavedNode, SavedNodeV1};
+use super::hnsw::{Hnsw, SavedGraph, SavedLinks, SavedNode, SavedNodeV1};
 use super::index::{NamespaceIndex, NodeValidity, VersionEntry};
 use super::vector::Metric;
 use crate::error::{CoreError, Result};
@@ -22,9 +22,13 @@ use std::sync::Arc;
 pub const INDEX_DIR: &str = "search-index";
 
 const MAGIC: &[u8; 8] = b"ENGRMIDX";
-/// 2: graph nodes hold int8 codes and a scale (search/codes.rs). 1: they held the f32 vector;
-/// still read, each vector encoded at load.
-pub(crate) const INDEX_FORMAT_VERSION: u32 = 2;
+/// 3: graph nodes hold their links, and their int8 codes and scale (search/codes.rs) only when
+/// the memory version they index was superseded or pruned by the checkpoint's LSN; the codes of
+/// the others (nearly all, usually) are recomputed at load from the embeddings the checkpoint
+/// holds anyway, so the file does not repeat them. 2: every node held its codes; still read.
+/// 1: nodes held the f32 vector; still read, each vector encoded at load.
+pub(crate) const INDEX_FORMAT_VERSION: u32 = 3;
+const INDEX_FORMAT_VERSION_CODES: u32 = 2;
 const INDEX_FORMAT_VERSION_F32: u32 = 1;
 const HEADER_BYTES: usize = 40;
 const TRAILER_BYTES: usize = 4;
@@ -42,10 +46,10 @@ pub(crate) fn parse_file_name(name: &str) -> Option<Lsn> {
         .flatten()
 }
 
-/// One namespace's section; `N` is the graph's node form (format 2: [`SavedNode`]; format 1:
-/// [`SavedNodeV1`]).
+/// One namespace's section; `N` is the graph's node form (format 3: [`SavedLinks`]; format 2:
+/// [`SavedNode`]; format 1: [`SavedNodeV1`]).
 #[derive(Serialize, Deserialize)]
-struct SavedNamespace<N = SavedNode> {
+struct SavedNamespace<N = SavedLinks> {
     name: String,
     metric: Metric,
     entries: Vec<SavedEntry>,
@@ -55,15 +59,28 @@ struct SavedNamespace<N = SavedNode> {
 }
 
 impl SavedNamespace<SavedNodeV1> {
-    /// The section in format 2: every vector replaced by its codes.
+    /// The section in the current form: every vector replaced by its codes.
     fn encode(self) -> std::result::Result<SavedNamespace, Rejection> {
         Ok(SavedNamespace {
             name: self.name,
             metric: self.metric,
             entries: self.entries,
             node_entry: self.node_entry,
-            graph: self.graph.map(SavedGraph::encode).transpose()?,
+            graph: self.graph.map(|g| g.encode().map(|g| g.map_nodes(SavedLinks::from))).transpose()?,
         })
+    }
+}
+
+impl SavedNamespace<SavedNode> {
+    /// A format 2 section in the current form: every node keeps its codes.
+    fn upgrade(self) -> SavedNamespace {
+        SavedNamespace {
+            name: self.name,
+            metric: self.metric,
+            entries: self.entries,
+            node_entry: self.node_entry,
+            graph: self.graph.map(|g| g.map_nodes(SavedLinks::from)),
+        }
     }
 }
 
@@ -89,6 +106,13 @@ fn io_error(context: String, source: std::io::Error) -> CoreError {
 fn saved_namespace(name: &str, index: &NamespaceIndex, lsn: Lsn) -> SavedNamespace {
     let entry_limit = index.entries.partition_point(|e| e.created_lsn <= lsn);
     let node_limit = index.node_entry.partition_point(|&slot| (slot as usize) < entry_limit);
+    // A version current at `lsn` is in the checkpoint (retention never prunes a key's newest
+    // version), so its codes can be recomputed from its embedding at load; a superseded one may
+    // be pruned by this checkpoint or a later one, and one already pruned has no embedding left.
+    let keep_codes = |n: usize| {
+        let entry = &index.entries[index.node_entry[n] as usize];
+        entry.superseded_lsn <= lsn || entry.value.is_none()
+    };
     SavedNamespace {
         name: name.to_string(),
         metric: index.metric,
@@ -101,7 +125,7 @@ fn saved_namespace(name: &str, index: &NamespaceIndex, lsn: Lsn) -> SavedNamespa
             })
             .collect(),
         node_entry: index.node_entry[..node_limit].to_vec(),
-        graph: index.hnsw.as_ref().map(|g| g.export(node_limit)),
+        graph: index.hnsw.as_ref().map(|g| g.export(node_limit, keep_codes)),
     }
 }
 
@@ -245,9 +269,9 @@ pub(crate) fn load(
         return Err("bad magic".into());
     }
     let version = u32::from_le_bytes(content[8..12].try_into().unwrap_or([0; 4]));
-    if version != INDEX_FORMAT_VERSION && version != INDEX_FORMAT_VERSION_F32 {
+    if !(INDEX_FORMAT_VERSION_F32..=INDEX_FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "format version {version}, this build reads {INDEX_FORMAT_VERSION_F32} and {INDEX_FORMAT_VERSION}"
+            "format version {version}, this build reads {INDEX_FORMAT_VERSION_F32} to {INDEX_FORMAT_VERSION}"
         ));
     }
     if u64_at(16) != lsn {
@@ -270,12 +294,14 @@ pub(crate) fn load(
             .ok_or("section overruns the body")?;
         let bytes = &body[SECTION_LENGTH_BYTES..SECTION_LENGTH_BYTES + section];
         let decode_error = |e: postcard::Error| format!("section does not decode: {e}");
-        let saved: SavedNamespace = if version == INDEX_FORMAT_VERSION_F32 {
-            postcard::from_bytes::<SavedNamespace<SavedNodeV1>>(bytes)
+        let saved: SavedNamespace = match version {
+            INDEX_FORMAT_VERSION_F32 => postcard::from_bytes::<SavedNamespace<SavedNodeV1>>(bytes)
                 .map_err(decode_error)?
-                .encode()?
-        } else {
-            postcard::from_bytes(bytes).map_err(decode_error)?
+                .encode()?,
+            INDEX_FORMAT_VERSION_CODES => postcard::from_bytes::<SavedNamespace<SavedNode>>(bytes)
+                .map_err(decode_error)?
+                .upgrade(),
+            _ => postcard::from_bytes(bytes).map_err(decode_error)?,
         };
         body = &body[SECTION_LENGTH_BYTES + section..];
         let name = saved.name.clone();
@@ -400,7 +426,14 @@ fn restore_entries_and_graph(
     index.ended_nodes = index.node_validity.iter().filter(|v| v.superseded_lsn != Lsn::MAX).count();
     index.node_entry = saved.node_entry;
     index.hnsw = match saved.graph {
-        Some(graph) => Some(Hnsw::import(saved.metric, graph)?),
+        Some(graph) => {
+            let metric = saved.metric;
+            let graph = graph.with_codes(|n| {
+                let memory = index.entries[index.node_entry[n] as usize].memory()?;
+                memory.embedding.as_deref().map(|e| metric.prepare(e))
+            })?;
+            Some(Hnsw::import(metric, graph)?)
+        }
         None => None,
     };
     Ok(index)
@@ -487,12 +520,36 @@ mod tests {
             .collect()
     }
 
-    /// An index file of format 1 (f32 vectors) still loads: each vector is encoded at load, so
-    /// the graph equals the one this build saved and every answer is the same to the bit. A
-    /// format this build does not know is refused with its number named, and the indexes are
-    /// rebuilt from the store (same answers again).
+    /// The checkpoint's index sections as format 2 wrote them: every node with its codes.
+    fn format_2_sections(db: &Database, lsn: Lsn) -> Vec<SavedNamespace<SavedNode>> {
+        db.shared
+            .indexes
+            .all()
+            .into_iter()
+            .map(|(name, index)| {
+                let index = index.read().unwrap();
+                let saved = saved_namespace(&name, &index, lsn);
+                let node_limit = saved.node_entry.len();
+                SavedNamespace {
+                    name: saved.name,
+                    metric: saved.metric,
+                    entries: saved.entries,
+                    node_entry: saved.node_entry,
+                    graph: index
+                        .hnsw
+                        .as_ref()
+                        .map(|g| g.export(node_limit, |_| true).with_codes(|_| None).unwrap()),
+                }
+            })
+            .collect()
+    }
+
+    /// Index files of format 1 (f32 vectors) and 2 (every node's codes) still load: format 1's
+    /// vectors are encoded at load, so the graph equals the one this build saved and every
+    /// answer is the same to the bit. A format this build does not know is refused with its
+    /// number named, and the indexes are rebuilt from the store (same answers again).
     #[test]
-    fn an_index_file_of_format_1_loads_converted_and_an_unknown_format_is_rebuilt() {
+    fn index_files_of_formats_1_and_2_load_and_an_unknown_format_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let mut seed = 17u64;
         let count = crate::search::EXACT_SEARCH_MAX_VECTORS + 600;
@@ -530,7 +587,20 @@ mod tests {
         let db = Database::open(dir.path(), options()).unwrap();
         assert_eq!(db.index_stats().origin, IndexOrigin::Checkpoint { lsn });
         assert_eq!(answers(&db, &queries), expected);
-        // Written again by this build: format 2 now.
+        let sections = format_2_sections(&db, lsn);
+        write_file(
+            &*db.shared.storage,
+            &dir.path().join(INDEX_DIR),
+            lsn,
+            INDEX_FORMAT_VERSION_CODES,
+            sections.into_iter(),
+        )
+        .unwrap();
+        drop(db);
+        let db = Database::open(dir.path(), options()).unwrap();
+        assert_eq!(db.index_stats().origin, IndexOrigin::Checkpoint { lsn });
+        assert_eq!(answers(&db, &queries), expected);
+        // Written again by this build, under a format number it does not know.
         let sections: Vec<SavedNamespace> = db
             .shared
             .indexes
@@ -550,11 +620,76 @@ mod tests {
         let db = Database::open(dir.path(), options()).unwrap();
         match db.index_stats().origin {
             IndexOrigin::Rebuilt { reason: Some(reason) } => {
-                assert!(reason.contains("format version 3, this build reads 1 and 2"), "{reason}")
+                assert!(reason.contains("format version 4, this build reads 1 to 3"), "{reason}")
             }
             other => panic!("a file of an unknown format was used: {other:?}"),
         }
         assert_eq!(answers(&db, &queries), expected);
+    }
+
+    /// Format 3 keeps the codes of exactly the nodes whose versions were superseded (updated or
+    /// deleted) by the checkpoint, which a retention policy may prune; every other node's codes
+    /// are recomputed from the checkpoint's embeddings. With the superseded versions pruned by
+    /// `KeepVersions { per_key: 1 }`, the file still loads and answers exactly as before.
+    #[test]
+    fn format_3_keeps_only_the_codes_it_cannot_recompute_and_loads_after_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || DatabaseOptions {
+            retention: crate::RetentionPolicy::KeepVersions { per_key: 1 },
+            ..options()
+        };
+        let mut seed = 23u64;
+        let count = crate::search::EXACT_SEARCH_MAX_VECTORS + 600;
+        let queries: Vec<Vec<f32>> = (0..20).map(|_| (0..12).map(|_| coordinate(&mut seed)).collect()).collect();
+        let (lsn, expected) = {
+            let db = Database::open(dir.path(), options()).unwrap();
+            let mut ids = Vec::new();
+            let mut txn = db.begin();
+            txn.set_durability(SyncPolicy::Never);
+            for i in 0..count {
+                let memory = NewMemory {
+                    text: format!("memory {i}"),
+                    embedding: Some((0..12).map(|_| coordinate(&mut seed)).collect()),
+                    metadata: serde_json::json!({}),
+                };
+                ids.push(txn.insert_memory("ns", memory).unwrap());
+            }
+            txn.commit().unwrap();
+            let mut txn = db.begin();
+            for (i, id) in ids.iter().enumerate() {
+                if i % 5 == 0 {
+                    txn.delete_memory("ns", id).unwrap();
+                } else if i % 3 == 0 {
+                    let patch = crate::MemoryPatch {
+                        embedding: Some((0..12).map(|_| coordinate(&mut seed)).collect()),
+                        ..Default::default()
+                    };
+                    txn.update_memory("ns", id, patch).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            db.wait_for_index(db.visible_lsn(), std::time::Duration::from_secs(60)).unwrap();
+            let report = db.checkpoint().unwrap();
+            assert!(report.pruned_versions > 0, "{report:?}");
+            let lsn = db.shared.indexes.file_lsn().expect("the checkpoint wrote an index file");
+            let (name, index) = db.shared.indexes.all().pop().unwrap();
+            let index = index.read().unwrap();
+            let saved = saved_namespace(&name, &index, lsn);
+            let nodes = &saved.graph.as_ref().expect("a graph").nodes;
+            let superseded = (0..nodes.len())
+                .filter(|&n| index.entries[index.node_entry[n] as usize].superseded_lsn <= lsn)
+                .count();
+            let coded = nodes.iter().filter(|node| node.coded.is_some()).count();
+            assert_eq!(coded, superseded);
+            assert!(superseded > 0 && superseded < nodes.len() / 2, "{superseded} of {}", nodes.len());
+            drop(index);
+            (lsn, answers(&db, &queries))
+        };
+        for round in 0..2 {
+            let db = Database::open(dir.path(), options()).unwrap();
+            assert_eq!(db.index_stats().origin, IndexOrigin::Checkpoint { lsn }, "round {round}");
+            assert_eq!(answers(&db, &queries), expected, "round {round}");
+        }
     }
 
     #[test]
