@@ -631,11 +631,16 @@ pub(crate) struct SavedCodes {
 
 impl SavedGraph<SavedLinks> {
     /// The graph with every node's codes: those saved, and for the rest the encoding of
-    /// `prepared(n)`, node `n`'s prepared vector (the metric's form of its memory's embedding),
-    /// exactly as an insert encodes it, so the graph loaded is the graph that was saved. A node
-    /// without codes whose vector is missing, of the wrong length or not finite is refused.
-    pub fn with_codes(self, mut prepared: impl FnMut(usize) -> Option<Vec<f32>>) -> std::result::Result<SavedGraph, String> {
+    /// `embedding(n)` (node `n`'s memory's embedding) prepared for `metric`, exactly as an
+    /// insert encodes it, so the graph loaded is the graph that was saved. A node without codes
+    /// whose embedding is missing, of the wrong length or not finite is refused.
+    pub fn with_codes<'e>(
+        self,
+        metric: Metric,
+        mut embedding: impl FnMut(usize) -> Option<&'e [f32]>,
+    ) -> std::result::Result<SavedGraph, String> {
         let dimension = self.dimension as usize;
+        let mut prepared = Vec::with_capacity(dimension);
         let nodes = self
             .nodes
             .into_iter()
@@ -647,12 +652,13 @@ impl SavedGraph<SavedLinks> {
                     scale,
                 }),
                 None => {
-                    let vector = prepared(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
+                    let vector = embedding(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
                     if vector.len() != dimension || vector.iter().any(|x| !x.is_finite()) {
                         return Err(format!("node {n}: bad vector"));
                     }
+                    metric.prepare_into(vector, &mut prepared);
                     let mut codes = Vec::with_capacity(dimension);
-                    let params = encode_into(&vector, &mut codes);
+                    let params = encode_into(&prepared, &mut codes);
                     Ok(SavedNode {
                         links: node.links,
                         codes,
@@ -974,16 +980,16 @@ mod tests {
             }
             // Codes saved, or recomputed at load from the vectors (index format 3 saves only the
             // codes of superseded versions): the same codes either way.
-            let saved = graph.export(graph.len(), |_| true).with_codes(|_| None).unwrap();
+            let saved = graph.export(graph.len(), |_| true).with_codes(Metric::L2, |_| None).unwrap();
             let loaded = Hnsw::import(Metric::L2, saved).unwrap();
             assert_eq!(loaded.codes.as_slice(), expected.as_slice());
             let recomputed = graph
                 .export(graph.len(), |n| n % 3 == 0)
-                .with_codes(|n| Some(vectors[n].clone()))
+                .with_codes(Metric::L2, |n| Some(vectors[n].as_slice()))
                 .unwrap();
             let loaded = Hnsw::import(Metric::L2, recomputed).unwrap();
             assert_eq!(loaded.codes.as_slice(), expected.as_slice());
-            let missing = graph.export(graph.len(), |n| n != 7).with_codes(|_| None);
+            let missing = graph.export(graph.len(), |n| n != 7).with_codes(Metric::L2, |_| None);
             assert_eq!(
                 missing.err().as_deref(),
                 Some("node 7: no codes and no embedding to compute them from")
@@ -1050,7 +1056,7 @@ mod tests {
         for _ in 0..600 {
             graph.insert(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
         }
-        let saved = graph.export(graph.len(), |_| true).with_codes(|_| None).unwrap();
+        let saved = graph.export(graph.len(), |_| true).with_codes(Metric::L2, |_| None).unwrap();
         assert_eq!((saved.m, saved.ef_construction), (16, 64));
         let mut loaded = Hnsw::import(Metric::L2, saved).unwrap();
         assert_eq!((loaded.m, loaded.ef_construction), (16, 64));

@@ -428,9 +428,8 @@ fn restore_entries_and_graph(
     index.hnsw = match saved.graph {
         Some(graph) => {
             let metric = saved.metric;
-            let graph = graph.with_codes(|n| {
-                let memory = index.entries[index.node_entry[n] as usize].memory()?;
-                memory.embedding.as_deref().map(|e| metric.prepare(e))
+            let graph = graph.with_codes(metric, |n| {
+                index.entries[index.node_entry[n] as usize].memory()?.embedding.as_deref()
             })?;
             Some(Hnsw::import(metric, graph)?)
         }
@@ -538,7 +537,7 @@ mod tests {
                     graph: index
                         .hnsw
                         .as_ref()
-                        .map(|g| g.export(node_limit, |_| true).with_codes(|_| None).unwrap()),
+                        .map(|g| g.export(node_limit, |_| true).with_codes(index.metric, |_| None).unwrap()),
                 }
             })
             .collect()
