@@ -1242,6 +1242,16 @@ mod tests {
     }
 
     /// A store with `keys` keys, each written at several LSNs, some deleted.
+    /// Applies `op` as the whole commit at `lsn` (transaction `lsn`, committed at `1000 + lsn` ms).
+    fn apply_one(store: &Store, lsn: Lsn, op: Op) {
+        let record = CommitRecord {
+            txn_id: lsn,
+            commit_ts_ms: 1000 + lsn,
+            ops: vec![op],
+        };
+        store.apply(lsn, record);
+    }
+
     fn sample_store(commits: u64, keys: u64) -> Store {
         let store = Store::default();
         for lsn in 1..=commits {
@@ -1255,14 +1265,7 @@ mod tests {
                     after: kv(lsn),
                 }
             };
-            store.apply(
-                lsn,
-                CommitRecord {
-                    txn_id: lsn,
-                    commit_ts_ms: 1000 + lsn,
-                    ops: vec![op],
-                },
-            );
+            apply_one(&store, lsn, op);
         }
         store
     }
@@ -1509,14 +1512,7 @@ mod tests {
                 before: None,
                 after: Value::Memory(memory),
             };
-            store.apply(
-                lsn,
-                CommitRecord {
-                    txn_id: lsn,
-                    commit_ts_ms: 1000 + lsn,
-                    ops: vec![op],
-                },
-            );
+            apply_one(&store, lsn, op);
         }
         store
     }

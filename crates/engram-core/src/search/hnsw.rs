@@ -641,32 +641,59 @@ impl SavedGraph<SavedLinks> {
     ) -> std::result::Result<SavedGraph, String> {
         let dimension = self.dimension as usize;
         let mut prepared = Vec::with_capacity(dimension);
+        self.try_map_nodes(|n, node| match node.coded {
+            Some(SavedCodes { codes, scale }) => Ok(SavedNode {
+                links: node.links,
+                codes,
+                scale,
+            }),
+            None => {
+                let vector = embedding(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
+                if vector.len() != dimension {
+                    return Err(format!("node {n}: bad vector"));
+                }
+                metric.prepare_into(vector, &mut prepared);
+                coded_node(n, node.links, &prepared, dimension)
+            }
+        })
+    }
+}
+
+/// Node `n` with the codes of the prepared `vector`, exactly as an insert encodes them; a vector
+/// of the wrong length or not finite is refused.
+fn coded_node(n: usize, links: Vec<Vec<u32>>, vector: &[f32], dimension: usize) -> std::result::Result<SavedNode, String> {
+    if vector.len() != dimension || vector.iter().any(|x| !x.is_finite()) {
+        return Err(format!("node {n}: bad vector"));
+    }
+    let mut codes = Vec::with_capacity(dimension);
+    let params = encode_into(vector, &mut codes);
+    Ok(SavedNode {
+        links,
+        codes,
+        scale: params.scale,
+    })
+}
+
+impl<N> SavedGraph<N> {
+    /// The same graph with each node converted.
+    pub fn map_nodes<M>(self, mut convert: impl FnMut(N) -> M) -> SavedGraph<M> {
+        match self.try_map_nodes(|_, node| Ok::<M, std::convert::Infallible>(convert(node))) {
+            Ok(graph) => graph,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The same graph with node `n` converted by `convert(n, node)`, or the first error.
+    pub fn try_map_nodes<M, E>(
+        self,
+        mut convert: impl FnMut(usize, N) -> std::result::Result<M, E>,
+    ) -> std::result::Result<SavedGraph<M>, E> {
         let nodes = self
             .nodes
             .into_iter()
             .enumerate()
-            .map(|(n, node)| match node.coded {
-                Some(SavedCodes { codes, scale }) => Ok(SavedNode {
-                    links: node.links,
-                    codes,
-                    scale,
-                }),
-                None => {
-                    let vector = embedding(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
-                    if vector.len() != dimension || vector.iter().any(|x| !x.is_finite()) {
-                        return Err(format!("node {n}: bad vector"));
-                    }
-                    metric.prepare_into(vector, &mut prepared);
-                    let mut codes = Vec::with_capacity(dimension);
-                    let params = encode_into(&prepared, &mut codes);
-                    Ok(SavedNode {
-                        links: node.links,
-                        codes,
-                        scale: params.scale,
-                    })
-                }
-            })
-            .collect::<std::result::Result<_, String>>()?;
+            .map(|(n, node)| convert(n, node))
+            .collect::<std::result::Result<_, E>>()?;
         Ok(SavedGraph {
             dimension: self.dimension,
             m: self.m,
@@ -674,19 +701,6 @@ impl SavedGraph<SavedLinks> {
             entry: self.entry,
             nodes,
         })
-    }
-}
-
-impl<N> SavedGraph<N> {
-    /// The same graph with each node converted.
-    pub fn map_nodes<M>(self, convert: impl FnMut(N) -> M) -> SavedGraph<M> {
-        SavedGraph {
-            dimension: self.dimension,
-            m: self.m,
-            ef_construction: self.ef_construction,
-            entry: self.entry,
-            nodes: self.nodes.into_iter().map(convert).collect(),
-        }
     }
 }
 
@@ -749,30 +763,7 @@ impl SavedGraph<SavedNodeV1> {
     /// links). A vector of the wrong length or not finite is refused, as format 1 required.
     pub fn encode(self) -> std::result::Result<SavedGraph, String> {
         let dimension = self.dimension as usize;
-        let nodes = self
-            .nodes
-            .into_iter()
-            .enumerate()
-            .map(|(n, node)| {
-                if node.vector.len() != dimension || node.vector.iter().any(|x| !x.is_finite()) {
-                    return Err(format!("node {n}: bad vector"));
-                }
-                let mut codes = Vec::with_capacity(dimension);
-                let params = encode_into(&node.vector, &mut codes);
-                Ok(SavedNode {
-                    links: node.links,
-                    codes,
-                    scale: params.scale,
-                })
-            })
-            .collect::<std::result::Result<_, String>>()?;
-        Ok(SavedGraph {
-            dimension: self.dimension,
-            m: self.m,
-            ef_construction: self.ef_construction,
-            entry: self.entry,
-            nodes,
-        })
+        self.try_map_nodes(|n, node| coded_node(n, node.links, &node.vector, dimension))
     }
 }
 

@@ -478,6 +478,12 @@ mod tests {
             .collect()
     }
 
+    /// Replaces the index file of the checkpoint at `lsn` with `sections` in format `version`.
+    fn rewrite_index_file<N: Serialize>(db: &Database, lsn: Lsn, version: u32, sections: Vec<SavedNamespace<N>>) {
+        let dir = db.shared.dir.join(INDEX_DIR);
+        write_file(&*db.shared.storage, &dir, lsn, version, sections.into_iter()).unwrap();
+    }
+
     /// The checkpoint's index sections as format 1 wrote them: each node's prepared f32 vector
     /// (from its memory's embedding) instead of its codes.
     fn format_1_sections(db: &Database, lsn: Lsn) -> Vec<SavedNamespace<SavedNodeV1>> {
@@ -573,28 +579,14 @@ mod tests {
             let lsn = db.shared.indexes.file_lsn().expect("the checkpoint wrote an index file");
             let expected = answers(&db, &queries);
             let sections = format_1_sections(&db, lsn);
-            write_file(
-                &*db.shared.storage,
-                &dir.path().join(INDEX_DIR),
-                lsn,
-                INDEX_FORMAT_VERSION_F32,
-                sections.into_iter(),
-            )
-            .unwrap();
+            rewrite_index_file(&db, lsn, INDEX_FORMAT_VERSION_F32, sections);
             (lsn, expected)
         };
         let db = Database::open(dir.path(), options()).unwrap();
         assert_eq!(db.index_stats().origin, IndexOrigin::Checkpoint { lsn });
         assert_eq!(answers(&db, &queries), expected);
         let sections = format_2_sections(&db, lsn);
-        write_file(
-            &*db.shared.storage,
-            &dir.path().join(INDEX_DIR),
-            lsn,
-            INDEX_FORMAT_VERSION_CODES,
-            sections.into_iter(),
-        )
-        .unwrap();
+        rewrite_index_file(&db, lsn, INDEX_FORMAT_VERSION_CODES, sections);
         drop(db);
         let db = Database::open(dir.path(), options()).unwrap();
         assert_eq!(db.index_stats().origin, IndexOrigin::Checkpoint { lsn });
@@ -607,14 +599,7 @@ mod tests {
             .into_iter()
             .map(|(name, index)| saved_namespace(&name, &index.read().unwrap(), lsn))
             .collect();
-        write_file(
-            &*db.shared.storage,
-            &dir.path().join(INDEX_DIR),
-            lsn,
-            INDEX_FORMAT_VERSION + 1,
-            sections.into_iter(),
-        )
-        .unwrap();
+        rewrite_index_file(&db, lsn, INDEX_FORMAT_VERSION + 1, sections);
         drop(db);
         let db = Database::open(dir.path(), options()).unwrap();
         match db.index_stats().origin {
