@@ -58,28 +58,35 @@ struct SavedNamespace<N = SavedLinks> {
     graph: Option<SavedGraph<N>>,
 }
 
-impl SavedNamespace<SavedNodeV1> {
-    /// The section in the current form: every vector replaced by its codes.
-    fn encode(self) -> std::result::Result<SavedNamespace, Rejection> {
+impl<N> SavedNamespace<N> {
+    /// The same section with its graph (if any) converted, or the conversion's error.
+    fn try_map_graph<M, E>(
+        self,
+        convert: impl FnOnce(SavedGraph<N>) -> std::result::Result<SavedGraph<M>, E>,
+    ) -> std::result::Result<SavedNamespace<M>, E> {
         Ok(SavedNamespace {
             name: self.name,
             metric: self.metric,
             entries: self.entries,
             node_entry: self.node_entry,
-            graph: self.graph.map(|g| g.encode().map(|g| g.map_nodes(SavedLinks::from))).transpose()?,
+            graph: self.graph.map(convert).transpose()?,
         })
+    }
+}
+
+impl SavedNamespace<SavedNodeV1> {
+    /// The section in the current form: every vector replaced by its codes.
+    fn encode(self) -> std::result::Result<SavedNamespace, Rejection> {
+        self.try_map_graph(|g| g.encode().map(|g| g.map_nodes(SavedLinks::from)))
     }
 }
 
 impl SavedNamespace<SavedNode> {
     /// A format 2 section in the current form: every node keeps its codes.
     fn upgrade(self) -> SavedNamespace {
-        SavedNamespace {
-            name: self.name,
-            metric: self.metric,
-            entries: self.entries,
-            node_entry: self.node_entry,
-            graph: self.graph.map(|g| g.map_nodes(SavedLinks::from)),
+        match self.try_map_graph(|g| Ok::<_, std::convert::Infallible>(g.map_nodes(SavedLinks::from))) {
+            Ok(section) => section,
+            Err(never) => match never {},
         }
     }
 }
@@ -484,9 +491,12 @@ mod tests {
         write_file(&*db.shared.storage, &dir, lsn, version, sections.into_iter()).unwrap();
     }
 
-    /// The checkpoint's index sections as format 1 wrote them: each node's prepared f32 vector
-    /// (from its memory's embedding) instead of its codes.
-    fn format_1_sections(db: &Database, lsn: Lsn) -> Vec<SavedNamespace<SavedNodeV1>> {
+    /// The checkpoint's index sections, each graph converted by `convert(index, graph)`.
+    fn sections_as<N>(
+        db: &Database,
+        lsn: Lsn,
+        convert: impl Fn(&NamespaceIndex, SavedGraph<SavedLinks>) -> SavedGraph<N>,
+    ) -> Vec<SavedNamespace<N>> {
         db.shared
             .indexes
             .all()
@@ -494,59 +504,34 @@ mod tests {
             .map(|(name, index)| {
                 let index = index.read().unwrap();
                 let saved = saved_namespace(&name, &index, lsn);
-                let metric = index.metric;
-                let graph = saved.graph.map(|g| SavedGraph {
-                    dimension: g.dimension,
-                    m: g.m,
-                    ef_construction: g.ef_construction,
-                    entry: g.entry,
-                    nodes: g
-                        .nodes
-                        .into_iter()
-                        .enumerate()
-                        .map(|(n, node)| {
-                            let slot = index.node_entry[n] as usize;
-                            let embedding = index.entries[slot].memory().unwrap().embedding.as_ref().unwrap();
-                            SavedNodeV1 {
-                                links: node.links,
-                                vector: metric.prepare(embedding),
-                            }
-                        })
-                        .collect(),
-                });
-                SavedNamespace {
-                    name: saved.name,
-                    metric: saved.metric,
-                    entries: saved.entries,
-                    node_entry: saved.node_entry,
-                    graph,
-                }
+                let converted = saved.try_map_graph(|g| Ok::<_, String>(convert(&index, g)));
+                converted.unwrap()
             })
             .collect()
     }
 
+    /// The checkpoint's index sections as format 1 wrote them: each node's prepared f32 vector
+    /// (from its memory's embedding) instead of its codes.
+    fn format_1_sections(db: &Database, lsn: Lsn) -> Vec<SavedNamespace<SavedNodeV1>> {
+        sections_as(db, lsn, |index, graph| {
+            let node = |n: usize, node: SavedLinks| {
+                let slot = index.node_entry[n] as usize;
+                let embedding = index.entries[slot].memory().unwrap().embedding.as_ref().unwrap();
+                Ok::<_, String>(SavedNodeV1 {
+                    links: node.links,
+                    vector: index.metric.prepare(embedding),
+                })
+            };
+            graph.try_map_nodes(node).unwrap()
+        })
+    }
+
     /// The checkpoint's index sections as format 2 wrote them: every node with its codes.
     fn format_2_sections(db: &Database, lsn: Lsn) -> Vec<SavedNamespace<SavedNode>> {
-        db.shared
-            .indexes
-            .all()
-            .into_iter()
-            .map(|(name, index)| {
-                let index = index.read().unwrap();
-                let saved = saved_namespace(&name, &index, lsn);
-                let node_limit = saved.node_entry.len();
-                SavedNamespace {
-                    name: saved.name,
-                    metric: saved.metric,
-                    entries: saved.entries,
-                    node_entry: saved.node_entry,
-                    graph: index
-                        .hnsw
-                        .as_ref()
-                        .map(|g| g.export(node_limit, |_| true).with_codes(index.metric, |_| None).unwrap()),
-                }
-            })
-            .collect()
+        sections_as(db, lsn, |index, graph| {
+            let live = index.hnsw.as_ref().unwrap();
+            live.export(graph.nodes.len(), |_| true).with_codes(index.metric, |_| None).unwrap()
+        })
     }
 
     /// Index files of format 1 (f32 vectors) and 2 (every node's codes) still load: format 1's
