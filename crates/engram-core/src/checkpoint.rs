@@ -16,11 +16,14 @@
 //! log is truncated only below the *older* of the two retained checkpoints, so the fallback
 //! always has the log it needs. docs/checkpoint-format.md describes every byte.
 
+mod decode;
+
 use crate::db::{Database, Shared};
 use crate::error::{CoreError, Result};
 use crate::legacy;
 use crate::model::{Key, Value};
 use crate::store::{Chain, RetentionPlan, Store, Version};
+use decode::RawEntries;
 use engram_wal::storage::{read_exact_at, OpenMode, Storage, StorageFile};
 use engram_wal::{Lsn, SyncPolicy};
 use serde::{Deserialize, Serialize};
@@ -53,6 +56,13 @@ const MAX_VERSIONS_PER_ENTRY: usize = 64;
 const EXPORT_KEYS_PER_LOCK: usize = 1024;
 /// Bytes buffered before each write, and read per read call.
 const IO_CHUNK_BYTES: usize = 1 << 20;
+/// A load decodes entries on helper threads (checkpoint/decode.rs) from this body size on:
+/// below it, starting threads costs about what they save. The crate's own tests load every
+/// checkpoint that way, so that their damaged and old-format files go through the helpers.
+const PARALLEL_DECODE_MIN_BODY_BYTES: u64 = if cfg!(test) { 1 } else { 16 << 20 };
+/// At most this many decoding helpers: with two, the reading thread's share (reading,
+/// checksumming, checking order and building chains) is about as long as each helper's.
+const MAX_DECODE_HELPERS: usize = 2;
 /// How long the background thread waits after a failed checkpoint before it tries again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
@@ -540,24 +550,50 @@ impl FileReader {
 
     fn take(&mut self, n: usize) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            if self.buf_pos == self.buf.len() {
-                let want = (self.end - self.offset).min(IO_CHUNK_BYTES as u64) as usize;
-                if want == 0 {
-                    return Err(corrupt(&self.path, "the file ends inside its body"));
-                }
-                self.buf.resize(want, 0);
-                read_exact_at(&*self.file, &mut self.buf, self.offset)
-                    .map_err(|e| io_error(format!("reading {}", self.path.display()), e))?;
-                self.offset += want as u64;
-                self.buf_pos = 0;
-            }
-            let m = (n - out.len()).min(self.buf.len() - self.buf_pos);
-            out.extend_from_slice(&self.buf[self.buf_pos..self.buf_pos + m]);
-            self.buf_pos += m;
+        self.take_into(n, &mut out)?;
+        Ok(out)
+    }
+
+    fn take_array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        let mut filled = 0;
+        while filled < N {
+            let chunk = self.next_chunk(N - filled)?;
+            out[filled..filled + chunk.len()].copy_from_slice(chunk);
+            filled += chunk.len();
         }
         self.crc = crc32c::crc32c_append(self.crc, &out);
         Ok(out)
+    }
+
+    /// Appends the next `n` bytes to `out`.
+    fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        out.reserve(n);
+        while out.len() - start < n {
+            let chunk = self.next_chunk(n - (out.len() - start))?;
+            out.extend_from_slice(chunk);
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &out[start..]);
+        Ok(())
+    }
+
+    /// Up to `most` of the next bytes (at least one), read from the file when the buffer is
+    /// used up. Not yet checksummed: the callers do that.
+    fn next_chunk(&mut self, most: usize) -> Result<&[u8]> {
+        if self.buf_pos == self.buf.len() {
+            let want = (self.end - self.offset).min(IO_CHUNK_BYTES as u64) as usize;
+            if want == 0 {
+                return Err(corrupt(&self.path, "the file ends inside its body"));
+            }
+            self.buf.resize(want, 0);
+            read_exact_at(&*self.file, &mut self.buf, self.offset).map_err(|e| io_error(format!("reading {}", self.path.display()), e))?;
+            self.offset += want as u64;
+            self.buf_pos = 0;
+        }
+        let m = most.min(self.buf.len() - self.buf_pos);
+        self.buf_pos += m;
+        Ok(&self.buf[self.buf_pos - m..self.buf_pos])
     }
 }
 
@@ -695,19 +731,43 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
     let mut last_key: Option<Key> = None;
     let mut last_version_lsn = 0;
     let mut last_version_op = 0u32;
-    while r.consumed() < r.end {
-        let length = u32::from_le_bytes(r.take(ENTRY_LENGTH_BYTES)?.try_into().expect("4 bytes")) as u64;
-        let remaining = r.end - r.consumed();
-        if length > remaining {
-            return Err(corrupt(path, format!("entry {entries} of {length} bytes runs past the body")));
+    // Runs of whole entries are cut here (lengths checked, bytes checksummed) and decoded on
+    // helper threads when loading; an error found while reading ahead is returned once every
+    // entry before it was decoded and checked, as a sequential read would.
+    let mut read_error = None;
+    let mut next_entry = 0u64;
+    let read_next = || -> Result<Option<RawEntries>> {
+        if read_error.is_some() || r.consumed() >= r.end {
+            return Ok(None);
         }
-        let bytes = r.take(length as usize)?;
-        let decoded = match header.version {
-            FORMAT_VERSION_1 => postcard::from_bytes::<EntryInV1>(&bytes).map(|e| EntryIn::from(EntryIn::from(e))),
-            FORMAT_VERSION_2 => postcard::from_bytes::<EntryIn<legacy::Value>>(&bytes).map(EntryIn::from),
-            _ => postcard::from_bytes::<EntryIn>(&bytes),
+        let mut run = RawEntries::new(next_entry);
+        while r.consumed() < r.end && run.bytes.len() < decode::BATCH_BYTES {
+            let read = r.take_array::<ENTRY_LENGTH_BYTES>().and_then(|length| {
+                let length = u32::from_le_bytes(length) as u64;
+                if length > r.end - r.consumed() {
+                    return Err(corrupt(path, format!("entry {next_entry} of {length} bytes runs past the body")));
+                }
+                r.take_into(length as usize, &mut run.bytes)
+            });
+            if let Err(e) = read {
+                read_error = Some(e);
+                break;
+            }
+            run.ends.push(run.bytes.len());
+            next_entry += 1;
+        }
+        Ok(Some(run))
+    };
+    let version = header.version;
+    let decode = |number: u64, bytes: &[u8]| -> Result<EntryIn> {
+        let decoded = match version {
+            FORMAT_VERSION_1 => postcard::from_bytes::<EntryInV1>(bytes).map(|e| EntryIn::from(EntryIn::from(e))),
+            FORMAT_VERSION_2 => postcard::from_bytes::<EntryIn<legacy::Value>>(bytes).map(EntryIn::from),
+            _ => postcard::from_bytes::<EntryIn>(bytes),
         };
-        let entry = decoded.map_err(|e| corrupt(path, format!("entry {entries}: {e}")))?;
+        decoded.map_err(|e| corrupt(path, format!("entry {number}: {e}")))
+    };
+    let visit = |entry: EntryIn| -> Result<()> {
         entries += 1;
         if entry.versions.is_empty() {
             return Err(corrupt(path, format!("entry {entries} has no versions")));
@@ -763,6 +823,20 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
             }
         }
         last_key = Some(entry.key);
+        Ok(())
+    };
+    // Only a load decodes in parallel: the read-back of a new checkpoint runs on the
+    // background thread, which should not take more than its one core from commits.
+    let helpers = if keep && header.body_bytes >= PARALLEL_DECODE_MIN_BODY_BYTES {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DECODE_HELPERS))
+    } else {
+        1
+    };
+    decode::decode_in_order(helpers, read_next, &decode, visit, || {
+        corrupt(path, "a thread decoding its entries panicked")
+    })?;
+    if let Some(e) = read_error {
+        return Err(e);
     }
     Ok(Parsed {
         commit_times,

@@ -461,6 +461,68 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     assert_eq!(dump_every_lsn(&db, &touched), before);
 }
 
+/// A checkpoint body from 16 MiB on is decoded on helper threads at open (checkpoint/decode.rs),
+/// in runs of about 1 MiB handed back in file order: the store it loads is the one a sequential
+/// read gives, every version and key in its place (keys spanning runs and entries included),
+/// and a damaged one still falls back to the previous checkpoint.
+#[test]
+fn a_checkpoint_decoded_on_helper_threads_loads_every_version_in_order() {
+    let fs = FaultStorage::new();
+    let options = || DatabaseOptions {
+        checkpoint: CheckpointOptions::on_demand(),
+        ..Default::default()
+    };
+    let open = || Database::open_with_storage(Arc::new(fs.clone()), "/db", options()).unwrap();
+    // 2,400 keys of 3 to 9 KiB, each written three times: about 43 MB of versions.
+    let value = |key: usize, round: usize| KvValue::Bytes(vec![(key * 3 + round) as u8; 3_000 + (key % 7) * 1_000]);
+    let write_round = |db: &Database, round: usize| {
+        for first in (0..2_400).step_by(200) {
+            db.run(1, |t| {
+                for key in first..first + 200 {
+                    t.kv_put("ns", format!("key{key:05}").as_bytes(), value(key, round))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+    };
+    let everything = |db: &Database| {
+        let snap = db.snapshot();
+        let rows = snap.kv_scan_prefix("ns", b"").unwrap();
+        let histories: Vec<Vec<VersionInfo>> = (0..2_400)
+            .map(|key| snap.kv_history("ns", format!("key{key:05}").as_bytes()).unwrap())
+            .collect();
+        (rows, histories)
+    };
+    let (before, older, newest) = {
+        let db = open();
+        write_round(&db, 0);
+        let older = db.checkpoint().unwrap();
+        write_round(&db, 1);
+        write_round(&db, 2);
+        let newest = db.checkpoint().unwrap();
+        assert!(
+            newest.file_bytes > 40 << 20,
+            "{} bytes: too small for helper threads",
+            newest.file_bytes
+        );
+        (everything(&db), older, newest)
+    };
+    assert_eq!(before.1.iter().map(Vec::len).sum::<usize>(), 3 * 2_400);
+    {
+        let db = open();
+        assert_eq!(db.open_report().checkpoint_lsn, Some(newest.lsn));
+        assert_eq!(db.open_report().replayed_records, 0);
+        assert_eq!(everything(&db), before);
+    }
+    corrupt_byte(&fs, newest.path.as_ref().unwrap(), newest.file_bytes as usize * 2 / 3);
+    let db = open();
+    let report = db.open_report().clone();
+    assert_eq!(report.checkpoint_lsn, Some(older.lsn));
+    assert!(report.rejected_checkpoints[0].reason.contains("checksum"), "{report:?}");
+    assert_eq!(everything(&db), before);
+}
+
 #[test]
 fn without_a_usable_checkpoint_a_truncated_log_refuses_to_open() {
     let fs = FaultStorage::new();
