@@ -13,6 +13,7 @@
 //! graph is built and traversed on code distances, and its answers are approximate in distance
 //! as well as in membership; the caller re-scores them exactly (search/index.rs).
 
+use super::code_arena::{CodeArena, CACHE_LINE_BYTES};
 use super::codes::{encode_into, encode_to, CodeParams, EncodedQuery, CODE_MAX};
 use super::vector::{Metric, Scored};
 use std::cell::RefCell;
@@ -30,7 +31,6 @@ pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 128;
 /// Cache lines of a neighbour's codes prefetched before its distance is computed: all of them
 /// up to 512 dimensions (384 codes span 6 or 7 lines).
 const PREFETCH_LINES: usize = 8;
-const CACHE_LINE_BYTES: usize = 64;
 /// Candidates ahead in the neighbour-selection heuristic whose codes are requested while the
 /// current one is compared (its list is long, up to `ef_construction`, and often left early).
 /// Elsewhere a node's whole list of unvisited neighbours is requested at once: measured on
@@ -46,7 +46,7 @@ pub(crate) struct Hnsw {
     m: usize,
     ef_construction: usize,
     level_multiplier: f64,
-    /// Node i's codes at `i * dimension` (search/codes.rs).
+    /// Every node's codes (search/codes.rs), in chunks that never move (search/code_arena.rs).
     codes: CodeArena,
     /// Node i's code parameters.
     params: Vec<CodeParams>,
@@ -59,51 +59,6 @@ pub(crate) struct Hnsw {
     levels: Vec<u8>,
     /// The entry point and its top level.
     entry: Option<(u32, usize)>,
-}
-
-/// One cache line of codes: the unit [`CodeArena`] allocates in, for its alignment.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct CacheLine([i8; CACHE_LINE_BYTES]);
-
-/// The codes of every node, back to back, in a buffer that starts on a cache-line boundary.
-/// A plain `Vec<i8>` of this size comes from `mmap` through the allocator and starts 16 bytes
-/// past a page boundary, so with 384 dimensions every node's codes straddled 7 cache lines
-/// instead of 6: one line in 7 of every distance computation's memory traffic was wasted, and
-/// the traversal is bound by that traffic (docs/search.md, *Indexer CPU*).
-#[derive(Default)]
-struct CodeArena {
-    lines: Vec<CacheLine>,
-    /// Bytes in use (at most `lines.len() * CACHE_LINE_BYTES`).
-    len: usize,
-}
-
-impl CodeArena {
-    fn as_slice(&self) -> &[i8] {
-        // SAFETY: `CacheLine` is `repr(C)` around `[i8; 64]` with size 64 (no padding), so the
-        // lines are `lines.len() * 64` initialised, contiguous bytes, and `len` never exceeds it.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<i8>(), self.len) }
-    }
-
-    /// Appends `bytes` zeroed codes and returns them.
-    fn push_zeroed(&mut self, bytes: usize) -> &mut [i8] {
-        let start = self.len;
-        self.len += bytes;
-        self.lines
-            .resize(self.len.div_ceil(CACHE_LINE_BYTES), CacheLine([0; CACHE_LINE_BYTES]));
-        // SAFETY: as in `as_slice`, for the bytes `start..len`, which the resize just made
-        // part of the lines; the borrow of `self` keeps anything else from touching them.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<i8>().add(start), bytes) }
-    }
-
-    fn reserve_bytes(&mut self, bytes: usize) {
-        self.lines
-            .reserve((self.len + bytes).div_ceil(CACHE_LINE_BYTES).saturating_sub(self.lines.len()));
-    }
-
-    fn capacity_bytes(&self) -> usize {
-        self.lines.capacity() * CACHE_LINE_BYTES
-    }
 }
 
 /// A (distance, node) pair packed into one `u64` whose integer order is [`Scored`]'s order
@@ -226,7 +181,7 @@ impl Hnsw {
             m,
             ef_construction: ef_construction.max(m),
             level_multiplier: 1.0 / (m as f64).ln(),
-            codes: CodeArena::default(),
+            codes: CodeArena::new(dimension),
             params: Vec::new(),
             level0: Vec::new(),
             upper: Vec::new(),
@@ -276,8 +231,7 @@ impl Hnsw {
 
     #[inline]
     fn code(&self, node: u32) -> &[i8] {
-        let start = node as usize * self.dimension;
-        &self.codes.as_slice()[start..start + self.dimension]
+        self.codes.code(node)
     }
 
     /// The distance between two nodes' codes.
@@ -375,7 +329,7 @@ impl Hnsw {
         debug_assert_eq!(vector.len(), self.dimension);
         let node = self.len() as u32;
         let level = self.random_level(node);
-        let params = encode_to(vector, self.codes.push_zeroed(self.dimension));
+        let params = encode_to(vector, self.codes.push_zeroed());
         self.params.push(params);
         // The node's own codes are its query: its links are chosen by the same code distances
         // searches walk them with.
@@ -817,7 +771,7 @@ impl Hnsw {
         }
         let count = saved.nodes.len();
         let mut graph = Hnsw::with_parameters(metric, dimension, saved.m as usize, saved.ef_construction as usize);
-        graph.codes.reserve_bytes(count * dimension);
+        graph.codes.reserve(count);
         graph.params.reserve(count);
         for (n, node) in saved.nodes.iter().enumerate() {
             if node.codes.len() != dimension || node.codes.iter().any(|&c| c < -CODE_MAX) {
@@ -855,7 +809,7 @@ impl Hnsw {
         graph.level0.reserve(count * stride);
         for node in saved.nodes {
             graph.params.push(CodeParams::of(&node.codes, node.scale));
-            graph.codes.push_zeroed(dimension).copy_from_slice(&node.codes);
+            graph.codes.push_zeroed().copy_from_slice(&node.codes);
             let mut levels = node.links.into_iter();
             let level0 = levels.next().unwrap_or_default();
             let base = graph.level0.len();
@@ -965,7 +919,7 @@ mod tests {
                 graph.insert(&v);
                 vectors.push(v);
             }
-            assert_eq!(graph.codes.as_slice(), expected.as_slice(), "dimension {dimension}");
+            assert_eq!(graph.codes.to_vec(), expected, "dimension {dimension}");
             if dimension.is_multiple_of(CACHE_LINE_BYTES) {
                 assert!((0..300).all(|n| (graph.code(n).as_ptr() as usize).is_multiple_of(CACHE_LINE_BYTES)));
             }
@@ -973,13 +927,13 @@ mod tests {
             // codes of superseded versions): the same codes either way.
             let saved = graph.export(graph.len(), |_| true).with_codes(Metric::L2, |_| None).unwrap();
             let loaded = Hnsw::import(Metric::L2, saved).unwrap();
-            assert_eq!(loaded.codes.as_slice(), expected.as_slice());
+            assert_eq!(loaded.codes.to_vec(), expected);
             let recomputed = graph
                 .export(graph.len(), |n| n % 3 == 0)
                 .with_codes(Metric::L2, |n| Some(vectors[n].as_slice()))
                 .unwrap();
             let loaded = Hnsw::import(Metric::L2, recomputed).unwrap();
-            assert_eq!(loaded.codes.as_slice(), expected.as_slice());
+            assert_eq!(loaded.codes.to_vec(), expected);
             let missing = graph.export(graph.len(), |n| n != 7).with_codes(Metric::L2, |_| None);
             assert_eq!(
                 missing.err().as_deref(),

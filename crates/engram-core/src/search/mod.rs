@@ -7,6 +7,7 @@
 //! - `filter.rs`: metadata filters; `index.rs`: versioned per-namespace indexes and their
 //!   background applier; `neighbours.rs`: graph traversal.
 
+pub(crate) mod code_arena;
 pub(crate) mod codes;
 pub(crate) mod filter;
 pub(crate) mod hnsw;
