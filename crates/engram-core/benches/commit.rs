@@ -53,6 +53,29 @@ fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
 }
 
 /// Runs `op` from `writers` threads for the run duration; returns throughput and latencies.
+/// Lets a freshly opened log finish its start-up I/O before it is measured: the background
+/// preparer's first spare segments (each zero-filled and synced) and whatever earlier rows left
+/// dirty in the page cache (`sync`), as the peer suite does before every peer. Without it, the
+/// row measured first after an open pays for I/O that a running database has long finished.
+fn settle(wal_dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(wal_dir)
+            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        let segments = names
+            .iter()
+            .filter(|n| engram_wal::layout::parse_segment_file_name(n).is_some())
+            .count();
+        if (segments >= 3 && !names.iter().any(|n| n.ends_with(".tmp"))) || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
     drive_for(run_duration(), writers, op)
 }
@@ -165,6 +188,7 @@ fn main() {
         // The async pair first: 64 tasks on 2 runtime threads, log alone, then engine.
         let wal_dir = tempfile::tempdir_in(&base).unwrap();
         let wal = Arc::new(Wal::open(wal_dir.path(), WalOptions::default()).unwrap());
+        settle(wal_dir.path());
         let payload: Arc<[u8]> = vec![7u8; record_bytes].into();
         let task_wal = wal.clone();
         wal_task_rounds.push(drive_tasks(&runtime, writers, move |_, _| {
@@ -178,6 +202,7 @@ fn main() {
         let task_dir = tempfile::tempdir_in(&base).unwrap();
         let task_db = Arc::new(Database::open(task_dir.path(), DatabaseOptions::default()).unwrap());
         task_db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
+        settle(&task_dir.path().join(engram_core::WAL_DIR));
         let committer = task_db.clone();
         db_task_rounds.push(drive_tasks(&runtime, writers, move |w, i| {
             let db = committer.clone();
@@ -197,6 +222,7 @@ fn main() {
 
         let wal_dir = tempfile::tempdir_in(&base).unwrap();
         let wal = Wal::open(wal_dir.path(), WalOptions::default()).unwrap();
+        settle(wal_dir.path());
         let payload = vec![7u8; record_bytes];
         wal_rounds.push(drive(writers, |_, _| {
             wal.append_with(1, &payload, SyncPolicy::Always).unwrap();
@@ -207,6 +233,7 @@ fn main() {
         let round_db = Database::open(db_dir.path(), DatabaseOptions::default()).unwrap();
         // Declared up front: otherwise the 64 first inserts race to fix the dimension and conflict.
         round_db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
+        settle(&db_dir.path().join(engram_core::WAL_DIR));
         db_rounds.push(drive(writers, |w, i| {
             round_db.run(10, |t| t.insert_memory("bench", memory(w, i))).unwrap();
         }));
@@ -220,6 +247,7 @@ fn main() {
         let paused_db = Database::open(paused_dir.path(), DatabaseOptions::default()).unwrap();
         paused_db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
         paused_db.pause_indexer(true);
+        settle(&paused_dir.path().join(engram_core::WAL_DIR));
         paused_rounds.push(drive_for(run_duration() / 2, writers, |w, i| {
             paused_db.run(10, |t| t.insert_memory("bench", memory(w, i))).unwrap();
         }));
@@ -313,6 +341,7 @@ fn main() {
         };
         let db = Database::open(dir.path(), options).unwrap();
         db.run(1, |t| t.declare_dimension("bench", DIMENSION)).unwrap();
+        settle(&dir.path().join(engram_core::WAL_DIR));
         let before = db.last_checkpoint_lsn();
         let figures = drive(writers, |w, i| {
             db.run(10, |t| t.insert_memory("bench", memory(w, i))).unwrap();
