@@ -1,7 +1,7 @@
 //! Decoding a checkpoint's entries on helper threads, handed back in file order.
 //!
 //! At a million memories, decoding the entries (allocating every text, embedding and metadata
-//! map) is about four fifths of loading a checkpoint, and reading the bytes, checking their CRC
+//! map) is about two thirds of loading a checkpoint, and reading the bytes, checking their CRC
 //! and checking the entries' order the rest. Entries are length-prefixed, so the reading thread
 //! can cut the body into runs of whole entries without decoding them; helper threads decode the
 //! runs and the reading thread takes the results back in file order, so that every check (and
