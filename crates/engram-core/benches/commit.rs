@@ -52,7 +52,6 @@ fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
     }
 }
 
-/// Runs `op` from `writers` threads for the run duration; returns throughput and latencies.
 /// Lets a freshly opened log finish its start-up I/O before it is measured: the background
 /// preparer's first spare segments (each zero-filled and synced) and whatever earlier rows left
 /// dirty in the page cache (`sync`), as the peer suite does before every peer. Without it, the
@@ -76,6 +75,7 @@ fn settle(wal_dir: &std::path::Path) {
     unsafe { libc::sync() };
 }
 
+/// Runs `op` from `writers` threads for the run duration; returns throughput and latencies.
 fn drive(writers: usize, op: impl Fn(usize, u64) + Sync) -> Figures {
     drive_for(run_duration(), writers, op)
 }
