@@ -8,21 +8,24 @@ use crate::model::{self, Entity, Key, KvValue, NamespaceMeta, Relation};
 use crate::record;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Memory {
-    pub id: String,
-    pub text: String,
-    pub embedding: Option<Vec<f32>>,
+/// How versions 1 and 2 encode a [`model::Memory`]: the same fields, the embedding as a
+/// sequence of f32s (serde's remote derive: no separate type to convert from).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "model::Memory")]
+struct MemoryV2 {
+    id: String,
+    text: String,
+    embedding: Option<Vec<f32>>,
     #[serde(with = "model::json_text")]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    pub created_ms: u64,
-    pub updated_ms: u64,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    created_ms: u64,
+    updated_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Value {
     Meta(NamespaceMeta),
-    Memory(Memory),
+    Memory(#[serde(with = "MemoryV2")] model::Memory),
     Entity(Entity),
     Relation(Relation),
     Kv(KvValue),
@@ -51,14 +54,7 @@ impl From<Value> for model::Value {
     fn from(v: Value) -> model::Value {
         match v {
             Value::Meta(m) => model::Value::Meta(m),
-            Value::Memory(m) => model::Value::Memory(model::Memory {
-                id: m.id,
-                text: m.text,
-                embedding: m.embedding,
-                metadata: m.metadata,
-                created_ms: m.created_ms,
-                updated_ms: m.updated_ms,
-            }),
+            Value::Memory(m) => model::Value::Memory(m),
             Value::Entity(e) => model::Value::Entity(e),
             Value::Relation(r) => model::Value::Relation(r),
             Value::Kv(kv) => model::Value::Kv(kv),
@@ -89,14 +85,7 @@ impl From<model::Value> for Value {
     fn from(v: model::Value) -> Value {
         match v {
             model::Value::Meta(m) => Value::Meta(m),
-            model::Value::Memory(m) => Value::Memory(Memory {
-                id: m.id,
-                text: m.text,
-                embedding: m.embedding,
-                metadata: m.metadata,
-                created_ms: m.created_ms,
-                updated_ms: m.updated_ms,
-            }),
+            model::Value::Memory(m) => Value::Memory(m),
             model::Value::Entity(e) => Value::Entity(e),
             model::Value::Relation(r) => Value::Relation(r),
             model::Value::Kv(kv) => Value::Kv(kv),
