@@ -17,8 +17,10 @@
 //! always has the log it needs. docs/checkpoint-format.md describes every byte.
 
 mod decode;
+mod entry;
 
 use crate::db::{Database, Shared};
+use crate::embedding::{self, MappedFile};
 use crate::error::{CoreError, Result};
 use crate::legacy;
 use crate::model::{Key, Value};
@@ -26,7 +28,9 @@ use crate::store::{Chain, RetentionPlan, Store, Version};
 use decode::RawEntries;
 use engram_wal::storage::{read_exact_at, OpenMode, Storage, StorageFile};
 use engram_wal::{Lsn, SyncPolicy};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -37,10 +41,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 
 const MAGIC: &[u8; 8] = b"ENGRMCKP";
-/// Version of the checkpoint file format written (docs/checkpoint-format.md). Version 2
-/// (embeddings as a sequence of f32s) and version 1 (also: an 80-byte header without the
-/// history horizon, entries without `created`) are still read.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
+/// Version of the checkpoint file format written (docs/checkpoint-format.md). Still read:
+/// version 3 (embeddings inside the postcard encoding, not aligned, so always copied to the
+/// heap), version 2 (embeddings as a sequence of f32s) and version 1 (also: an 80-byte header
+/// without the history horizon, entries without `created`).
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
+const FORMAT_VERSION_3: u32 = 3;
 const FORMAT_VERSION_2: u32 = 2;
 const FORMAT_VERSION_1: u32 = 1;
 /// Header size of the version written, and of version 1.
@@ -295,8 +301,10 @@ impl Header {
     }
 }
 
-/// One entry of the body as written: a key and a run of its versions, oldest first. `created`
-/// is `Chain::created`, on the first entry of a key only.
+/// One entry of the body as version 3 wrote it (format 4's is checkpoint/entry.rs): a key and
+/// a run of its versions, oldest first. `created` is `Chain::created`, on the first entry of a
+/// key only.
+#[cfg(test)]
 #[derive(Serialize)]
 struct EntryOut<'a> {
     key: &'a Key,
@@ -304,6 +312,7 @@ struct EntryOut<'a> {
     versions: Vec<VersionOut<'a>>,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct VersionOut<'a> {
     lsn: Lsn,
@@ -311,8 +320,9 @@ struct VersionOut<'a> {
     value: Option<&'a Value>,
 }
 
-/// The same entry as read back (postcard encodes `&T` exactly as `T`). `V` is the value as
-/// the file's version encodes it: [`Value`], or [`legacy::Value`] before version 3.
+/// An entry as read back (postcard encodes `&T` exactly as `T`). `V` is the value as the
+/// file's version encodes it: [`Value`] in version 3, [`legacy::Value`] before; format 4's
+/// entries decode to `EntryIn<Value>` through checkpoint/entry.rs.
 #[derive(Deserialize)]
 struct EntryIn<V = Value> {
     key: Key,
@@ -398,21 +408,9 @@ impl FileWriter {
     }
 
     fn put_entry(&mut self, key: &Key, created: Option<(Lsn, u32)>, versions: &[Version]) -> Result<()> {
-        let entry = EntryOut {
-            key,
-            created,
-            versions: versions
-                .iter()
-                .map(|v| VersionOut {
-                    lsn: v.lsn,
-                    op_index: v.op_index,
-                    value: v.value.as_deref(),
-                })
-                .collect(),
-        };
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; ENTRY_LENGTH_BYTES]);
-        self.buf = postcard::to_extend(&entry, std::mem::take(&mut self.buf)).expect("encoding to memory cannot fail");
+        entry::encode(&mut self.buf, self.offset, key, created, versions);
         let length = u32::try_from(self.buf.len() - start - ENTRY_LENGTH_BYTES).map_err(|_| CoreError::TooLarge {
             what: "checkpoint entry",
             size_bytes: self.buf.len() - start - ENTRY_LENGTH_BYTES,
@@ -649,7 +647,12 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
             ),
         ));
     }
-    let parsed = parse_body(&mut r, &header, keep);
+    // A load of a format 4 file reads the embeddings in place from a mapping of it, unless the
+    // storage is not the real file system or the mapping fails (then they are copied).
+    let mapped = (keep && header.version >= 4)
+        .then(|| file.std_file().and_then(MappedFile::map))
+        .flatten();
+    let parsed = parse_body(&mut r, &header, keep, mapped.as_ref());
     if let Err(e @ CoreError::Io { .. }) = parsed {
         return Err(e);
     }
@@ -705,7 +708,7 @@ struct Parsed {
 }
 
 /// Decodes the commit table and the entries that fill the rest of the body, checking order.
-fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed> {
+fn parse_body(r: &mut FileReader, header: &Header, keep: bool, mapped: Option<&Arc<MappedFile>>) -> Result<Parsed> {
     let path = r.path.clone();
     let path = path.as_path();
     let commit_table_bytes = header.commit_count.checked_mul(COMMIT_ENTRY_BYTES as u64);
@@ -747,11 +750,14 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
                 if length > r.end - r.consumed() {
                     return Err(corrupt(path, format!("entry {next_entry} of {length} bytes runs past the body")));
                 }
-                r.take_into(length as usize, &mut run.bytes)
+                Ok(r.consumed()).and_then(|offset| r.take_into(length as usize, &mut run.bytes).map(|()| offset))
             });
-            if let Err(e) = read {
-                read_error = Some(e);
-                break;
+            match read {
+                Ok(offset) => run.offsets.push(offset),
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
             }
             run.ends.push(run.bytes.len());
             next_entry += 1;
@@ -759,11 +765,16 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool) -> Result<Parsed>
         Ok(Some(run))
     };
     let version = header.version;
-    let decode = |number: u64, bytes: &[u8]| -> Result<EntryIn> {
+    let decode = |number: u64, file_offset: u64, bytes: &[u8]| -> Result<EntryIn> {
         let decoded = match version {
-            FORMAT_VERSION_1 => postcard::from_bytes::<EntryInV1>(bytes).map(|e| EntryIn::from(EntryIn::from(e))),
-            FORMAT_VERSION_2 => postcard::from_bytes::<EntryIn<legacy::Value>>(bytes).map(EntryIn::from),
-            _ => postcard::from_bytes::<EntryIn>(bytes),
+            FORMAT_VERSION_1 => postcard::from_bytes::<EntryInV1>(bytes)
+                .map(|e| EntryIn::from(EntryIn::from(e)))
+                .map_err(|e| e.to_string()),
+            FORMAT_VERSION_2 => postcard::from_bytes::<EntryIn<legacy::Value>>(bytes)
+                .map(EntryIn::from)
+                .map_err(|e| e.to_string()),
+            FORMAT_VERSION_3 => postcard::from_bytes::<EntryIn>(bytes).map_err(|e| e.to_string()),
+            _ => entry::decode(bytes, file_offset, mapped),
         };
         decoded.map_err(|e| corrupt(path, format!("entry {number}: {e}")))
     };
@@ -961,7 +972,8 @@ impl CheckpointState {
         self.remove_files(storage, |name| name.ends_with(".tmp"))
     }
 
-    /// The spare file to write the next checkpoint over, if reuse is on and there is one.
+    /// The spare file to write the next checkpoint over, if reuse is on and there is one that
+    /// no embedding reads in place (crate::embedding).
     fn spare(&self, storage: &dyn Storage, reuse: bool) -> Result<Option<PathBuf>> {
         let path = self.dir.join(SPARE_FILE);
         if !reuse {
@@ -970,12 +982,14 @@ impl CheckpointState {
         let found = storage
             .kind_of(&path)
             .map_err(|e| io_error(format!("inspecting {}", path.display()), e))?;
-        Ok((found == Some(false)).then_some(path))
+        Ok((found == Some(false) && !embedding::is_mapped(&path)).then_some(path))
     }
 
     /// Keeps the two newest verified checkpoints and deletes every other checkpoint file
     /// (older ones, and damaged ones open skipped), then syncs the directory. With `reuse`,
-    /// the newest of the retired files becomes the spare (unless there is one) instead.
+    /// the newest of the retired files becomes the spare (unless there is one) instead, unless
+    /// embeddings read it in place: a file loaded at open is deleted, never written over (its
+    /// blocks are freed when its last embedding is dropped).
     fn apply_retention(&mut self, storage: &dyn Storage, reuse: bool) -> Result<usize> {
         self.retained.truncate(2);
         let keep: Vec<&std::ffi::OsStr> = self.retained.iter().filter_map(|c| c.path.file_name()).collect();
@@ -988,7 +1002,8 @@ impl CheckpointState {
             let names = storage
                 .list(&self.dir)
                 .map_err(|e| io_error(format!("listing {}", self.dir.display()), e))?;
-            match names.iter().filter(|n| is_retired(n)).max_by_key(|n| parse_file_name(n)) {
+            let reusable = |name: &str| is_retired(name) && !embedding::is_mapped(&self.dir.join(name));
+            match names.iter().filter(|n| reusable(n)).max_by_key(|n| parse_file_name(n)) {
                 Some(newest_retired) => {
                     let (from, to) = (self.dir.join(newest_retired), self.dir.join(SPARE_FILE));
                     storage
@@ -1436,7 +1451,7 @@ mod tests {
         let b = h.encode();
         assert_eq!(b.len(), 88);
         assert_eq!(&b[0..8], b"ENGRMCKP");
-        assert_eq!(&b[8..16], &[3, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[8..16], &[4, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[16..18], &[0x02, 0x01]);
         assert_eq!([b[24], b[32], b[40], b[48], b[56], b[64], b[72], b[80]], [3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(Header::decode(&b).unwrap(), h);
@@ -1486,8 +1501,9 @@ mod tests {
         );
     }
 
-    /// A file of `store` at `lsn` in format version 1 or 2, written as older builds did:
-    /// embeddings as f32 sequences; in version 1, no `created` and no history horizon.
+    /// A file of `store` at `lsn` in format version 1, 2 or 3, written as older builds did:
+    /// in version 3, embeddings inside the postcard encoding (a byte string); before, as f32
+    /// sequences; in version 1, no `created` and no history horizon.
     fn write_legacy(fs: &FaultStorage, store: &Store, lsn: Lsn, version: u32) -> PathBuf {
         #[derive(Serialize)]
         struct VersionOutV2 {
@@ -1524,7 +1540,21 @@ mod tests {
                         value: v.value.as_deref().cloned().map(legacy::Value::from),
                     })
                     .collect();
-                let bytes = if version == FORMAT_VERSION_1 {
+                let bytes = if version == FORMAT_VERSION_3 {
+                    let created = if i == 0 { chain.created } else { None };
+                    postcard::to_stdvec(&EntryOut {
+                        key,
+                        created,
+                        versions: run
+                            .iter()
+                            .map(|v| VersionOut {
+                                lsn: v.lsn,
+                                op_index: v.op_index,
+                                value: v.value.as_deref(),
+                            })
+                            .collect(),
+                    })
+                } else if version == FORMAT_VERSION_1 {
                     postcard::to_stdvec(&EntryOutV1 {
                         key,
                         versions: run_versions,
@@ -1576,7 +1606,7 @@ mod tests {
             let memory = crate::model::Memory {
                 id: format!("m{m}"),
                 text: format!("memory {m}"),
-                embedding: Some(vec![m as f32, -0.5, f32::MIN_POSITIVE, 1e30]),
+                embedding: Some(vec![m as f32, -0.5, f32::MIN_POSITIVE, 1e30].into()),
                 metadata: serde_json::Map::new(),
                 created_ms: lsn,
                 updated_ms: lsn,
@@ -1592,9 +1622,9 @@ mod tests {
     }
 
     #[test]
-    fn version_1_and_2_checkpoints_are_still_read() {
+    fn version_1_2_and_3_checkpoints_are_still_read() {
         let store = sample_store_with_memories(200, 3, 5);
-        for version in [FORMAT_VERSION_1, FORMAT_VERSION_2] {
+        for version in [FORMAT_VERSION_1, FORMAT_VERSION_2, FORMAT_VERSION_3] {
             let fs = FaultStorage::new();
             let path = write_legacy(&fs, &store, 205, version);
             let (header, contents) = read(&fs, &path, true).unwrap();
@@ -1620,6 +1650,18 @@ mod tests {
         }
     }
 
+    /// Whether each embedding of the loaded chains is read in place from the file.
+    fn embeddings_mapped(chains: &[(Key, Chain)]) -> Vec<bool> {
+        chains
+            .iter()
+            .flat_map(|(_, chain)| chain.versions.iter())
+            .filter_map(|v| match v.value.as_deref() {
+                Some(Value::Memory(m)) => m.embedding.as_ref().map(|e| e.is_mapped()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn memories_with_embeddings_round_trip_through_a_checkpoint() {
         let store = sample_store_with_memories(20, 3, 5);
@@ -1627,10 +1669,37 @@ mod tests {
         let (header, contents) = read(&fs, &file.path, true).unwrap();
         assert_eq!(header.version, CHECKPOINT_FORMAT_VERSION);
         let contents = contents.unwrap();
+        // Storage that is not the real file system cannot be mapped: the floats are copied.
+        assert_eq!(embeddings_mapped(&contents.chains), [false; 5]);
         let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
         let memories = rebuilt.scan_prefix("ns", Space::Memory, b"", 25);
         assert_eq!(memories.len(), 5);
         assert_eq!(memories, store.scan_prefix("ns", Space::Memory, b"", 25));
+    }
+
+    #[test]
+    fn a_load_from_the_file_system_reads_every_embedding_in_place_and_a_verification_copies_none() {
+        let store = sample_store_with_memories(20, 3, 40);
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = engram_wal::storage::StdStorage;
+        let dir = tmp.path().join("checkpoints");
+        ensure_dir(&storage, &dir).unwrap();
+        let plan = store.plan_retention(60, PruneRule::Off);
+        let (file, _) = write(&storage, &dir, &store, &plan, (60, 1060), None).unwrap();
+        assert!(!embedding::is_mapped(&file.path), "writing maps nothing");
+        assert!(read(&storage, &file.path, false).unwrap().1.is_none());
+        assert!(!embedding::is_mapped(&file.path), "a verification maps nothing");
+        let contents = read(&storage, &file.path, true).unwrap().1.unwrap();
+        assert_eq!(embeddings_mapped(&contents.chains), [true; 40]);
+        assert!(embedding::is_mapped(&file.path));
+        let rebuilt = Store::from_checkpoint(contents.chains, contents.commit_times);
+        assert_eq!(
+            rebuilt.scan_prefix("ns", Space::Memory, b"", 60),
+            store.scan_prefix("ns", Space::Memory, b"", 60)
+        );
+        assert_eq!(state_at(&rebuilt, 3, 60), state_at(&store, 3, 60));
+        drop(rebuilt);
+        assert!(!embedding::is_mapped(&file.path), "the mapping ends with the last embedding in it");
     }
 
     /// Everything a read at `at` can see of the sample keys: values, creation orders, history.

@@ -1,7 +1,7 @@
 //! Values as older builds encoded them, still read: log records of versions 1 and 2 and
 //! checkpoints of format versions 1 and 2 hold a memory's embedding as a postcard sequence of
 //! f32s (a varint count, then 4 bytes per element) where newer ones hold one byte string
-//! (`model::embedding_bytes`). Everything else encodes alike, so these types differ from the
+//! (`Embedding`'s own encoding). Everything else encodes alike, so these types differ from the
 //! current ones only on the way to a memory.
 
 use crate::model::{self, Entity, Key, KvValue, NamespaceMeta, Relation};
@@ -15,11 +15,26 @@ use serde::{Deserialize, Serialize};
 struct MemoryV2 {
     id: String,
     text: String,
-    embedding: Option<Vec<f32>>,
+    #[serde(with = "float_sequence")]
+    embedding: Option<model::Embedding>,
     #[serde(with = "model::json_text")]
     metadata: serde_json::Map<String, serde_json::Value>,
     created_ms: u64,
     updated_ms: u64,
+}
+
+/// An embedding as a postcard sequence of f32s.
+mod float_sequence {
+    use crate::model::Embedding;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Embedding>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_deref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Embedding>, D::Error> {
+        Ok(Option::<Vec<f32>>::deserialize(d)?.map(Embedding::from))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

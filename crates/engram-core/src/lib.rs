@@ -9,6 +9,7 @@
 mod checkpoint;
 mod cursors;
 mod db;
+mod embedding;
 mod error;
 mod feed;
 mod graph;
@@ -37,7 +38,7 @@ pub use feed::{ChangeEvent, ChangeFeed, ChangeKind, ChangeOp, KeyEncoding};
 pub use graph::{AddedObservations, GraphReads, KnowledgeGraph};
 pub use kv::KvReads;
 pub use memory::{MemoryPatch, MemoryReads, MemoryRef, NewMemory};
-pub use model::{Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Space, Value};
+pub use model::{Embedding, Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Space, Value};
 pub use names::{validate_namespace, MAX_DIMENSION, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 pub use record::{CommitRecord, LogRecord, Op, KIND_COMMIT, KIND_OPS, RECORD_VERSION, STREAM_RECORD_BYTES};
 pub use retention::{RetainedView, RetentionPolicy};

@@ -1,7 +1,7 @@
 //! Memories: text, an optional embedding (one dimension per namespace) and JSON metadata.
 
 use crate::error::{CoreError, Result};
-use crate::model::{Key, Memory, NamespaceMeta, Space, Value};
+use crate::model::{Embedding, Key, Memory, NamespaceMeta, Space, Value};
 use crate::names::{json_kind, validate_embedding, validate_namespace, validate_size, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 use crate::retention::RetainedView;
 use crate::store::VersionInfo;
@@ -90,12 +90,12 @@ impl Transaction {
         }
     }
 
-    fn validated_embedding(&mut self, namespace: &str, embedding: Option<Vec<f32>>) -> Result<Option<Vec<f32>>> {
+    fn validated_embedding(&mut self, namespace: &str, embedding: Option<Vec<f32>>) -> Result<Option<Embedding>> {
         if let Some(e) = &embedding {
             validate_embedding(e)?;
             self.check_dimension(namespace, e.len())?;
         }
-        Ok(embedding)
+        Ok(embedding.map(Embedding::from))
     }
 
     /// Inserts a memory; returns its generated id (a ULID: unique and ordered by creation time).

@@ -1,5 +1,6 @@
 //! What the database stores: keys in namespaces and spaces, and the values behind them.
 
+pub use crate::embedding::Embedding;
 use serde::{Deserialize, Serialize};
 
 /// Which kind of item a key names. The order is part of the key order.
@@ -56,89 +57,13 @@ pub(crate) mod json_text {
     }
 }
 
-/// An embedding in binary encodings (log records, checkpoints) as one byte string: its f32s'
-/// little-endian bytes after the byte count, so that encoding and decoding it is one copy
-/// rather than a call per element; in human-readable encodings (JSON), an array of numbers.
-/// Records before version 3 and checkpoints before version 3 held a sequence of f32s
-/// (`crate::legacy`).
-pub(crate) mod embedding_bytes {
-    use serde::de::{Error, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    struct Floats<'a>(&'a [f32]);
-
-    impl Serialize for Floats<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            if s.is_human_readable() {
-                return self.0.serialize(s);
-            }
-            #[cfg(target_endian = "little")]
-            {
-                // SAFETY: f32 has no padding and every bit pattern of its 4 bytes is a valid u8;
-                // the slice covers exactly the floats' memory, which outlives the borrow.
-                let bytes = unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), std::mem::size_of_val(self.0)) };
-                s.serialize_bytes(bytes)
-            }
-            #[cfg(not(target_endian = "little"))]
-            {
-                let bytes: Vec<u8> = self.0.iter().flat_map(|f| f.to_le_bytes()).collect();
-                s.serialize_bytes(&bytes)
-            }
-        }
-    }
-
-    struct FloatBuf(Vec<f32>);
-
-    struct BytesVisitor;
-
-    impl Visitor<'_> for BytesVisitor {
-        type Value = FloatBuf;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an embedding's bytes (4 per dimension)")
-        }
-
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<FloatBuf, E> {
-            if !bytes.len().is_multiple_of(4) {
-                return Err(E::custom(format!(
-                    "an embedding of {} bytes is not a whole number of f32s",
-                    bytes.len()
-                )));
-            }
-            Ok(FloatBuf(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            ))
-        }
-    }
-
-    impl<'de> Deserialize<'de> for FloatBuf {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FloatBuf, D::Error> {
-            if d.is_human_readable() {
-                Vec::<f32>::deserialize(d).map(FloatBuf)
-            } else {
-                d.deserialize_bytes(BytesVisitor)
-            }
-        }
-    }
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_deref().map(Floats).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
-        Ok(Option::<FloatBuf>::deserialize(d)?.map(|f| f.0))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     pub id: String,
     pub text: String,
-    #[serde(with = "embedding_bytes")]
-    pub embedding: Option<Vec<f32>>,
+    /// On the heap, or read in place from the checkpoint file the database was opened from
+    /// (crate::embedding); either way it serializes as its floats.
+    pub embedding: Option<Embedding>,
     #[serde(with = "json_text")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_ms: u64,
@@ -190,7 +115,7 @@ mod tests {
         Memory {
             id: "m".into(),
             text: "t".into(),
-            embedding,
+            embedding: embedding.map(Embedding::from),
             metadata: serde_json::Map::new(),
             created_ms: 1,
             updated_ms: 2,

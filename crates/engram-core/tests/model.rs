@@ -472,7 +472,7 @@ fn apply_step(t: &mut Transaction, w: &mut Work, step: &Step) {
             let m = t.get_memory(ns, &id).unwrap().expect("a transaction reads its own insert");
             assert_eq!(m.id, id);
             assert_eq!(m.text, *text);
-            assert_eq!(m.embedding, dimension.map(|d| embedding(d, *tag)));
+            assert_eq!(m.embedding, dimension.map(|d| embedding(d, *tag).into()));
             assert_eq!(m.metadata, metadata_map(*tag));
             assert_eq!(m.created_ms, m.updated_ms);
             let n = w.state.ns(ns);
@@ -542,7 +542,7 @@ fn apply_step(t: &mut Transaction, w: &mut Work, step: &Step) {
                 expected.text = text;
             }
             if let Some(e) = patch.embedding {
-                expected.embedding = Some(e);
+                expected.embedding = Some(e.into());
             }
             if let Some(tag) = tag {
                 expected.metadata = metadata_map(*tag);

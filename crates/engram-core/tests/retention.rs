@@ -573,7 +573,7 @@ fn pruned_history_and_the_horizon_survive_checkpoint_and_reopen() {
     drop(db);
     let db = open(&fs, RetentionPolicy::KeepAll);
     same(&db, "after a KeepAll checkpoint and a reopen");
-    assert_eq!(CHECKPOINT_FORMAT_VERSION, 3);
+    assert_eq!(CHECKPOINT_FORMAT_VERSION, 4);
 }
 
 #[test]

@@ -137,7 +137,7 @@ fn assert_hit_is_the_model_version(hit: &SearchHit, state: &State, lsn: Lsn) {
         .get(&hit.memory.id)
         .unwrap_or_else(|| panic!("at LSN {lsn}: hit {} does not exist there", hit.memory.id));
     assert_eq!(hit.memory.text, m.text, "at LSN {lsn}: stale text");
-    assert_eq!(hit.memory.embedding.as_ref(), Some(&m.vector), "at LSN {lsn}: stale vector");
+    assert_eq!(hit.memory.embedding.as_deref(), Some(&m.vector[..]), "at LSN {lsn}: stale vector");
     assert_eq!(hit.memory.metadata, m.metadata, "at LSN {lsn}: stale metadata");
 }
 
@@ -354,7 +354,7 @@ fn check_old_and_new_snapshots(
         for h in &hits {
             assert_eq!(h.memory.metadata["version"], 1, "an old snapshot saw a newer version ({case})");
             let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
-            assert_eq!(h.memory.embedding.as_ref(), Some(&data[i]));
+            assert_eq!(h.memory.embedding.as_deref(), Some(&data[i][..]));
         }
         found_old += hits.iter().filter(|h| expected.contains(&&h.memory.id)).count();
         let hits = new.search(&vector_request("ns", q.clone(), 10)).unwrap();
@@ -366,8 +366,8 @@ fn check_old_and_new_snapshots(
         for h in &hits {
             let i = ids.iter().position(|id| *id == h.memory.id).unwrap();
             assert_eq!(
-                h.memory.embedding.as_ref(),
-                current[i].as_ref(),
+                h.memory.embedding.as_deref(),
+                current[i].as_deref(),
                 "a new snapshot saw a superseded or deleted version ({case})"
             );
         }

@@ -37,7 +37,7 @@ async fn remember_forget_and_history_over_both_transports() {
         assert_eq!(remembered_lsn, db.visible_lsn(), "{transport:?}: the answer carries the commit LSN");
         let stored = db.snapshot().get_memory(NAMESPACE, &id).unwrap().expect("the memory is stored");
         assert_eq!(stored.text, "the user prefers tea");
-        assert_eq!(stored.embedding, Some(vec![0.5, -1.0, 2.0]));
+        assert_eq!(stored.embedding.map(|e| e.to_vec()), Some(vec![0.5, -1.0, 2.0]));
         assert_eq!(Value::Object(stored.metadata.clone()), json!({ "source": "chat" }));
 
         let forgotten = structured(&call(&client, "forget", json!({ "id": id })).await);
@@ -290,7 +290,7 @@ async fn remember_embeds_text_only_memories_when_the_server_has_an_embedder() {
         .unwrap()
         .to_string();
     let stored = db.snapshot().get_memory(NAMESPACE, &id).unwrap().unwrap();
-    assert_eq!(stored.embedding, Some(vec![11.0, 3.0, 5.0]));
+    assert_eq!(stored.embedding.map(|e| e.to_vec()), Some(vec![11.0, 3.0, 5.0]));
     assert_eq!(embedder.calls.load(Ordering::SeqCst), 1);
     // A given embedding is used as is, without asking the embedder.
     let id = structured(&call(&client, "remember", json!({ "text": "x", "embedding": [1.0, 2.0, 3.0] })).await)["id"]
@@ -298,7 +298,12 @@ async fn remember_embeds_text_only_memories_when_the_server_has_an_embedder() {
         .unwrap()
         .to_string();
     assert_eq!(
-        db.snapshot().get_memory(NAMESPACE, &id).unwrap().unwrap().embedding,
+        db.snapshot()
+            .get_memory(NAMESPACE, &id)
+            .unwrap()
+            .unwrap()
+            .embedding
+            .map(|e| e.to_vec()),
         Some(vec![1.0, 2.0, 3.0])
     );
     assert_eq!(embedder.calls.load(Ordering::SeqCst), 1);

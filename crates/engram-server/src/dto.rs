@@ -28,7 +28,7 @@ impl From<Memory> for MemoryBody {
         MemoryBody {
             id: m.id,
             text: m.text,
-            embedding: m.embedding,
+            embedding: m.embedding.map(|e| e.to_vec()),
             metadata: m.metadata,
             created_ms: m.created_ms,
             updated_ms: m.updated_ms,
@@ -67,7 +67,7 @@ impl From<MemoryBody> for Memory {
         Memory {
             id: m.id,
             text: m.text,
-            embedding: m.embedding,
+            embedding: m.embedding.map(Into::into),
             metadata: m.metadata,
             created_ms: m.created_ms,
             updated_ms: m.updated_ms,

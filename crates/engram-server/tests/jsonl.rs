@@ -164,7 +164,7 @@ fn a_large_file_is_committed_in_bounded_batches_and_reimporting_it_is_idempotent
     let memories = snapshot.list_memories("m").unwrap();
     assert_eq!(memories.len(), 1_050);
     assert_eq!(memories[7].text, "memory number 7");
-    assert_eq!(memories[7].embedding, Some(vec![7.0, 1.0]));
+    assert_eq!(memories[7].embedding.as_deref(), Some(&[7.0, 1.0][..]));
     assert_eq!(snapshot.dimension("m"), Some(2));
 
     // Every kind of line is idempotent: importing the file again leaves the same state.

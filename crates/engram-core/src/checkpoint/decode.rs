@@ -17,6 +17,10 @@ pub(super) const BATCH_BYTES: usize = 1 << 20;
 /// Runs queued per helper: the reader stays ahead without holding much of the file.
 const BATCHES_AHEAD_PER_HELPER: usize = 2;
 
+/// Decodes one entry from its number (0-based, for error messages), its file offset and its
+/// bytes.
+pub(super) type DecodeFn<'a, T> = dyn Fn(u64, u64, &[u8]) -> Result<T> + Sync + 'a;
+
 /// A run of consecutive entries' bytes, as read from the file.
 pub(super) struct RawEntries {
     /// The number of the first entry in the body (0-based), for error messages.
@@ -24,6 +28,8 @@ pub(super) struct RawEntries {
     pub bytes: Vec<u8>,
     /// Where each entry ends in `bytes`.
     pub ends: Vec<usize>,
+    /// The file offset of each entry's first byte.
+    pub offsets: Vec<u64>,
 }
 
 impl RawEntries {
@@ -32,15 +38,17 @@ impl RawEntries {
             first_entry,
             bytes: Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4),
             ends: Vec::new(),
+            offsets: Vec::new(),
         }
     }
 
-    /// Each entry's number and bytes.
-    fn entries(&self) -> impl Iterator<Item = (u64, &[u8])> {
+    /// Each entry's number, file offset and bytes.
+    fn entries(&self) -> impl Iterator<Item = (u64, u64, &[u8])> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         (self.first_entry..)
+            .zip(self.offsets.iter().copied())
             .zip(starts.zip(self.ends.iter().copied()))
-            .map(|(number, (start, end))| (number, &self.bytes[start..end]))
+            .map(|((number, offset), (start, end))| (number, offset, &self.bytes[start..end]))
     }
 }
 
@@ -52,7 +60,7 @@ impl RawEntries {
 pub(super) fn decode_in_order<T: Send>(
     helpers: usize,
     mut read_next: impl FnMut() -> Result<Option<RawEntries>>,
-    decode: &(dyn Fn(u64, &[u8]) -> Result<T> + Sync),
+    decode: &DecodeFn<'_, T>,
     mut visit: impl FnMut(T) -> Result<()>,
     helper_stopped: impl Fn() -> CoreError,
 ) -> Result<()> {
@@ -104,12 +112,12 @@ struct Worker<'scope, T> {
     handle: std::thread::ScopedJoinHandle<'scope, ()>,
 }
 
-fn decode_runs<T>(runs: Receiver<RawEntries>, decoded: SyncSender<Vec<Result<T>>>, decode: &(dyn Fn(u64, &[u8]) -> Result<T> + Sync)) {
+fn decode_runs<T>(runs: Receiver<RawEntries>, decoded: SyncSender<Vec<Result<T>>>, decode: &DecodeFn<'_, T>) {
     for run in runs {
         // Up to and including the first failure: the entries before it are still visited.
         let mut entries = Vec::with_capacity(run.ends.len());
-        for (number, bytes) in run.entries() {
-            let entry = decode(number, bytes);
+        for (number, offset, bytes) in run.entries() {
+            let entry = decode(number, offset, bytes);
             let failed = entry.is_err();
             entries.push(entry);
             if failed {
@@ -155,12 +163,12 @@ fn pipeline<T>(
 
 fn decode_here<T>(
     read_next: &mut impl FnMut() -> Result<Option<RawEntries>>,
-    decode: &(dyn Fn(u64, &[u8]) -> Result<T> + Sync),
+    decode: &DecodeFn<'_, T>,
     visit: &mut impl FnMut(T) -> Result<()>,
 ) -> Result<()> {
     while let Some(run) = read_next()? {
-        for (number, bytes) in run.entries() {
-            visit(decode(number, bytes)?)?;
+        for (number, offset, bytes) in run.entries() {
+            visit(decode(number, offset, bytes)?)?;
         }
     }
     Ok(())
@@ -171,7 +179,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Runs of `per_run` entries, entry n being the 8 bytes of n.
+    /// Runs of `per_run` entries, entry n being the 8 bytes of n, found at file offset
+    /// `offset_of(n)` (as if each followed a 4-byte length).
     fn runs(count: u64, per_run: u64) -> impl FnMut() -> Result<Option<RawEntries>> {
         let mut next = 0;
         move || {
@@ -182,6 +191,7 @@ mod tests {
             while next < count && run.ends.len() < per_run as usize {
                 run.bytes.extend(next.to_le_bytes());
                 run.ends.push(run.bytes.len());
+                run.offsets.push(offset_of(next));
                 next += 1;
             }
             Ok(Some(run))
@@ -203,9 +213,14 @@ mod tests {
         failure("stopped")
     }
 
-    fn decode_number(number: u64, bytes: &[u8]) -> Result<u64> {
+    fn offset_of(entry: u64) -> u64 {
+        100 + 12 * entry + 4
+    }
+
+    fn decode_number(number: u64, offset: u64, bytes: &[u8]) -> Result<u64> {
         let value = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
         assert_eq!(value, number, "an entry is decoded with its own number");
+        assert_eq!(offset, offset_of(number), "an entry is decoded with its own file offset");
         Ok(value)
     }
 
@@ -234,9 +249,9 @@ mod tests {
     fn the_first_error_in_file_order_wins_and_nothing_after_it_is_visited() {
         for helpers in [1, 2, 3] {
             let decoded = AtomicUsize::new(0);
-            let failing = |number: u64, bytes: &[u8]| -> Result<u64> {
+            let failing = |number: u64, offset: u64, bytes: &[u8]| -> Result<u64> {
                 decoded.fetch_add(1, Ordering::Relaxed);
-                match decode_number(number, bytes)? {
+                match decode_number(number, offset, bytes)? {
                     n @ (1_234 | 1_800) => Err(failure(format!("entry {n}"))),
                     n => Ok(n),
                 }
@@ -305,11 +320,11 @@ mod tests {
 
     #[test]
     fn a_panicking_helper_is_an_error_not_a_panic() {
-        let panicking = |number: u64, bytes: &[u8]| -> Result<u64> {
+        let panicking = |number: u64, offset: u64, bytes: &[u8]| -> Result<u64> {
             if number == 77 {
                 panic!("a bug in a decoder");
             }
-            decode_number(number, bytes)
+            decode_number(number, offset, bytes)
         };
         let error = decode_in_order(2, runs(1_000, 10), &panicking, |_| Ok(()), stopped).unwrap_err();
         assert!(is_failure(&error, "stopped"), "{error}");

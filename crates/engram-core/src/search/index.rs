@@ -867,7 +867,7 @@ mod tests {
         let memory = Memory {
             id: id.to_string(),
             text: format!("text of {id} at {lsn}"),
-            embedding,
+            embedding: embedding.map(Into::into),
             metadata: Map::new(),
             created_ms: 0,
             updated_ms: 0,

@@ -47,6 +47,11 @@ pub trait StorageFile: Send + Sync + Debug {
     fn size_bytes(&self) -> io::Result<u64>;
     /// Truncates or extends (with zeros) the file to `bytes`; durable with the next `sync_data`.
     fn set_len(&self, bytes: u64) -> io::Result<()>;
+    /// The operating system's file behind this one, for callers that map it into memory; `None`
+    /// (the default) for storage that is not the real file system, whose callers then read.
+    fn std_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 pub trait LockGuard: Send + Sync + Debug {}

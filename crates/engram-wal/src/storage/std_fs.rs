@@ -98,4 +98,8 @@ impl StorageFile for StdFile {
     fn set_len(&self, bytes: u64) -> io::Result<()> {
         self.0.set_len(bytes)
     }
+
+    fn std_file(&self) -> Option<&File> {
+        Some(&self.0)
+    }
 }
