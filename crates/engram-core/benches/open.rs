@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p engram-core --bench open` (ENGRAM_BENCH_MEMORIES=N, default 1,000,000).
 
-use engram_core::{CheckpointOptions, Database, DatabaseOptions, NewMemory, SearchMode, SearchReads, SearchRequest, SyncPolicy};
+use engram_core::{CheckpointOptions, Database, DatabaseOptions, NewMemory, SyncPolicy};
 use std::time::Instant;
 
 const DIMENSION: usize = 384;
@@ -167,7 +167,7 @@ fn measure_open(dir: &std::path::Path, memories: usize, options: DatabaseOptions
             trimmed as f64 / raw_bytes as f64
         );
     }
-    // The search index holds its own (normalised) copy of every vector plus the graph links.
+    // The search index holds every vector's int8 codes, the graph links and the keyword postings.
     let index = db.index_stats();
     println!(
         "of which the search index: {:.0} MB ({} vectors, {:.0} B each; origin {:?}); the rest (store, allocator): {:.0} MB = {:.2}x the raw size",
@@ -178,30 +178,4 @@ fn measure_open(dir: &std::path::Path, memories: usize, options: DatabaseOptions
         grown.saturating_sub(index.heap_bytes as u64) as f64 / 1e6,
         grown.saturating_sub(index.heap_bytes as u64) as f64 / raw_bytes as f64
     );
-    // Searches re-score their candidates with the exact embeddings, paging mapped ones in:
-    // what a working database holds resident after some use.
-    let started = Instant::now();
-    let snapshot = db.snapshot();
-    for q in 0..SEARCHES_AFTER_OPEN {
-        let request = SearchRequest {
-            namespace: "bench".into(),
-            text: None,
-            vector: Some(memory(q * 7_919 % memories).embedding.unwrap()),
-            k: 10,
-            mode: SearchMode::Vector,
-            filter: None,
-            ef_search: None,
-        };
-        snapshot.search(&request).unwrap();
-    }
-    println!(
-        "after {SEARCHES_AFTER_OPEN} vector searches ({:.1} s): RSS grown by {:.0} MB = {:.2}x raw (anonymous {:.0} MB, mapped file pages {:.0} MB)",
-        started.elapsed().as_secs_f64(),
-        mb(rss_bytes().saturating_sub(rss_before)),
-        rss_bytes().saturating_sub(rss_before) as f64 / raw_bytes as f64,
-        mb(status_bytes("RssAnon").saturating_sub(anon_before)),
-        mb(status_bytes("RssFile").saturating_sub(file_before))
-    );
 }
-
-const SEARCHES_AFTER_OPEN: usize = 2_000;
