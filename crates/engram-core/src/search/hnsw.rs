@@ -31,6 +31,8 @@ pub(crate) const DEFAULT_EF_CONSTRUCTION: usize = 128;
 /// Cache lines of a neighbour's codes prefetched before its distance is computed: all of them
 /// up to 512 dimensions (384 codes span 6 or 7 lines).
 const PREFETCH_LINES: usize = 8;
+/// Links a node keeps to exact copies of itself (`Hnsw::select_neighbours`).
+const MAX_DUPLICATE_LINKS: usize = 2;
 /// Candidates ahead in the neighbour-selection heuristic whose codes are requested while the
 /// current one is compared (its list is long, up to `ef_construction`, and often left early).
 /// Elsewhere a node's whole list of unvisited neighbours is requested at once: measured on
@@ -354,7 +356,7 @@ impl Hnsw {
         let mut entry_points = vec![nearest];
         for l in (0..=level.min(top)).rev() {
             let found = self.search_layer(vector, &entry_points, self.ef_construction, l, &|_| true);
-            let chosen = self.select_neighbours(&found, self.m);
+            let chosen = self.select_neighbours(node, &found, self.m);
             for &neighbour in &chosen {
                 self.link(neighbour, node, l);
             }
@@ -393,16 +395,27 @@ impl Hnsw {
             // The pairs' order (see `Ranked`); no two are equal, so unstable is exact.
             ranked.sort_unstable();
             let scored: Vec<Scored> = ranked.into_iter().map(Ranked::scored).collect();
-            current = self.select_neighbours(&scored, limit);
+            current = self.select_neighbours(neighbour, &scored, limit);
         }
         self.set_neighbours(neighbour, level, current);
     }
 
-    /// The neighbour-selection heuristic of the paper: take candidates nearest first, keeping one
-    /// only if it is closer to the base than to every neighbour kept so far (spreads links across
-    /// directions, which keeps clustered data navigable). `candidates` is sorted nearest first.
-    fn select_neighbours(&self, candidates: &[Scored], limit: usize) -> Vec<u32> {
+    /// The neighbour-selection heuristic of the paper for `base`'s links: take candidates nearest
+    /// first, keeping one only if it is closer to the base than to every neighbour kept so far
+    /// (spreads links across directions, which keeps clustered data navigable). `candidates` is
+    /// sorted nearest first by their distance from `base`.
+    ///
+    /// Exact copies of the base (the same codes: the same embedding stored again) are set apart:
+    /// a copy is as far from every candidate as the base is, so, kept first, it pruned every
+    /// other candidate and left the base one link (a graph of many copies fell apart into
+    /// pieces of a few nodes). Copies are not used to prune, and at most
+    /// [`MAX_DUPLICATE_LINKS`] of them are kept, the newest: each copy then links to the copies
+    /// inserted just before it and is linked from those inserted after it, so every copy stays
+    /// reachable.
+    fn select_neighbours(&self, base: u32, candidates: &[Scored], limit: usize) -> Vec<u32> {
         let mut kept: Vec<u32> = Vec::with_capacity(limit);
+        let base_distance_to_itself = self.node_distance(base, base);
+        let mut duplicates: Vec<u32> = Vec::new();
         // Each candidate is a random node whose comparisons cannot start before its codes
         // arrive: they are requested a few candidates ahead.
         candidates
@@ -410,17 +423,29 @@ impl Hnsw {
             .take(PREFETCH_AHEAD_NODES)
             .for_each(|c| self.prefetch_codes(c.node));
         for (i, c) in candidates.iter().enumerate() {
-            if kept.len() >= limit {
+            if kept.len() + duplicates.len().min(MAX_DUPLICATE_LINKS) >= limit {
                 break;
             }
             if let Some(ahead) = candidates.get(i + PREFETCH_AHEAD_NODES) {
                 self.prefetch_codes(ahead.node);
             }
+            // Copies have the base's own distance; comparing the codes settles the rare tie.
+            if c.distance <= base_distance_to_itself && self.is_copy(c.node, base) {
+                duplicates.push(c.node);
+                continue;
+            }
             if kept.iter().all(|&k| self.node_distance(c.node, k) > c.distance) {
                 kept.push(c.node);
             }
         }
+        duplicates.sort_unstable();
+        kept.extend(duplicates.iter().rev().take(MAX_DUPLICATE_LINKS));
         kept
+    }
+
+    /// Whether two nodes hold the same codes (one embedding stored twice, up to rounding).
+    fn is_copy(&self, a: u32, b: u32) -> bool {
+        self.params[a as usize].scale.to_bits() == self.params[b as usize].scale.to_bits() && self.code(a) == self.code(b)
     }
 
     fn greedy(&self, query: &EncodedQuery, mut nearest: Scored, level: usize) -> Scored {
@@ -900,6 +925,45 @@ mod tests {
                 let got: Vec<u32> = rescored.into_sorted().iter().map(|s| s.node).collect();
                 assert_eq!(got, expected, "{metric:?}");
             }
+        }
+    }
+
+    /// Agents store the same embedding many times (the same text remembered again). Exact
+    /// duplicates tie on every distance, and a strict "closer to the base than to every kept
+    /// neighbour" test turned each duplicate into the only link of the others (one link per
+    /// node: searches reached a handful of nodes and the index fell back to exact scans, 87 ms
+    /// a query at 1M). With duplicates capped and not used to prune, the graph stays navigable:
+    /// every node is reachable, and a small ef finds the nearest distinct vectors.
+    #[test]
+    fn a_graph_of_many_exact_duplicates_stays_connected_and_navigable() {
+        let metric = Metric::Cosine;
+        let mut seed = 11;
+        let distinct: Vec<Vec<f32>> = (0..40)
+            .map(|_| metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>()))
+            .collect();
+        let mut graph = Hnsw::new(metric, 8);
+        let mut data = Vec::new();
+        // Three copies of the 40 vectors in turn, then a vector of its own: 75 copies of each.
+        for i in 0..4_000 {
+            let v = if i % 4 == 3 {
+                metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>())
+            } else {
+                distinct[(i - i / 4) % distinct.len()].clone()
+            };
+            graph.insert(&v);
+            data.push(v);
+        }
+        assert_eq!(
+            graph.search(&distinct[0], data.len(), &|_| true).len(),
+            data.len(),
+            "every node reachable"
+        );
+        for (i, q) in distinct.iter().enumerate() {
+            let found = graph.search(q, 32, &|_| true);
+            assert!(found.len() >= 10, "query {i}: {} results", found.len());
+            // The copies of the query itself are its nearest: the first results are copies.
+            let copies = found.iter().take(10).filter(|s| data[s.node as usize] == *q).count();
+            assert_eq!(copies, 10, "query {i}");
         }
     }
 
