@@ -11,7 +11,8 @@
 //! (300 B text, 384-dim embedding, small metadata) with default options; `paused`: the same
 //! with the search indexer paused. Environment: `ENGRAM_TEXT_ONLY=1` (no embedding),
 //! `ENGRAM_NO_CHECKPOINTS=1`, `ENGRAM_NO_FILE_REUSE=1` (checkpoints write new files),
-//! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`). Runs in a temporary directory under the
+//! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`), `ENGRAM_DISTINCT_EMBEDDINGS=1` (every memory
+//! its own embedding, not one of 97 repeated: benches/common/one_memory.rs). Runs in a temporary directory under the
 //! current one (put it on the disk to measure). Linux only (reads /proc/self/task).
 
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, SyncPolicy};

@@ -649,7 +649,7 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
     }
     // A load of a format 4 file reads the embeddings in place from a mapping of it, unless the
     // storage is not the real file system or the mapping fails (then they are copied).
-    let mapped = (keep && header.version >= 4)
+    let mapped = (keep && header.version > FORMAT_VERSION_3)
         .then(|| file.std_file().and_then(MappedFile::map))
         .flatten();
     let parsed = parse_body(&mut r, &header, keep, mapped.as_ref());
@@ -750,7 +750,8 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool, mapped: Option<&A
                 if length > r.end - r.consumed() {
                     return Err(corrupt(path, format!("entry {next_entry} of {length} bytes runs past the body")));
                 }
-                Ok(r.consumed()).and_then(|offset| r.take_into(length as usize, &mut run.bytes).map(|()| offset))
+                let offset = r.consumed();
+                r.take_into(length as usize, &mut run.bytes).map(|()| offset)
             });
             match read {
                 Ok(offset) => run.offsets.push(offset),

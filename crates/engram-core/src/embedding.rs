@@ -16,7 +16,7 @@
 
 use serde::de::{Error, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -189,9 +189,9 @@ pub(crate) struct MappedFile {
 }
 
 /// Live mappings per (device, inode) of their file.
-static LIVE_MAPPINGS: Mutex<Option<HashMap<(u64, u64), usize>>> = Mutex::new(None);
+static LIVE_MAPPINGS: Mutex<BTreeMap<(u64, u64), usize>> = Mutex::new(BTreeMap::new());
 
-fn live_mappings() -> std::sync::MutexGuard<'static, Option<HashMap<(u64, u64), usize>>> {
+fn live_mappings() -> std::sync::MutexGuard<'static, BTreeMap<(u64, u64), usize>> {
     LIVE_MAPPINGS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -215,7 +215,7 @@ impl MappedFile {
                 return None;
             }
         };
-        *live_mappings().get_or_insert_with(HashMap::new).entry(identity).or_insert(0) += 1;
+        *live_mappings().entry(identity).or_insert(0) += 1;
         Some(Arc::new(MappedFile { map, identity }))
     }
 }
@@ -223,12 +223,10 @@ impl MappedFile {
 impl Drop for MappedFile {
     fn drop(&mut self) {
         let mut live = live_mappings();
-        if let Some(counts) = live.as_mut() {
-            if let Some(count) = counts.get_mut(&self.identity) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&self.identity);
-                }
+        if let Some(count) = live.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                live.remove(&self.identity);
             }
         }
     }
@@ -241,9 +239,7 @@ pub(crate) fn is_mapped(path: &Path) -> bool {
     let Ok(metadata) = std::fs::metadata(path) else {
         return false;
     };
-    live_mappings()
-        .as_ref()
-        .is_some_and(|counts| counts.contains_key(&(metadata.dev(), metadata.ino())))
+    live_mappings().contains_key(&(metadata.dev(), metadata.ino()))
 }
 
 #[cfg(test)]

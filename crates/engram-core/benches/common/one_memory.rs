@@ -5,6 +5,11 @@
 //! the engine side should pay for taking ownership of its input (allocations and copies), not for
 //! computing it. The data are the same as when every call computed them: the text names the
 //! writer and the sequence number, and the embedding depends on the sequence number mod 97.
+//!
+//! 97 embeddings repeated make the search index's work unlike an agent's (each new memory is an
+//! exact copy of many indexed ones). With `ENGRAM_DISTINCT_EMBEDDINGS=1` every memory gets its
+//! own pseudo-random embedding instead, computed in the call (about half a microsecond, paid by
+//! the writer).
 
 use engram_core::NewMemory;
 use std::fmt::Write;
@@ -28,6 +33,25 @@ fn embeddings() -> &'static [Vec<f32>] {
     })
 }
 
+fn distinct_embeddings() -> bool {
+    static DISTINCT: OnceLock<bool> = OnceLock::new();
+    *DISTINCT.get_or_init(|| std::env::var_os("ENGRAM_DISTINCT_EMBEDDINGS").is_some_and(|v| v != "0"))
+}
+
+/// A pseudo-random embedding of its own for memory `i` of `writer` (coordinates in [-0.5, 0.5)).
+fn distinct_embedding(writer: usize, i: u64) -> Vec<f32> {
+    let mut state = (writer as u64) << 40 ^ i ^ 0x9E37_79B9_7F4A_7C15;
+    (0..DIMENSION)
+        .map(|_| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 /// Memory number `i` of `writer`, with or without its embedding.
 pub fn memory(writer: usize, i: u64, with_embedding: bool) -> NewMemory {
     let mut text = String::with_capacity(TEXT_BYTES + FILLER.len());
@@ -38,7 +62,13 @@ pub fn memory(writer: usize, i: u64, with_embedding: bool) -> NewMemory {
     text.truncate(TEXT_BYTES);
     NewMemory {
         text,
-        embedding: with_embedding.then(|| embeddings()[(i % DISTINCT_EMBEDDINGS) as usize].clone()),
+        embedding: with_embedding.then(|| {
+            if distinct_embeddings() {
+                distinct_embedding(writer, i)
+            } else {
+                embeddings()[(i % DISTINCT_EMBEDDINGS) as usize].clone()
+            }
+        }),
         metadata: serde_json::json!({"writer": writer, "kind": "note"}),
     }
 }
