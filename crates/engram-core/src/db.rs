@@ -195,6 +195,10 @@ impl Database {
         // LSN, so no transaction after it began before it; if one did anyway, its first records
         // are read back from the log.
         let mut assembler = Assembler::default();
+        // The replayed commits' index changes go to the indexer's queue, as live commits' do:
+        // the open does not wait for their graph inserts (searches meanwhile scan the queued
+        // tail exactly, search/tail.rs).
+        let mut replayed_index_changes = Vec::new();
         for record in wal.reader(checkpoint_lsn + 1)? {
             let record = record?;
             let lsn = record.lsn;
@@ -204,8 +208,8 @@ impl Database {
             if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
                 max_ts = max_ts.max(commit.commit_ts_ms);
                 let changes = store.apply(lsn, commit);
-                if let Some(indexes) = &loaded_indexes {
-                    indexes.apply_changes(&changes);
+                if loaded_indexes.is_some() && !changes.is_empty() {
+                    replayed_index_changes.push((lsn, changes));
                 }
             }
             replayed += 1;
@@ -218,7 +222,12 @@ impl Database {
         }
         let indexes = Arc::new(match loaded_indexes {
             Some(indexes) => {
-                indexes.set_indexed(last);
+                for (lsn, changes) in replayed_index_changes {
+                    indexes.enqueue(lsn, changes);
+                }
+                // The index is complete at `last` once the queue is drained (the log may end in
+                // commits without index changes, or in records that commit nothing).
+                indexes.enqueue(last, Vec::new());
                 indexes
             }
             None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),

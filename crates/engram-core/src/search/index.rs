@@ -489,8 +489,8 @@ impl Indexes {
     }
 
     /// Indexes loaded from a checkpoint's index file, complete up to the checkpoint's LSN; the
-    /// log replayed after it is applied with [`Indexes::apply_changes`], then
-    /// [`Indexes::set_indexed`].
+    /// changes of the log replayed after it are queued ([`Indexes::enqueue`]) for the indexer
+    /// thread, as live commits' are.
     pub fn from_loaded(namespaces: Vec<(String, NamespaceIndex)>, lsn: Lsn) -> Indexes {
         let map = namespaces
             .into_iter()
@@ -508,10 +508,6 @@ impl Indexes {
 
     pub fn set_file_lsn(&self, lsn: Lsn) {
         self.file_lsn.store(lsn, Ordering::Release);
-    }
-
-    pub fn set_indexed(&self, lsn: Lsn) {
-        self.indexed_lsn.store(lsn, Ordering::Release);
     }
 
     /// Every namespace's index, by name (for the checkpoint's index file).
