@@ -230,16 +230,7 @@ fn main() {
                         // long the indexer takes to hold it.
                         if w == 0 {
                             let acked = Instant::now();
-                            let request = SearchRequest {
-                                namespace: "bench".into(),
-                                text: None,
-                                vector: Some(v.clone()),
-                                k: 1,
-                                mode: SearchMode::Vector,
-                                filter: None,
-                                ef_search: None,
-                            };
-                            let hits = db.snapshot().search(&request).unwrap();
+                            let hits = db.snapshot().search(&vector_request(&v, 1, None)).unwrap();
                             let searched = acked.elapsed();
                             // Exact while in the tail; once indexed the graph is approximate
                             // (recall below 1), so this is counted, not asserted.
@@ -321,16 +312,7 @@ fn main() {
         let queued = db.index_stats().queued_changes;
         let started = Instant::now();
         for q in queries.iter().take(200) {
-            let request = SearchRequest {
-                namespace: "bench".into(),
-                text: None,
-                vector: Some(q.clone()),
-                k: 10,
-                mode: SearchMode::Vector,
-                filter: None,
-                ef_search: Some(128),
-            };
-            assert_eq!(snapshot.search(&request).unwrap().len(), 10);
+            assert_eq!(snapshot.search(&vector_request(q, 10, Some(128))).unwrap().len(), 10);
         }
         let elapsed = started.elapsed();
         println!(
@@ -351,16 +333,7 @@ fn search_rows(db: &Database, queries: &[Vec<f32>], truth: &[Vec<usize>], ids: &
         let started = Instant::now();
         let mut found = 0;
         for (q, expected) in queries.iter().zip(truth) {
-            let request = SearchRequest {
-                namespace: "bench".into(),
-                text: None,
-                vector: Some(q.clone()),
-                k: 10,
-                mode: SearchMode::Vector,
-                filter: None,
-                ef_search: Some(ef),
-            };
-            let hits = snapshot.search(&request).unwrap();
+            let hits = snapshot.search(&vector_request(q, 10, Some(ef))).unwrap();
             found += hits.iter().filter(|h| expected.iter().any(|&i| ids[i] == h.memory.id)).count();
         }
         let elapsed = started.elapsed();
@@ -372,4 +345,17 @@ fn search_rows(db: &Database, queries: &[Vec<f32>], truth: &[Vec<usize>], ids: &
         );
     }
     drop(snapshot);
+}
+
+/// A vector search of the bench's namespace for `vector`: `k` hits at search width `ef`.
+fn vector_request(vector: &[f32], k: usize, ef: Option<usize>) -> SearchRequest {
+    SearchRequest {
+        namespace: "bench".into(),
+        text: None,
+        vector: Some(vector.to_vec()),
+        k,
+        mode: SearchMode::Vector,
+        filter: None,
+        ef_search: ef,
+    }
 }
