@@ -16,6 +16,7 @@
 
 use serde::de::{Error, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::Path;
@@ -132,23 +133,24 @@ impl std::fmt::Debug for Embedding {
 /// before version 3 and checkpoints before format 3 held a sequence of f32s (`crate::legacy`).
 impl Serialize for Embedding {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let floats = self.as_slice();
         if s.is_human_readable() {
-            return floats.serialize(s);
+            return self.as_slice().serialize(s);
         }
-        #[cfg(target_endian = "little")]
-        {
-            // SAFETY: f32 has no padding and every bit pattern of its 4 bytes is a valid u8;
-            // the slice covers exactly the floats' memory, which outlives the borrow.
-            let bytes = unsafe { std::slice::from_raw_parts(floats.as_ptr().cast::<u8>(), std::mem::size_of_val(floats)) };
-            s.serialize_bytes(bytes)
-        }
-        #[cfg(not(target_endian = "little"))]
-        {
-            let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
-            s.serialize_bytes(&bytes)
-        }
+        s.serialize_bytes(&le_bytes(self))
     }
+}
+
+/// The floats' little-endian bytes: borrowed where memory already holds them so (little-endian
+/// targets), copied otherwise.
+pub(crate) fn le_bytes(floats: &[f32]) -> Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: f32 has no padding and every bit pattern of its 4 bytes is a valid u8; the
+        // slice covers exactly the floats' memory, which outlives the borrow.
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(floats.as_ptr().cast::<u8>(), std::mem::size_of_val(floats)) })
+    }
+    #[cfg(not(target_endian = "little"))]
+    Cow::Owned(floats.iter().flat_map(|f| f.to_le_bytes()).collect())
 }
 
 struct BytesVisitor;

@@ -6,7 +6,7 @@
 
 use super::EntryIn;
 use super::VersionIn;
-use crate::embedding::{Embedding, MappedFile};
+use crate::embedding::{self, Embedding, MappedFile};
 use crate::model::{json_text, Entity, Key, KvValue, Memory, NamespaceMeta, Relation, Value};
 use crate::store::Version;
 use engram_wal::Lsn;
@@ -94,21 +94,10 @@ pub(super) fn encode(out: &mut Vec<u8>, out_file_offset: u64, key: &Key, created
             ..
         })) = v.value.as_deref()
         {
-            append_le_bytes(&mut buf, embedding);
+            buf.extend_from_slice(&embedding::le_bytes(embedding));
         }
     }
     *out = buf;
-}
-
-fn append_le_bytes(out: &mut Vec<u8>, floats: &[f32]) {
-    #[cfg(target_endian = "little")]
-    {
-        // SAFETY: f32 has no padding and every bit pattern of its 4 bytes is a valid u8; the
-        // slice covers exactly the floats' memory, which outlives the borrow.
-        out.extend_from_slice(unsafe { std::slice::from_raw_parts(floats.as_ptr().cast::<u8>(), std::mem::size_of_val(floats)) });
-    }
-    #[cfg(not(target_endian = "little"))]
-    out.extend(floats.iter().flat_map(|f| f.to_le_bytes()));
 }
 
 #[derive(Deserialize)]
