@@ -301,25 +301,6 @@ impl Header {
     }
 }
 
-/// One entry of the body as version 3 wrote it (format 4's is checkpoint/entry.rs): a key and
-/// a run of its versions, oldest first. `created` is `Chain::created`, on the first entry of a
-/// key only.
-#[cfg(test)]
-#[derive(Serialize)]
-struct EntryOut<'a> {
-    key: &'a Key,
-    created: Option<(Lsn, u32)>,
-    versions: Vec<VersionOut<'a>>,
-}
-
-#[cfg(test)]
-#[derive(Serialize)]
-struct VersionOut<'a> {
-    lsn: Lsn,
-    op_index: u32,
-    value: Option<&'a Value>,
-}
-
 /// An entry as read back (postcard encodes `&T` exactly as `T`). `V` is the value as the
 /// file's version encodes it: [`Value`] in version 3, [`legacy::Value`] before; format 4's
 /// entries decode to `EntryIn<Value>` through checkpoint/entry.rs.
@@ -1479,10 +1460,11 @@ mod tests {
         // The example in docs/checkpoint-format.md.
         let key = Key::new("ns", Space::Kv, b"k".to_vec());
         let value = Value::Kv(KvValue::Json(serde_json::json!(1)));
-        let mut entry = EntryOut {
+        // Version 3's encoding: the value itself (postcard encodes `&T` exactly as `T`).
+        let mut entry = entry::EntryOut {
             key: &key,
             created: None,
-            versions: vec![VersionOut {
+            versions: vec![entry::VersionOut {
                 lsn: 300,
                 op_index: 0,
                 value: Some(&value),
@@ -1507,21 +1489,9 @@ mod tests {
     /// sequences; in version 1, no `created` and no history horizon.
     fn write_legacy(fs: &FaultStorage, store: &Store, lsn: Lsn, version: u32) -> PathBuf {
         #[derive(Serialize)]
-        struct VersionOutV2 {
-            lsn: Lsn,
-            op_index: u32,
-            value: Option<legacy::Value>,
-        }
-        #[derive(Serialize)]
         struct EntryOutV1<'a> {
             key: &'a Key,
-            versions: Vec<VersionOutV2>,
-        }
-        #[derive(Serialize)]
-        struct EntryOutV2<'a> {
-            key: &'a Key,
-            created: Option<(Lsn, u32)>,
-            versions: Vec<VersionOutV2>,
+            versions: Vec<entry::VersionOut<legacy::Value>>,
         }
         let mut body = Vec::new();
         let times = store.commit_times_upto(lsn);
@@ -1533,40 +1503,15 @@ mod tests {
         let (mut entries, mut versions) = (0, 0);
         for (key, chain) in &chunk.chains {
             for (i, run) in chain.versions.chunks(MAX_VERSIONS_PER_ENTRY).enumerate() {
-                let run_versions = run
-                    .iter()
-                    .map(|v| VersionOutV2 {
-                        lsn: v.lsn,
-                        op_index: v.op_index,
-                        value: v.value.as_deref().cloned().map(legacy::Value::from),
-                    })
-                    .collect();
-                let bytes = if version == FORMAT_VERSION_3 {
-                    let created = if i == 0 { chain.created } else { None };
-                    postcard::to_stdvec(&EntryOut {
+                let created = if i == 0 { chain.created } else { None };
+                let as_legacy = |v: &Value| legacy::Value::from(v.clone());
+                let bytes = match version {
+                    FORMAT_VERSION_3 => postcard::to_stdvec(&entry::EntryOut::of(key, created, run, |v| v)),
+                    FORMAT_VERSION_2 => postcard::to_stdvec(&entry::EntryOut::of(key, created, run, as_legacy)),
+                    _ => postcard::to_stdvec(&EntryOutV1 {
                         key,
-                        created,
-                        versions: run
-                            .iter()
-                            .map(|v| VersionOut {
-                                lsn: v.lsn,
-                                op_index: v.op_index,
-                                value: v.value.as_deref(),
-                            })
-                            .collect(),
-                    })
-                } else if version == FORMAT_VERSION_1 {
-                    postcard::to_stdvec(&EntryOutV1 {
-                        key,
-                        versions: run_versions,
-                    })
-                } else {
-                    let created = if i == 0 { chain.created } else { None };
-                    postcard::to_stdvec(&EntryOutV2 {
-                        key,
-                        created,
-                        versions: run_versions,
-                    })
+                        versions: entry::EntryOut::of(key, None, run, as_legacy).versions,
+                    }),
                 }
                 .unwrap();
                 body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());

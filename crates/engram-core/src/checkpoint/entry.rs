@@ -13,18 +13,38 @@ use engram_wal::Lsn;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// One entry as written: a key and a run of its versions, oldest first, each value as `V`
+/// encodes it (format 4: [`ValueOut`]; the tests write older formats with other `V`s).
+/// `created` is `Chain::created`, on the first entry of a key only.
 #[derive(Serialize)]
-struct EntryOut<'a> {
-    key: &'a Key,
-    created: Option<(Lsn, u32)>,
-    versions: Vec<VersionOut<'a>>,
+pub(super) struct EntryOut<'a, V> {
+    pub key: &'a Key,
+    pub created: Option<(Lsn, u32)>,
+    pub versions: Vec<VersionOut<V>>,
 }
 
 #[derive(Serialize)]
-struct VersionOut<'a> {
-    lsn: Lsn,
-    op_index: u32,
-    value: Option<ValueOut<'a>>,
+pub(super) struct VersionOut<V> {
+    pub lsn: Lsn,
+    pub op_index: u32,
+    pub value: Option<V>,
+}
+
+impl<'a, V> EntryOut<'a, V> {
+    pub fn of(key: &'a Key, created: Option<(Lsn, u32)>, versions: &'a [Version], value_of: impl Fn(&'a Value) -> V) -> Self {
+        EntryOut {
+            key,
+            created,
+            versions: versions
+                .iter()
+                .map(|v| VersionOut {
+                    lsn: v.lsn,
+                    op_index: v.op_index,
+                    value: v.value.as_deref().map(&value_of),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// [`Value`] with the memory's embedding reduced to its length; the variants in `Value`'s order,
@@ -71,18 +91,7 @@ impl<'a> ValueOut<'a> {
 /// Appends the entry of `key`'s `versions` to `out`, whose first byte will be at file offset
 /// `out_file_offset` (the floats' alignment is the file's, not the buffer's).
 pub(super) fn encode(out: &mut Vec<u8>, out_file_offset: u64, key: &Key, created: Option<(Lsn, u32)>, versions: &[Version]) {
-    let entry = EntryOut {
-        key,
-        created,
-        versions: versions
-            .iter()
-            .map(|v| VersionOut {
-                lsn: v.lsn,
-                op_index: v.op_index,
-                value: v.value.as_deref().map(ValueOut::of),
-            })
-            .collect(),
-    };
+    let entry = EntryOut::of(key, created, versions, ValueOut::of);
     let mut buf = postcard::to_extend(&entry, std::mem::take(out)).expect("encoding to memory cannot fail");
     let misalignment = (out_file_offset + buf.len() as u64) % 4;
     if misalignment != 0 {
