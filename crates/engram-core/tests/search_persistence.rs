@@ -1,7 +1,7 @@
 //! The search indexes survive checkpoints: open loads them from the checkpoint's index file
 //! (no rebuild) and catches them up from the log; a damaged, truncated or missing index file is
-//! never used (the indexes are rebuilt from the store, with the reason reported) and search
-//! answers stay the same either way.
+//! never used (the indexes are rebuilt from the store, with the reason reported), and search
+//! answers stay the same either way (a rebuilt graph's up to its approximation).
 
 mod search_support;
 
@@ -48,6 +48,28 @@ fn answers(db: &Database, old: Lsn, queries: &[Vec<f32>]) -> Vec<Vec<(String, u3
         out.push(hits.into_iter().map(|h| (h.memory.id, h.score.to_bits())).collect());
     }
     out
+}
+
+/// A rebuilt index holds a graph of its own: the background indexer plans the insertions of
+/// the commits queued together as one group, so the live graph's links depend on how commits
+/// were queued, and the rebuild's on its own grouping (search/planning.rs). Its keyword answers
+/// are the same as the live index's; its vector answers the same hits, scores included, up to
+/// the graph's approximation: at most 1 hit in 100 differs.
+fn assert_same_answers_up_to_the_graph(got: &[Vec<(String, u32)>], expected: &[Vec<(String, u32)>], queries: usize, context: &str) {
+    assert_eq!(got.len(), expected.len(), "{context}");
+    // Per view, `answers` gives two vector answers per query, then one keyword answer.
+    let per_view = 2 * queries + 1;
+    let (mut differing, mut total) = (0, 0);
+    for (i, (got, expected)) in got.iter().zip(expected).enumerate() {
+        if i % per_view == per_view - 1 {
+            assert_eq!(got, expected, "{context}: keyword answer {i}");
+            continue;
+        }
+        assert_eq!(got.len(), expected.len(), "{context}: vector answer {i}");
+        total += expected.len();
+        differing += expected.iter().filter(|hit| !got.contains(hit)).count();
+    }
+    assert!(differing * 100 <= total, "{context}: {differing} of {total} vector hits differ");
 }
 
 #[test]
@@ -127,7 +149,8 @@ fn open_loads_the_indexes_from_the_checkpoint_and_a_damaged_index_file_is_rebuil
         }
         // Comparing every answer is slow in the test profile; a few suffice.
         if n % 8 == 0 {
-            assert_eq!(answers(&db, old, &queries), expected, "byte {offset} flipped");
+            let context = format!("byte {offset} flipped");
+            assert_same_answers_up_to_the_graph(&answers(&db, old, &queries), &expected, queries.len(), &context);
         }
     }
     // Truncated, then missing.
@@ -142,7 +165,7 @@ fn open_loads_the_indexes_from_the_checkpoint_and_a_damaged_index_file_is_rebuil
         IndexOrigin::Rebuilt { reason: Some(reason) } => assert!(reason.contains("has no index file"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(answers(&db, old, &queries), expected);
+    assert_same_answers_up_to_the_graph(&answers(&db, old, &queries), &expected, queries.len(), "no index file");
     // The next checkpoint writes a new index file, and the old one's removal follows the
     // checkpoint's own retention.
     let mut txn = db.begin();

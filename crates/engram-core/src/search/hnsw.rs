@@ -4,7 +4,10 @@
 //! of a memory as its own node (a version superseded at LSN L is still the answer at a snapshot
 //! below L), accept or reject nodes *during* traversal by snapshot validity and metadata filter
 //! (so a filtered query still fills k), and be deterministic (levels come from a hash of the node
-//! number, ties break by node number), so tests reproduce exactly.
+//! number, ties break by node number), so tests reproduce exactly. The graph is a function of the
+//! vectors, their order, and how their insertions were grouped: an insertion is planned (the
+//! search, which only reads the graph) and then applied (the linking), and the indexer plans
+//! groups of queued vectors at once on several threads (search/planning.rs).
 //!
 //! Nodes are never removed: superseded versions stay as waypoints, which keeps the graph
 //! connected however many updates and deletions happen.
@@ -63,6 +66,26 @@ pub(crate) struct Hnsw {
     entry: Option<(u32, usize)>,
 }
 
+/// The search half of one insertion ([`Hnsw::plan_insert`]).
+pub(crate) struct InsertPlan {
+    /// The node number it was made for (which fixes the node's level).
+    node: u32,
+    /// Nodes in the graph its search ran on.
+    searched_nodes: u32,
+    /// The vector's codes.
+    query: EncodedQuery,
+    /// Per level, from 0 up to the node's top level (or the graph's, if lower): the nearest
+    /// nodes, nearest first.
+    found: Vec<Vec<Scored>>,
+}
+
+impl InsertPlan {
+    /// The node number the plan is for.
+    pub fn node(&self) -> u32 {
+        self.node
+    }
+}
+
 /// A (distance, node) pair packed into one `u64` whose integer order is [`Scored`]'s order
 /// (distance by `f32::total_cmp`, then node): the traversal heaps compare one integer instead
 /// of a float total order and a tie-break, and sorting them gives exactly the order sorting the
@@ -110,8 +133,10 @@ impl Ranked {
 /// marks with a generation counter instead of clearing a bitmap per search, and the buffers of
 /// [`Hnsw::search_layer`], so a traversal allocates nothing but its answer.
 struct Scratch {
-    marks: Vec<u32>,
-    generation: u32,
+    /// One bit per node: set once the traversal has seen it.
+    visited: Vec<u64>,
+    /// The words of `visited` this traversal set bits in (cleared by the next `reset`).
+    touched_words: Vec<u32>,
     /// The unvisited neighbours of the node being expanded.
     fresh: Vec<u32>,
     /// Nodes to expand, nearest first.
@@ -125,8 +150,8 @@ struct Scratch {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = const {
         RefCell::new(Scratch {
-            marks: Vec::new(),
-            generation: 0,
+            visited: Vec::new(),
+            touched_words: Vec::new(),
             fresh: Vec::new(),
             candidates: BinaryHeap::new(),
             results: BinaryHeap::new(),
@@ -137,28 +162,31 @@ thread_local! {
 
 impl Scratch {
     fn reset(&mut self, nodes: usize) {
-        if self.marks.len() < nodes {
-            self.marks.resize(nodes, 0);
+        for &word in &self.touched_words {
+            self.visited[word as usize] = 0;
         }
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            self.marks.iter_mut().for_each(|m| *m = 0);
-            self.generation = 1;
+        self.touched_words.clear();
+        let words = nodes.div_ceil(64);
+        if self.visited.len() < words {
+            self.visited.resize(words, 0);
         }
         self.candidates.clear();
         self.results.clear();
     }
 
-    /// Marks `node`; true if it was not marked yet in this generation.
+    /// Marks `node`; true if it was not marked yet in this traversal.
     #[inline]
     fn first_visit(&mut self, node: u32) -> bool {
-        let mark = &mut self.marks[node as usize];
-        if *mark == self.generation {
-            false
-        } else {
-            *mark = self.generation;
-            true
+        let word = &mut self.visited[node as usize / 64];
+        let bit = 1u64 << (node % 64);
+        if *word & bit != 0 {
+            return false;
         }
+        if *word == 0 {
+            self.touched_words.push(node / 64);
+        }
+        *word |= bit;
+        true
     }
 }
 
@@ -328,40 +356,99 @@ impl Hnsw {
     /// Adds a prepared vector (see [`Metric::prepare`]) of the graph's dimension, stored as its
     /// codes; returns its node number (nodes are numbered in insertion order).
     pub fn insert(&mut self, vector: &[f32]) -> u32 {
+        let plan = self.plan_insert(vector, self.len() as u32);
+        self.insert_planned(plan)
+    }
+
+    /// The search half of inserting `vector` as node number `node`: its codes and, on each
+    /// level it will have links on, the `ef_construction` nearest nodes of the graph as it is
+    /// now. Only reads the graph, so the plans of several vectors can be computed at once on
+    /// several threads (search/planning.rs); [`Hnsw::insert_planned`] then links them one by one.
+    pub fn plan_insert(&self, vector: &[f32], node: u32) -> InsertPlan {
         debug_assert_eq!(vector.len(), self.dimension);
-        let node = self.len() as u32;
         let level = self.random_level(node);
-        let params = encode_to(vector, self.codes.push_zeroed());
-        self.params.push(params);
         // The node's own codes are its query: its links are chosen by the same code distances
         // searches walk them with.
-        let vector = &EncodedQuery {
-            codes: self.code(node).to_vec(),
-            params,
-        };
-        self.level0.resize(self.level0.len() + self.level0_stride(), 0);
-        self.upper.push(vec![Vec::new(); level]);
-        self.levels.push(level as u8);
+        let mut codes = vec![0; self.dimension];
+        let params = encode_to(vector, &mut codes);
+        let query = EncodedQuery { codes, params };
         let Some((entry, top)) = self.entry else {
-            self.entry = Some((node, level));
-            return node;
+            return InsertPlan {
+                node,
+                searched_nodes: self.len() as u32,
+                query,
+                found: Vec::new(),
+            };
         };
         let mut nearest = Scored {
-            distance: self.distance_to(vector, entry),
+            distance: self.distance_to(&query, entry),
             node: entry,
         };
         for l in (level + 1..=top).rev() {
-            nearest = self.greedy(vector, nearest, l);
+            nearest = self.greedy(&query, nearest, l);
         }
-        let mut entry_points = vec![nearest];
-        for l in (0..=level.min(top)).rev() {
-            let found = self.search_layer(vector, &entry_points, self.ef_construction, l, &|_| true);
-            let chosen = self.select_neighbours(node, &found, self.m);
+        let highest = level.min(top);
+        let mut found = vec![Vec::new(); highest + 1];
+        for l in (0..=highest).rev() {
+            // Each level's search starts from what the level above found.
+            let entry_points = if l == highest {
+                std::slice::from_ref(&nearest)
+            } else {
+                &found[l + 1]
+            };
+            let nearest_on_level = self.search_layer(&query, entry_points, self.ef_construction, l, &|_| true);
+            found[l] = nearest_on_level;
+        }
+        InsertPlan {
+            node,
+            searched_nodes: self.len() as u32,
+            query,
+            found,
+        }
+    }
+
+    /// Adds the node `plan` was made for (it must be the next node number: see
+    /// [`InsertPlan::node`]) and links it. Nodes added since the plan was made (the plans of a
+    /// group are all made on the graph before the group) were not seen by its search; they join
+    /// its candidates on every level both have, so a group of close vectors still links its
+    /// members to each other. With no such node the graph is the one a sequential insertion
+    /// builds.
+    pub fn insert_planned(&mut self, plan: InsertPlan) -> u32 {
+        let node = self.len() as u32;
+        assert_eq!(plan.node, node, "an insertion plan is for one node number");
+        let first_unplanned = plan.searched_nodes;
+        let level = self.random_level(node);
+        self.codes.push_zeroed().copy_from_slice(&plan.query.codes);
+        self.params.push(plan.query.params);
+        self.level0.resize(self.level0.len() + self.level0_stride(), 0);
+        self.upper.push(vec![Vec::new(); level]);
+        self.levels.push(level as u8);
+        let Some((_, top)) = self.entry else {
+            self.entry = Some((node, level));
+            return node;
+        };
+        let mut found = plan.found;
+        for l in (0..=level).rev() {
+            let mut candidates = std::mem::take(found.get_mut(l).unwrap_or(&mut Vec::new()));
+            let unplanned: Vec<u32> = (first_unplanned..node)
+                .filter(|&n| usize::from(self.levels[n as usize]) >= l)
+                .collect();
+            if !unplanned.is_empty() {
+                unplanned.iter().for_each(|&n| self.prefetch_codes(n));
+                let mut ranked: Vec<Ranked> = candidates.iter().map(|&c| Ranked::of(c)).collect();
+                ranked.extend(unplanned.iter().map(|&n| Ranked::new(self.node_distance(node, n), n)));
+                // No two keys are equal (nodes differ), so unstable is exact.
+                ranked.sort_unstable();
+                candidates = ranked.into_iter().map(Ranked::scored).collect();
+            }
+            if candidates.is_empty() {
+                continue;
+            }
+            let chosen = self.select_neighbours(node, &candidates, self.m);
             for &neighbour in &chosen {
                 self.link(neighbour, node, l);
             }
             self.set_neighbours(node, l, chosen);
-            entry_points = found;
         }
         if level > top {
             self.entry = Some((node, level));
@@ -850,7 +937,7 @@ impl Hnsw {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::search::vector::TopK;
 
@@ -965,6 +1052,155 @@ mod tests {
             let copies = found.iter().take(10).filter(|s| data[s.node as usize] == *q).count();
             assert_eq!(copies, 10, "query {i}");
         }
+    }
+
+    /// Inserts `vectors` in groups of `group`, as the indexer does (search/planning.rs): the
+    /// plans of a group all made on the graph before it, then applied in order.
+    pub(crate) fn insert_in_groups(graph: &mut Hnsw, vectors: &[Vec<f32>], group: usize) {
+        for chunk in vectors.chunks(group) {
+            let first = graph.len() as u32;
+            let plans: Vec<InsertPlan> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, v)| graph.plan_insert(v, first + i as u32))
+                .collect();
+            for plan in plans {
+                graph.insert_planned(plan);
+            }
+        }
+    }
+
+    /// Per node, its links on each of its levels.
+    type Links = Vec<Vec<Vec<u32>>>;
+
+    /// Every node's links on every level, and the entry point: the whole shape of a graph.
+    pub(crate) fn shape(graph: &Hnsw) -> (Links, Option<(u32, usize)>) {
+        let links = (0..graph.len() as u32)
+            .map(|n| {
+                (0..=graph.levels[n as usize] as usize)
+                    .map(|l| graph.neighbours(n, l).to_vec())
+                    .collect()
+            })
+            .collect();
+        (links, graph.entry)
+    }
+
+    /// Clustered vectors (16 centres, noise as large as their spread) with every tenth an
+    /// exact copy of an earlier one, as agents store the same text again.
+    fn clustered_with_copies(metric: Metric, count: usize, dimension: usize, seed: &mut u64) -> Vec<Vec<f32>> {
+        let centres: Vec<Vec<f32>> = (0..16).map(|_| (0..dimension).map(|_| lcg(seed)).collect()).collect();
+        let mut data: Vec<Vec<f32>> = Vec::with_capacity(count);
+        for i in 0..count {
+            let v = if i % 10 == 9 {
+                data[(lcg(seed).abs() * i as f32) as usize % i].clone()
+            } else {
+                let centre = &centres[i % centres.len()];
+                metric.prepare(&centre.iter().map(|c| c + lcg(seed)).collect::<Vec<_>>())
+            };
+            data.push(v);
+        }
+        data
+    }
+
+    /// recall@10 at `ef` over `queries` against the exact top 10, re-scoring the graph's
+    /// answer exactly (as the index does).
+    fn recall_at(graph: &Hnsw, data: &[Vec<f32>], queries: &[Vec<f32>], ef: usize) -> f64 {
+        let metric = graph.metric();
+        let mut hits = 0;
+        for q in queries {
+            let mut exact = TopK::new(10);
+            for (i, v) in data.iter().enumerate() {
+                exact.push(Scored {
+                    distance: metric.distance(q, v),
+                    node: i as u32,
+                });
+            }
+            let truth: Vec<u32> = exact.into_sorted().iter().map(|s| s.node).collect();
+            let mut rescored = TopK::new(10);
+            for s in graph.search(q, ef, &|_| true) {
+                rescored.push(Scored {
+                    distance: metric.distance(q, &data[s.node as usize]),
+                    node: s.node,
+                });
+            }
+            hits += rescored.into_sorted().iter().filter(|s| truth.contains(&s.node)).count();
+        }
+        hits as f64 / (queries.len() * 10) as f64
+    }
+
+    /// A plan applied at once is an insertion: groups of one build the very graph sequential
+    /// insertion builds, link for link, under every metric.
+    #[test]
+    fn planned_insertions_one_at_a_time_build_the_sequential_graph() {
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let mut seed = 5;
+            let data = clustered_with_copies(metric, 1_500, 12, &mut seed);
+            let mut sequential = Hnsw::new(metric, 12);
+            data.iter().for_each(|v| {
+                sequential.insert(v);
+            });
+            let mut planned = Hnsw::new(metric, 12);
+            insert_in_groups(&mut planned, &data, 1);
+            assert!(shape(&planned) == shape(&sequential), "{metric:?}");
+        }
+    }
+
+    /// Planned in groups of 64 (each vector's search blind to its group), the graph is a
+    /// different one but as good: every node reachable, recall at small ef as high as the
+    /// sequential graph's (the group's earlier members are offered as candidates, so close
+    /// vectors in one group still link to each other), with copies in the data.
+    #[test]
+    fn a_graph_built_in_planned_groups_is_as_navigable_as_a_sequential_one() {
+        for metric in [Metric::Cosine, Metric::L2] {
+            let mut seed = 17;
+            let data = clustered_with_copies(metric, 4_000, 16, &mut seed);
+            let queries: Vec<Vec<f32>> = (0..100)
+                .map(|i| {
+                    let base = &data[(i * 37) % data.len()];
+                    metric.prepare(&base.iter().map(|x| x + lcg(&mut seed) * 0.3).collect::<Vec<_>>())
+                })
+                .collect();
+            let mut sequential = Hnsw::new(metric, 16);
+            data.iter().for_each(|v| {
+                sequential.insert(v);
+            });
+            let mut grouped = Hnsw::new(metric, 16);
+            insert_in_groups(&mut grouped, &data, 64);
+            assert!(shape(&grouped) != shape(&sequential), "groups change the links");
+            assert_eq!(
+                grouped.search(&queries[0], data.len(), &|_| true).len(),
+                data.len(),
+                "{metric:?}: every node reachable"
+            );
+            for ef in [16, 32] {
+                let (s, g) = (
+                    recall_at(&sequential, &data, &queries, ef),
+                    recall_at(&grouped, &data, &queries, ef),
+                );
+                assert!(g >= s - 0.01 && g >= 0.9, "{metric:?} ef {ef}: grouped {g}, sequential {s}");
+            }
+        }
+    }
+
+    /// A group that is all one embedding (a batch of the same text stored many times) links
+    /// its copies to each other and to the graph: each is reachable, and a search finds them.
+    #[test]
+    fn a_group_of_copies_of_one_vector_is_linked_and_found() {
+        let metric = Metric::Cosine;
+        let mut seed = 23;
+        let data = clustered_with_copies(metric, 3_000, 8, &mut seed);
+        let mut graph = Hnsw::new(metric, 8);
+        insert_in_groups(&mut graph, &data, 64);
+        let copy = metric.prepare(&(0..8).map(|_| lcg(&mut seed)).collect::<Vec<_>>());
+        insert_in_groups(&mut graph, &vec![copy.clone(); 64], 64);
+        assert_eq!(
+            graph.search(&data[0], graph.len(), &|_| true).len(),
+            graph.len(),
+            "every node reachable"
+        );
+        let found = graph.search(&copy, 32, &|_| true);
+        let copies = found.iter().take(10).filter(|s| s.node as usize >= data.len()).count();
+        assert_eq!(copies, 10);
     }
 
     /// Nodes' codes are what `encode_into` gives for their vectors, through the growth of the

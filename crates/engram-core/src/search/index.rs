@@ -9,8 +9,9 @@
 //! `indexed_lsn`) are searched exactly and merged with the index's answer (search/tail.rs).
 
 use super::filter;
-use super::hnsw::Hnsw;
+use super::hnsw::{Hnsw, InsertPlan};
 use super::keyword::InvertedIndex;
+use super::planning::{plan_insertions, PlannedInsertion, MIN_PLANNED_INSERTIONS, PLANNED_GROUP_CHANGES};
 use super::tail::{KeywordStatistics, TailView};
 use super::vector::{prefetch, Metric, Scored, TopK};
 use crate::error::{CoreError, Result};
@@ -174,8 +175,53 @@ impl NamespaceIndex {
         }
     }
 
-    /// Applies one change. Idempotent per version: a version already indexed is skipped.
-    fn apply(&mut self, change: &IndexChange) {
+    /// Plans, on the graph as it is, the insertions `group` will make when applied in order
+    /// (search/planning.rs): per change, the plan of its vector, if it adds one. Nothing is
+    /// planned for fewer than [`MIN_PLANNED_INSERTIONS`] vectors.
+    fn plan_vector_insertions(&self, group: &[&IndexChange]) -> Vec<Option<InsertPlan>> {
+        let mut plans: Vec<Option<InsertPlan>> = group.iter().map(|_| None).collect();
+        let Some(graph) = &self.hnsw else { return plans };
+        let mut insertions = Vec::new();
+        let mut next_node = graph.len() as u32;
+        for (position, change) in group.iter().enumerate() {
+            if change.key.space != Space::Memory {
+                continue;
+            }
+            // As `apply` decides: a version already indexed adds nothing. (A wrong guess only
+            // wastes the plans from there on: `apply` inserts without a plan for another node.)
+            let Ok(id) = std::str::from_utf8(&change.key.id) else { continue };
+            if self
+                .current
+                .get(id)
+                .is_some_and(|&slot| self.entries[slot as usize].created_lsn >= change.lsn)
+            {
+                continue;
+            }
+            let Some(Value::Memory(memory)) = change.value.as_deref() else {
+                continue;
+            };
+            let Some(embedding) = &memory.embedding else { continue };
+            if embedding.len() != graph.dimension() {
+                continue;
+            }
+            insertions.push(PlannedInsertion {
+                position,
+                prepared: graph.metric().prepare(embedding),
+                node: next_node,
+            });
+            next_node += 1;
+        }
+        if insertions.len() >= MIN_PLANNED_INSERTIONS {
+            for (position, plan) in plan_insertions(graph, &insertions) {
+                plans[position] = Some(plan);
+            }
+        }
+        plans
+    }
+
+    /// Applies one change, with the plan of its vector's insertion if one was made. Idempotent
+    /// per version: a version already indexed is skipped.
+    fn apply(&mut self, change: &IndexChange, plan: Option<InsertPlan>) {
         if change.key.space == Space::Meta {
             if let Some(metric) = change.value.as_deref().and_then(metric_of) {
                 if self.hnsw.as_ref().is_some_and(|h| h.metric() != metric) {
@@ -209,7 +255,10 @@ impl NamespaceIndex {
             let metric = self.metric;
             let graph = self.hnsw.get_or_insert_with(|| Hnsw::new(metric, embedding.len()));
             if graph.dimension() == embedding.len() {
-                graph.insert(&graph.metric().prepare(embedding));
+                match plan {
+                    Some(plan) if plan.node() as usize == graph.len() => graph.insert_planned(plan),
+                    _ => graph.insert(&graph.metric().prepare(embedding)),
+                };
                 self.node_entry.push(slot);
                 self.node_validity.push(NodeValidity {
                     created_lsn: change.lsn,
@@ -603,7 +652,7 @@ impl Indexes {
         self.work.notify_all();
     }
 
-    pub(crate) fn apply_changes(&self, changes: &[IndexChange]) {
+    pub(crate) fn apply_changes<'c>(&self, changes: impl IntoIterator<Item = &'c IndexChange>) {
         let mut by_namespace: Vec<(&str, Vec<&IndexChange>)> = Vec::new();
         for change in changes {
             match by_namespace.iter_mut().find(|(ns, _)| *ns == change.key.namespace) {
@@ -622,40 +671,52 @@ impl Indexes {
             });
             // Partial progress is safe to expose: entries above a reader's snapshot are
             // invisible to it, and a superseded mark above it leaves the old version valid there.
-            for chunk in list.chunks(CHANGES_PER_LOCK) {
-                let mut index = index.write().unwrap_or_else(|p| p.into_inner());
-                for change in chunk {
-                    index.apply(change);
+            for group in list.chunks(PLANNED_GROUP_CHANGES) {
+                // Planned under the read lock: searches go on meanwhile. Only this thread
+                // changes the namespace's index, so the graph is still the planned one when the
+                // plans are applied.
+                let mut plans = index.read().unwrap_or_else(|p| p.into_inner()).plan_vector_insertions(group);
+                for (chunk, chunk_plans) in group.chunks(CHANGES_PER_LOCK).zip(plans.chunks_mut(CHANGES_PER_LOCK)) {
+                    let mut index = index.write().unwrap_or_else(|p| p.into_inner());
+                    for (change, plan) in chunk.iter().zip(chunk_plans) {
+                        index.apply(change, plan.take());
+                    }
                 }
             }
         }
     }
 
-    /// Applies the front batch of the queue, then publishes its LSN and removes it from the
-    /// queue in one step (under the queue lock), so a search always sees the index and the tail
-    /// together covering every commit.
-    fn apply_batch(&self, batch: &QueuedBatch) {
+    /// Applies the front batches of the queue (consecutive, in LSN order) as one group, then
+    /// publishes the last one's LSN and removes them from the queue in one step (under the
+    /// queue lock), so a search always sees the index and the tail together covering every
+    /// commit. One group rather than one batch at a time, so that the vector insertions of
+    /// many small commits are planned together (search/planning.rs).
+    fn apply_batches(&self, batches: &[QueuedBatch]) {
+        let Some(last) = batches.last() else { return };
         let indexed = self.indexed_lsn();
-        if batch.lsn > indexed {
-            // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version).
-            // A batch wholly above the indexed LSN (every batch but one straddling a catch-up)
-            // is applied as queued, without copying its keys.
-            if batch.changes.iter().all(|c| c.lsn > indexed) {
-                self.apply_changes(&batch.changes);
-            } else {
-                let fresh: Vec<IndexChange> = batch.changes.iter().filter(|c| c.lsn > indexed).cloned().collect();
-                self.apply_changes(&fresh);
-            }
-        }
+        // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version);
+        // the changes at or below the indexed LSN (only in a batch straddling a catch-up) are
+        // left out. No key is copied.
+        self.apply_changes(
+            batches
+                .iter()
+                .filter(|b| b.lsn > indexed)
+                .flat_map(|b| b.changes.iter())
+                .filter(|c| c.lsn > indexed),
+        );
         {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.batches.front().is_some_and(|b| b.lsn == batch.lsn) {
-                queue.batches.pop_front();
+            for batch in batches {
+                if queue.batches.front().is_some_and(|b| b.lsn == batch.lsn) {
+                    queue.batches.pop_front();
+                }
             }
-            self.indexed_lsn.fetch_max(batch.lsn, Ordering::AcqRel);
+            self.indexed_lsn.fetch_max(last.lsn, Ordering::AcqRel);
         }
-        self.queued_changes.fetch_sub(batch.changes.len(), Ordering::AcqRel);
-        self.queued_vector_bytes.fetch_sub(batch.vector_bytes, Ordering::AcqRel);
+        let changes: usize = batches.iter().map(|b| b.changes.len()).sum();
+        let vector_bytes: usize = batches.iter().map(|b| b.vector_bytes).sum();
+        self.queued_changes.fetch_sub(changes, Ordering::AcqRel);
+        self.queued_vector_bytes.fetch_sub(vector_bytes, Ordering::AcqRel);
         self.notify_progress();
     }
 
@@ -805,14 +866,26 @@ impl Indexes {
                     })
                     .collect()
             };
-            for batch in &batches {
+            let mut rest = &batches[..];
+            while !rest.is_empty() {
                 {
                     let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                     if queue.paused || queue.stop {
                         break;
                     }
                 }
-                self.apply_batch(batch);
+                // As many whole batches as fit in one group (at least one, however large).
+                let mut group = 1;
+                let mut changes = rest[0].changes.len();
+                while let Some(next) = rest.get(group) {
+                    if changes + next.changes.len() > PLANNED_GROUP_CHANGES {
+                        break;
+                    }
+                    changes += next.changes.len();
+                    group += 1;
+                }
+                self.apply_batches(&rest[..group]);
+                rest = &rest[group..];
             }
         }
     }
@@ -902,11 +975,11 @@ mod tests {
                 1 => memory_change(lsn, &id, None),
                 _ => memory_change(lsn, &id, Some(vec![(next() % 100) as f32, (next() % 100) as f32])),
             };
-            index.apply(&change);
+            index.apply(&change, None);
             changes.push(change);
             // Replaying an already indexed change (as after a reopen) must change nothing.
             let replayed = &changes[(next() as usize) % changes.len()];
-            index.apply(replayed);
+            index.apply(replayed, None);
         }
         let graph = index.hnsw.as_ref().expect("vectors were indexed");
         assert_eq!(index.node_validity.len(), graph.len());

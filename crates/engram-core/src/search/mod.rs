@@ -16,6 +16,7 @@ pub(crate) mod index;
 pub(crate) mod keyword;
 pub(crate) mod neighbours;
 pub(crate) mod persist;
+pub(crate) mod planning;
 pub(crate) mod tail;
 pub(crate) mod vector;
 
