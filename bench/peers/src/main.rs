@@ -37,6 +37,8 @@ fn write_json(path: &str, value: &serde_json::Value) -> Result<(), String> {
 }
 
 fn main() {
+    // As the engram binary does; the peers in this process (redb, fjall, RocksDB) get it too.
+    engram_core::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let command = args.get(1).map(String::as_str).unwrap_or("");
     let out = flag(&args, "--out");

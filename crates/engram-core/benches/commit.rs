@@ -161,6 +161,8 @@ fn median_round(mut rounds: Vec<Figures>) -> Figures {
 }
 
 fn main() {
+    // As the engram binary does; both sides of every ratio run in this process.
+    engram_core::tune_allocator();
     let base = std::env::current_dir().unwrap();
     let writers = 64;
     // Size of one commit record, measured by committing one and reading the log's counter.

@@ -53,6 +53,7 @@ fn insert(db: &Database, from: usize, count: usize) {
 }
 
 fn main() {
+    engram_core::tune_allocator();
     let memories: usize = std::env::var("ENGRAM_BENCH_MEMORIES")
         .ok()
         .and_then(|v| v.parse().ok())

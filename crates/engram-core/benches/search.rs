@@ -79,6 +79,7 @@ fn options() -> DatabaseOptions {
 }
 
 fn main() {
+    engram_core::tune_allocator();
     let quick = std::env::var_os("ENGRAM_BENCH_QUICK").is_some();
     let count: usize = std::env::var("ENGRAM_BENCH_SEARCH_VECTORS")
         .ok()

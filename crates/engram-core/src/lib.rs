@@ -6,6 +6,7 @@
 //! or acknowledged. Versions are kept under a retention policy (all of them by default), so every
 //! read can be as of a past LSN or time back to the history horizon. See docs/architecture.md.
 
+mod allocator;
 mod checkpoint;
 mod cursors;
 mod db;
@@ -27,6 +28,7 @@ mod threads;
 mod txn;
 mod write_set;
 
+pub use allocator::{tune_allocator, ARENA_GROWTH_BYTES};
 pub use checkpoint::{
     CheckpointOptions, CheckpointReport, OpenReport, RejectedCheckpoint, CHECKPOINT_DIR, CHECKPOINT_FORMAT_VERSION,
     SPARE_FILE as CHECKPOINT_SPARE_FILE,

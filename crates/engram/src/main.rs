@@ -139,6 +139,9 @@ enum WalCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any database thread starts (engram_core::allocator: fewer page-table changes
+    // while the store grows under many writers).
+    engram_core::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
