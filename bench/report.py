@@ -181,7 +181,7 @@ def vector_section(vectors):
         f"(numpy {g['numpy']} default_rng seed {g['seed']}, {g['clusters']} Gaussian centres, spread {g['spread']}; files in bench/data/). "
         f"Recall@{vectors['k']} against exact squared-L2 neighbours; queries/s single-threaded, fastest of 3 passes; for each ef the passes of "
         "faiss, hnswlib and Engram alternate, so load from elsewhere falls on all three alike (Chroma runs after them). "
-        "Build time is wall time: faiss and hnswlib build with all cores, Engram's indexer is one thread and its build includes durable commits. "
+        "Build time is wall time: faiss and hnswlib build with all cores, Engram's indexer plans graph searches on as many threads as cores (up to 4) and links on one, and its build includes durable commits. "
         "Index bytes: faiss `serialize_index`, hnswlib `index_file_size()`, Engram `index_stats().heap_bytes` (vectors, graph, version table, postings).",
         "",
     ]

@@ -149,7 +149,7 @@ fn describe(built: &Built) -> serde_json::Value {
     figures["settings"] = format!(
         "engram-core {} embedded: Database::open with DatabaseOptions::default() (fdatasync before every acknowledgement, background checkpoints); \
          declare_vector_space({DIMENSION}, L2); each base row one memory (text \"base row i\", metadata {{\"row\": i}}, the embedding) in durable transactions of {MEMORIES_PER_TRANSACTION}; \
-         build = commits + wait_for_index (one indexer thread; graph {ENGRAM_GRAPH}, fixed in engram-core), then one explicit checkpoint (not in the build time); \
+         build = commits + wait_for_index (the indexer plans the graph searches of queued vectors on as many threads as cores, up to 4, and links them on one; graph {ENGRAM_GRAPH}, fixed in engram-core), then one explicit checkpoint (not in the build time); \
          search: one Snapshot::search_refs(SearchRequest {{ mode: vector, k: {K}, ef_search: ef }}) per query on one thread, each hit sharing its memory (text, metadata, embedding) with the database instead of copying it, \
          memory row read from the hit's metadata",
         env!("CARGO_PKG_VERSION")
