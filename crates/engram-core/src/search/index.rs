@@ -956,6 +956,69 @@ mod tests {
         }
     }
 
+    /// The plans of a group are made for the node numbers `apply` will give: through a replayed
+    /// (already indexed) change, a deletion, an update, a memory without an embedding, one of
+    /// another dimension and a metric change in the group, every planned vector finds its plan
+    /// for the node it becomes, so every plan is used.
+    #[test]
+    fn plans_are_made_for_the_node_numbers_apply_gives() {
+        let vector = |i: usize| vec![(i % 7) as f32, (i % 11) as f32, (i % 13) as f32, 1.0];
+        let mut index = NamespaceIndex::new();
+        let mut applied = Vec::new();
+        for i in 0..100 {
+            let change = memory_change(i as Lsn + 1, &format!("m{i}"), Some(vector(i)));
+            index.apply(&change, None);
+            applied.push(change);
+        }
+        let mut group: Vec<IndexChange> = vec![applied[40].clone(), deletion(101, "m3")];
+        group.push(memory_change(102, "m5", Some(vector(500))));
+        group.push(memory_change(103, "m6", None));
+        group.push(memory_change(104, "other", Some(vec![1.0; 5])));
+        group.push(IndexChange {
+            lsn: 105,
+            key: Key::new("ns", Space::Meta, METRIC_KEY.to_vec()),
+            value: Some(Arc::new(Value::Kv(crate::model::KvValue::Json(serde_json::json!("cosine"))))),
+        });
+        for i in 0..20 {
+            group.push(memory_change(106 + i as Lsn, &format!("new{i}"), Some(vector(1_000 + i))));
+        }
+        // A vector added earlier in the same group, updated.
+        group.push(memory_change(200, "new3", Some(vector(77))));
+        let group: Vec<&IndexChange> = group.iter().collect();
+        let plans = index.plan_vector_insertions(&group);
+        assert_eq!(plans.iter().filter(|p| p.is_some()).count(), 22, "an update and 21 new vectors");
+        for (change, plan) in group.iter().zip(plans) {
+            let before = index.hnsw.as_ref().unwrap().len();
+            let planned_node = plan.as_ref().map(InsertPlan::node);
+            index.apply(change, plan);
+            let after = index.hnsw.as_ref().unwrap().len();
+            match planned_node {
+                Some(node) => assert_eq!((node as usize, after), (before, before + 1), "lsn {}", change.lsn),
+                None => assert_eq!(after, before, "lsn {}: a vector added without a plan", change.lsn),
+            }
+        }
+    }
+
+    /// A plan made for another node number than the one a change gets is not used: the vector
+    /// is inserted as it would be without one.
+    #[test]
+    fn a_plan_for_another_node_number_is_ignored() {
+        let vector = |i: usize| vec![(i % 7) as f32, (i % 11) as f32, (i % 13) as f32, 1.0];
+        let (mut with_wrong_plan, mut without) = (NamespaceIndex::new(), NamespaceIndex::new());
+        for i in 0..300 {
+            let change = memory_change(i as Lsn + 1, &format!("m{i}"), Some(vector(i)));
+            with_wrong_plan.apply(&change, None);
+            without.apply(&change, None);
+        }
+        let change = memory_change(301, "x", Some(vector(1_234)));
+        let graph = with_wrong_plan.hnsw.as_ref().unwrap();
+        let wrong = graph.plan_insert(&graph.metric().prepare(&vector(1_234)), graph.len() as u32 + 1);
+        with_wrong_plan.apply(&change, Some(wrong));
+        without.apply(&change, None);
+        let shape = |index: &NamespaceIndex| crate::search::hnsw::tests::shape(index.hnsw.as_ref().unwrap());
+        assert!(shape(&with_wrong_plan) == shape(&without));
+    }
+
     /// The flat per-node validity the traversal reads must equal the version table's, through
     /// inserts, updates (with and without embeddings), deletions and replayed changes; and an
     /// unfiltered search at every LSN admits exactly the versions valid there.
