@@ -129,8 +129,8 @@ impl Ranked {
     }
 }
 
-/// Per-thread traversal scratch, reused by every search and insertion on the thread: visited
-/// marks with a generation counter instead of clearing a bitmap per search, and the buffers of
+/// Per-thread traversal scratch, reused by every search and insertion on the thread: a visited
+/// bitmap of which only the words a traversal set are cleared by the next, and the buffers of
 /// [`Hnsw::search_layer`], so a traversal allocates nothing but its answer.
 struct Scratch {
     /// One bit per node: set once the traversal has seen it.
@@ -429,7 +429,7 @@ impl Hnsw {
         };
         let mut found = plan.found;
         for l in (0..=level).rev() {
-            let mut candidates = std::mem::take(found.get_mut(l).unwrap_or(&mut Vec::new()));
+            let mut candidates = found.get_mut(l).map(std::mem::take).unwrap_or_default();
             let unplanned: Vec<u32> = (first_unplanned..node)
                 .filter(|&n| usize::from(self.levels[n as usize]) >= l)
                 .collect();

@@ -175,6 +175,14 @@ impl NamespaceIndex {
         }
     }
 
+    /// Whether the current version of memory `id` is already this change's or a later one (a
+    /// replayed change): applying it again must change nothing.
+    fn indexed_at_or_after(&self, id: &str, lsn: Lsn) -> bool {
+        self.current
+            .get(id)
+            .is_some_and(|&slot| self.entries[slot as usize].created_lsn >= lsn)
+    }
+
     /// Plans, on the graph as it is, the insertions `group` will make when applied in order
     /// (search/planning.rs): per change, the plan of its vector, if it adds one. Nothing is
     /// planned for fewer than [`MIN_PLANNED_INSERTIONS`] vectors.
@@ -190,11 +198,7 @@ impl NamespaceIndex {
             // As `apply` decides: a version already indexed adds nothing. (A wrong guess only
             // wastes the plans from there on: `apply` inserts without a plan for another node.)
             let Ok(id) = std::str::from_utf8(&change.key.id) else { continue };
-            if self
-                .current
-                .get(id)
-                .is_some_and(|&slot| self.entries[slot as usize].created_lsn >= change.lsn)
-            {
+            if self.indexed_at_or_after(id, change.lsn) {
                 continue;
             }
             let Some(Value::Memory(memory)) = change.value.as_deref() else {
@@ -237,10 +241,10 @@ impl NamespaceIndex {
             return;
         }
         let Ok(id) = std::str::from_utf8(&change.key.id) else { return };
+        if self.indexed_at_or_after(id, change.lsn) {
+            return;
+        }
         if let Some(&slot) = self.current.get(id) {
-            if self.entries[slot as usize].created_lsn >= change.lsn {
-                return; // already indexed
-            }
             self.entries[slot as usize].superseded_lsn = change.lsn;
             if let Ok(node) = self.node_entry.binary_search(&slot) {
                 self.node_validity[node].superseded_lsn = change.lsn;
