@@ -206,7 +206,7 @@ pub trait MemoryReads: RetainedView {
     /// read when the caller only looks at it (serialises it, compares it, returns a field).
     fn get_memory_ref(&self, namespace: &str, id: &str) -> Result<Option<MemoryRef>> {
         validate_namespace(namespace)?;
-        let value = self.get_shared_value(&memory_key(namespace, id));
+        let value = self.get_shared_value(namespace, Space::Memory, id.as_bytes());
         self.check_retained()?;
         Ok(value.and_then(MemoryRef::new))
     }

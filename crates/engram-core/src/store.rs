@@ -188,7 +188,13 @@ impl Store {
     }
 
     pub fn get(&self, key: &Key, at: Lsn) -> Option<Arc<Value>> {
-        let key = compact_key::encode(key);
+        self.get_parts(&key.namespace, key.space, &key.id, at)
+    }
+
+    /// [`Store::get`] of the key (namespace, space, id), without building a `Key` (two
+    /// allocations) for it: the get-by-id path.
+    pub fn get_parts(&self, namespace: &str, space: Space, id: &[u8], at: Lsn) -> Option<Arc<Value>> {
+        let key = compact_key::encode_prefix(namespace, space, id);
         self.read()
             .get(key.as_slice())
             .and_then(|chain| visible(chain, at))
@@ -513,8 +519,11 @@ impl Store {
     /// (the applier makes a whole group commit visible at once; readers wait for the write lock
     /// once per group instead of once per commit). Appends the index changes to `changes`.
     pub fn apply_batch(&self, commits: impl IntoIterator<Item = (Lsn, CommitRecord)>, changes: &mut Vec<IndexChange>) {
+        // Everything but the B-tree's own updates is done before taking the write lock (values
+        // moved into their `Arc`s, keys encoded, index changes made): readers wait for it only
+        // as long as the updates take.
         let mut commit_times = Vec::new();
-        let mut map = self.write();
+        let mut versions: Vec<(compact_key::KeyBuf, Version)> = Vec::new();
         for (lsn, record) in commits {
             commit_times.push((lsn, record.commit_ts_ms));
             for (op_index, op) in record.ops.into_iter().enumerate() {
@@ -536,16 +545,21 @@ impl Store {
                         value: version.value.clone(),
                     });
                 }
-                // Looked up by the encoding on the stack: only a new key allocates its own.
-                match map.get_mut(stored.as_slice()) {
-                    Some(chain) => chain.versions.push(version),
-                    None => {
-                        let chain = Chain {
-                            versions: SmallVec::from_buf([version]),
-                            created: None,
-                        };
-                        map.insert(stored.as_slice().into(), chain);
-                    }
+                versions.push((stored, version));
+            }
+        }
+        let mut map = self.write();
+        for (stored, version) in versions {
+            // Looked up by the encoding built above: only a new key allocates (when too long to
+            // be held inline).
+            match map.get_mut(stored.as_slice()) {
+                Some(chain) => chain.versions.push(version),
+                None => {
+                    let chain = Chain {
+                        versions: SmallVec::from_buf([version]),
+                        created: None,
+                    };
+                    map.insert(StoredKey::from(stored.as_slice()), chain);
                 }
             }
         }
@@ -591,7 +605,14 @@ mod model_tests {
         let namespace = prop::sample::select(vec!["a", "ab", "a-b", "a.b", "b", "ns"]);
         let space = prop::sample::select(vec![Space::Meta, Space::Memory, Space::Entity, Space::Kv]);
         let id = prop::collection::vec(prop::sample::select(vec![0u8, 1, b'a', b'b', 0xFF]), 0..4);
-        (namespace, space, id).prop_map(|(n, s, id)| Key::new(n, s, id))
+        // Ids behind a common run of bytes whose encodings straddle the longest key the store
+        // holds inline (compact_key::INLINE_KEY_BYTES): inline and heap keys side by side.
+        let long_prefix = prop::sample::select(vec![0usize, 38, 39, 40, 41, 42]);
+        (namespace, space, long_prefix, id).prop_map(|(n, s, long, id)| {
+            let mut full = vec![b'x'; long];
+            full.extend(id);
+            Key::new(n, s, full)
+        })
     }
 
     /// Commits of puts (`Some(n)`) and deletions (`None`) of a few keys each.

@@ -34,9 +34,10 @@ pub trait ReadView {
     fn read_lsn(&self) -> Lsn;
     #[doc(hidden)]
     fn get_value(&self, key: &Key) -> Option<Value>;
-    /// The stored value itself, shared rather than copied (versions never change once written).
+    /// The stored value of the key (namespace, space, id) itself, shared rather than copied
+    /// (versions never change once written). Takes the key's parts: get-by-id builds no `Key`.
     #[doc(hidden)]
-    fn get_shared_value(&self, key: &Key) -> Option<Arc<Value>>;
+    fn get_shared_value(&self, namespace: &str, space: Space, id: &[u8]) -> Option<Arc<Value>>;
     #[doc(hidden)]
     fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)>;
     #[doc(hidden)]
@@ -64,8 +65,8 @@ impl ReadView for Snapshot {
     fn get_value(&self, key: &Key) -> Option<Value> {
         self.db.store.get(key, self.lsn).map(|v| (*v).clone())
     }
-    fn get_shared_value(&self, key: &Key) -> Option<Arc<Value>> {
-        self.db.store.get(key, self.lsn)
+    fn get_shared_value(&self, namespace: &str, space: Space, id: &[u8]) -> Option<Arc<Value>> {
+        self.db.store.get_parts(namespace, space, id, self.lsn)
     }
     fn scan_values(&self, namespace: &str, space: Space, prefix: &[u8]) -> Vec<(Key, Value, CreationOrder)> {
         unwrap_values(self.db.store.scan_prefix(namespace, space, prefix, self.lsn))
@@ -318,11 +319,11 @@ impl ReadView for Transaction {
         }
     }
 
-    fn get_shared_value(&self, key: &Key) -> Option<Arc<Value>> {
-        match self.writes.get(key) {
+    fn get_shared_value(&self, namespace: &str, space: Space, id: &[u8]) -> Option<Arc<Value>> {
+        match self.writes.get_parts(namespace, space, id) {
             // This transaction's own write is not stored yet: shared from a copy.
             Some(w) => w.value.clone().map(Arc::new),
-            None => self.db.store.get(key, self.snapshot),
+            None => self.db.store.get_parts(namespace, space, id, self.snapshot),
         }
     }
 

@@ -7,7 +7,7 @@
 //! [`LINEAR_WRITES_MAX`] keys the writes move into a `BTreeMap`, so a large transaction's
 //! lookups stay logarithmic.
 
-use crate::model::Key;
+use crate::model::{Key, Space};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
 
@@ -45,6 +45,18 @@ impl<W> WriteSet<W> {
         match self {
             WriteSet::Few(v) => v.iter().find(|(k, _)| k == key).map(|(_, w)| w),
             WriteSet::Many(m) => m.get(key),
+        }
+    }
+
+    /// [`WriteSet::get`] of the key (namespace, space, id), without building a `Key` unless the
+    /// writes are many.
+    pub fn get_parts(&self, namespace: &str, space: Space, id: &[u8]) -> Option<&W> {
+        match self {
+            WriteSet::Few(v) => v
+                .iter()
+                .find(|(k, _)| k.namespace == namespace && k.space == space && k.id == id)
+                .map(|(_, w)| w),
+            WriteSet::Many(m) => m.get(&Key::new(namespace, space, id)),
         }
     }
 
@@ -125,7 +137,6 @@ impl<'a, W> Iterator for Iter<'a, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Space;
     use proptest::prelude::*;
 
     fn key(i: u8) -> Key {
@@ -146,6 +157,12 @@ mod tests {
                 prop_assert_eq!(set.is_empty(), model.is_empty());
                 for probe in 0..40 {
                     prop_assert_eq!(set.get(&key(probe)), model.get(&key(probe)));
+                    prop_assert_eq!(set.get_parts("ns", Space::Kv, &[probe]), model.get(&key(probe)));
+                }
+                // Same id, another namespace or space: another key.
+                for probe in 0..40 {
+                    prop_assert_eq!(set.get_parts("ns2", Space::Kv, &[probe]), None);
+                    prop_assert_eq!(set.get_parts("ns", Space::Memory, &[probe]), None);
                 }
             }
             let mut listed: Vec<(Key, u32)> = set.iter().map(|(k, w)| (k.clone(), *w)).collect();
