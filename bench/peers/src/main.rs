@@ -36,8 +36,14 @@ fn write_json(path: &str, value: &serde_json::Value) -> Result<(), String> {
     std::fs::write(path, text + "\n").map_err(|e| format!("writing {path}: {e}"))
 }
 
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*). The Rust peers in this
+/// process (redb, fjall) allocate from it too; SQLite, RocksDB and libpq allocate with the C
+/// library's malloc, tuned below as before.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
-    // As the engram binary does; the peers in this process (redb, fjall, RocksDB) get it too.
+    // glibc's malloc, which the C and C++ peers use: engram_core::tune_allocator.
     engram_core::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let command = args.get(1).map(String::as_str).unwrap_or("");

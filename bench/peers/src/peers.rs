@@ -88,7 +88,7 @@ impl PeerKind {
             PeerKind::FloorAppend => "one file opened O_APPEND, growing; each commit takes a mutex, write(2)s the record (as many bytes as Engram's commit record) and fdatasyncs before releasing it: no group commit".into(),
             PeerKind::FloorOverwrite => "one 256 MiB file zero-filled and fsynced first, then overwritten sequentially (pwrite + fdatasync under a mutex, wrapping at the end): the I/O pattern of a preallocated log, no group commit".into(),
             PeerKind::WalGroup => "engram-wal alone: Wal::open with WalOptions::default(), append_with(payload of Engram's record size, SyncPolicy::Always): group commit, no database on top".into(),
-            PeerKind::Engram => "engram-core Database::open with DatabaseOptions::default() (durability SyncPolicy::Always: fdatasync before the commit returns; background checkpoints every 64 MiB of log); one memory per db.run transaction".into(),
+            PeerKind::Engram => "engram-core Database::open with DatabaseOptions::default() (durability SyncPolicy::Always: fdatasync before the commit returns; background checkpoints every 64 MiB of log); one memory per db.run transaction; allocator mimalloc, as in the engram binary (redb and fjall share it; SQLite and RocksDB allocate with glibc's malloc, M_TOP_PAD 64 MiB)".into(),
             PeerKind::Sqlite => format!(
                 "SQLite {} (Debian's libsqlite3 via rusqlite): journal_mode=WAL, synchronous=FULL, busy_timeout=60000 ms, one connection per writer, BEGIN IMMEDIATE; INSERT; COMMIT",
                 rusqlite::version()

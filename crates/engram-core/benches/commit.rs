@@ -7,6 +7,10 @@
 //!
 //! `cargo bench -p engram-core --bench commit` (ENGRAM_BENCH_QUICK=1 for a short run).
 
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use engram_core::{CheckpointOptions, CoreError, Database, DatabaseOptions, MemoryReads, NewMemory, SyncPolicy};
 use engram_wal::{Wal, WalOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -161,8 +165,6 @@ fn median_round(mut rounds: Vec<Figures>) -> Figures {
 }
 
 fn main() {
-    // As the engram binary does; both sides of every ratio run in this process.
-    engram_core::tune_allocator();
     let base = std::env::current_dir().unwrap();
     let writers = 64;
     // Size of one commit record, measured by committing one and reading the log's counter.

@@ -3,6 +3,10 @@
 //!
 //! `cargo bench -p engram-core --bench open` (ENGRAM_BENCH_MEMORIES=N, default 1,000,000).
 
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, NewMemory, SyncPolicy};
 use std::time::Instant;
 
@@ -36,6 +40,18 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Returns the allocators' free memory to the system: mimalloc's (this process's Rust heap) and
+/// glibc's (what C code allocated).
+fn release_free_memory() {
+    // SAFETY: mi_collect only frees what mimalloc holds unused; malloc_trim only releases free
+    // heap memory.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        libc::malloc_trim(0);
+    }
+}
+
 fn rss_bytes() -> u64 {
     status_bytes("VmRSS")
 }
@@ -53,7 +69,6 @@ fn insert(db: &Database, from: usize, count: usize) {
 }
 
 fn main() {
-    engram_core::tune_allocator();
     let memories: usize = std::env::var("ENGRAM_BENCH_MEMORIES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -89,12 +104,9 @@ fn main() {
         );
     }
     // The dropped database's heap, kept by the allocator, is returned to the system first: the
-    // measuring process should not share the machine with gigabytes of this one's free lists.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // measuring process should not share the machine with gigabytes of this one's free lists
+    // (and the open must not reuse pages already resident, which RSS growth would not count).
+    release_free_memory();
     println!("builder's RSS before measuring: {:.0} MB", rss_bytes() as f64 / 1e6);
     // The build leaves gigabytes of dirty pages; an open racing their writeback measured 3x
     // slower. Flush first, as a restarted process would find the disk.
@@ -161,13 +173,11 @@ fn measure_open(dir: &std::path::Path, memories: usize, options: DatabaseOptions
     );
     // Heap freed during open (the checkpoint's buffers, decoded log records) that the
     // allocator kept rather than returning to the system counts in RSS too: shown separately.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
+        release_free_memory();
         let trimmed = rss_bytes().saturating_sub(rss_before);
         println!(
-            "after malloc_trim: RSS grown by {:.0} MB = {:.2}x the raw size",
+            "after returning free memory to the system: RSS grown by {:.0} MB = {:.2}x the raw size",
             trimmed as f64 / 1e6,
             trimmed as f64 / raw_bytes as f64
         );

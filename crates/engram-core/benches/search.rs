@@ -6,6 +6,10 @@
 //! `cargo bench -p engram-core --bench search` (100,000 x 384 cosine). A quick run:
 //! `ENGRAM_BENCH_QUICK=1` (10,000 x 384). `ENGRAM_BENCH_SEARCH_VECTORS` sets the count.
 
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use engram_core::{
     CheckpointOptions, Database, DatabaseOptions, MemoryReads, Metric, NewMemory, SearchMode, SearchReads, SearchRequest, SyncPolicy,
 };
@@ -79,7 +83,6 @@ fn options() -> DatabaseOptions {
 }
 
 fn main() {
-    engram_core::tune_allocator();
     let quick = std::env::var_os("ENGRAM_BENCH_QUICK").is_some();
     let count: usize = std::env::var("ENGRAM_BENCH_SEARCH_VECTORS")
         .ok()

@@ -12,9 +12,14 @@
 //! with the search indexer paused. Environment: `ENGRAM_TEXT_ONLY=1` (no embedding),
 //! `ENGRAM_NO_CHECKPOINTS=1`, `ENGRAM_NO_FILE_REUSE=1` (checkpoints write new files),
 //! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`), `ENGRAM_DISTINCT_EMBEDDINGS=1` (every memory
-//! its own embedding, not one of 97 repeated: benches/common/one_memory.rs),
-//! `ENGRAM_DEFAULT_MALLOC=1` (glibc's allocator settings instead of `tune_allocator`'s). Runs in a temporary directory under the
-//! current one (put it on the disk to measure). Linux only (reads /proc/self/task).
+//! its own embedding, not one of 97 repeated: benches/common/one_memory.rs). Runs in a
+//! temporary directory under the current one (put it on the disk to measure). Linux only (reads
+//! /proc/self/task). The allocator is the `engram` binary's (mimalloc); to measure another,
+//! change the `#[global_allocator]` below and run the two builds side by side.
+
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, SyncPolicy};
 use engram_wal::{Wal, WalOptions};
@@ -107,11 +112,6 @@ fn print_rounds(stats: &engram_wal::WalStats) {
 }
 
 fn main() {
-    // As the engram binary does (engram_core::tune_allocator); ENGRAM_DEFAULT_MALLOC=1 measures
-    // glibc's defaults.
-    if !flag("ENGRAM_DEFAULT_MALLOC") {
-        engram_core::tune_allocator();
-    }
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "engine".into());
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);

@@ -14,6 +14,10 @@
 //! the value); the writers' memories have one, as in the commit bench, so the search indexer runs
 //! while they commit. Runs in a temporary directory under the current one.
 
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, MemoryReads, SyncPolicy};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -70,7 +74,6 @@ fn reads_per_second(db: &Database, ids: &[String], readers: usize, writers: usiz
 }
 
 fn main() {
-    engram_core::tune_allocator();
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("numeric arguments"));
     let memories = args.next().unwrap_or(200_000);
     let seconds = args.next().unwrap_or(3);

@@ -8,8 +8,9 @@
 //! process with ~70 threads. Growing heaps by [`ARENA_GROWTH_BYTES`] at a time made 157.
 //!
 //! The setting is the process's, not one database's, so the library never changes it by itself:
-//! the `engram` binary and the benchmarks call [`tune_allocator`] first thing, and an application
-//! that embeds Engram may (docs/architecture.md, *Allocator*). The cost: glibc also keeps that
+//! an application that embeds Engram with glibc's malloc as its allocator may call
+//! [`tune_allocator`] first thing. The `engram` binary and the benchmarks allocate with mimalloc
+//! instead (docs/architecture.md, *Allocator*); the peer suite calls it for its C peers. The cost: glibc also keeps that
 //! much free memory at the top of a heap instead of returning it to the kernel, so after a burst
 //! each arena (up to 8 per core) may keep up to 64 MiB it no longer uses. Address space is
 //! reserved, not memory: pages are only resident once written.

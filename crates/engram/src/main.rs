@@ -138,10 +138,13 @@ enum WalCommand {
     },
 }
 
+/// mimalloc rather than glibc's malloc: a store of many small values read at random pays a
+/// cache and TLB miss per value, and mimalloc keeps values of one size together (get-by-id
+/// 1.65x glibc's rate, commits ~7 % cheaper: docs/architecture.md, *Allocator*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    // Before any database thread starts (engram_core::allocator: fewer page-table changes
-    // while the store grows under many writers).
-    engram_core::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
