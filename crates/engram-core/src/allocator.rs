@@ -10,10 +10,10 @@
 //! The setting is the process's, not one database's, so the library never changes it by itself:
 //! an application that embeds Engram with glibc's malloc as its allocator may call
 //! [`tune_allocator`] first thing. The `engram` binary and the benchmarks allocate with mimalloc
-//! instead (docs/architecture.md, *Allocator*); the peer suite calls it for its C peers. The cost: glibc also keeps that
-//! much free memory at the top of a heap instead of returning it to the kernel, so after a burst
-//! each arena (up to 8 per core) may keep up to 64 MiB it no longer uses. Address space is
-//! reserved, not memory: pages are only resident once written.
+//! instead (docs/architecture.md, *Allocator*); the peer suite calls it for its C peers. The
+//! cost: glibc also keeps that much free memory at the top of a heap instead of returning it to
+//! the kernel, so after a burst each arena (up to 8 per core) may keep up to 64 MiB it no longer
+//! uses. Address space is reserved, not memory: pages are only resident once written.
 
 /// How much glibc grows (and keeps at the top of) a heap at a time: `M_TOP_PAD`. 64 MiB, the
 /// size of a per-thread arena's whole heap on 64-bit glibc, so that a heap grows in one step.
