@@ -140,7 +140,7 @@ enum WalCommand {
 
 /// mimalloc rather than glibc's malloc: a store of many small values read at random pays a
 /// cache and TLB miss per value, and mimalloc keeps values of one size together (get-by-id
-/// 1.65x glibc's rate, commits ~7 % cheaper: docs/architecture.md, *Allocator*).
+/// 1.65x glibc's rate, commits ~6 % less CPU: docs/architecture.md, *Allocator*).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
