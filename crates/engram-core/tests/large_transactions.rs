@@ -11,7 +11,7 @@ use engram_wal::Wal;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 const MAX_RECORD: usize = 32 * 1024;
@@ -505,20 +505,28 @@ fn small_commits_interleave_correctly_with_large_ones() {
     let db = Database::open(dir.path(), options()).unwrap();
     put_json(&db, b"existing", json!("old"));
     let stop = Arc::new(AtomicBool::new(false));
+    // Attempts of the current large transaction. Under first-committer-wins a long transaction
+    // loses to every short one that commits a key it wrote while it ran, so the small writers
+    // contend on `existing` only during a round's first attempts (exercising the conflict and
+    // the retry) and then let the large one through: without that it can lose every retry.
+    let big_attempts = Arc::new(AtomicU32::new(0));
+    const CONTENDED_ATTEMPTS: u32 = 3;
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let db = db.clone();
             let stop = stop.clone();
+            let big_attempts = big_attempts.clone();
             std::thread::spawn(move || {
                 let mut commits = Vec::new();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) || i < 20 {
                     let key = format!("small/{w}");
                     // Every fourth write also touches a key the large transactions write.
+                    let contend = i.is_multiple_of(4) && big_attempts.load(Ordering::Relaxed) <= CONTENDED_ATTEMPTS;
                     let info = db
                         .run(1000, |t| {
                             t.kv_put(NS, key.as_bytes(), KvValue::Json(json!(i)))?;
-                            if i.is_multiple_of(4) {
+                            if contend {
                                 t.kv_put(NS, b"existing", KvValue::Json(json!({ "by": key })))?;
                             }
                             Ok(())
@@ -533,14 +541,26 @@ fn small_commits_interleave_correctly_with_large_ones() {
         })
         .collect();
     let mut bigs = Vec::new();
+    let mut total_big_attempts = 0;
     for round in 0..6 {
         let tag = format!("r{round}");
-        let info = commit_big(&db, &tag, BIG_N);
+        big_attempts.store(0, Ordering::Relaxed);
+        let info = db
+            .run(100, |t| {
+                big_attempts.fetch_add(1, Ordering::Relaxed);
+                write_big(t, &tag, BIG_N)
+            })
+            .unwrap()
+            .1;
         assert!(assert_all_or_nothing(&db.as_of(info.lsn).unwrap(), &tag, BIG_N));
         assert_eq!(big_keys_seen(&db.as_of(info.lsn - 1).unwrap(), &tag), 0);
+        total_big_attempts += big_attempts.load(Ordering::Relaxed);
         bigs.push((tag, info));
     }
     stop.store(true, Ordering::Relaxed);
+    // The contention did its work: some large transaction lost to a small one and retried (5 of
+    // 6 rounds do, typically).
+    assert!(total_big_attempts > 6, "no large transaction ever conflicted");
     let smalls: Vec<CommitInfo> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
 
     // Every commit has its own LSN; the feed returns each transaction whole at it, in order.
