@@ -168,6 +168,15 @@ pub struct OpenReport {
     pub rejected_checkpoints: Vec<RejectedCheckpoint>,
     /// Log records replayed after the checkpoint.
     pub replayed_records: u64,
+    /// Where the open's time went: the log's recovery (finding its valid end); then reading
+    /// and verifying the checkpoint into the store; then, at the same time on two threads,
+    /// loading the search indexes from the checkpoint's index file and replaying the log after
+    /// the checkpoint (when there is no index file to use, the indexes are rebuilt from the
+    /// store after the replay, and `index_load_us` is that rebuild).
+    pub log_recovery_us: u64,
+    pub checkpoint_load_us: u64,
+    pub index_load_us: u64,
+    pub replay_us: u64,
 }
 
 pub(crate) fn file_name(lsn: Lsn) -> String {

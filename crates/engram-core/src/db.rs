@@ -8,7 +8,7 @@ use crate::record::{self, Assembler, CommitRecord, Layout, LogRecord, KIND_COMMI
 use crate::retention::RetentionPolicy;
 use crate::search::{
     self,
-    index::{IndexApplier, IndexOrigin, Indexes},
+    index::{IndexApplier, IndexChange, IndexOrigin, Indexes},
 };
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Directory of the log inside the database directory.
 pub const WAL_DIR: &str = "wal";
@@ -147,12 +147,15 @@ impl Database {
         options: DatabaseOptions,
     ) -> Result<Database> {
         let dir = dir.as_ref().to_path_buf();
+        let started = Instant::now();
         let wal = Wal::open_with_storage(storage.clone(), dir.join(WAL_DIR), options.wal.clone())?;
-        Self::from_wal(storage, dir, wal, options)
+        let log_recovery_us = micros_since(started);
+        Self::from_wal(storage, dir, wal, log_recovery_us, options)
     }
 
-    fn from_wal(storage: Arc<dyn Storage>, dir: PathBuf, wal: Wal, options: DatabaseOptions) -> Result<Database> {
+    fn from_wal(storage: Arc<dyn Storage>, dir: PathBuf, wal: Wal, log_recovery_us: u64, options: DatabaseOptions) -> Result<Database> {
         let last = wal.durable_lsn();
+        let phase_started = Instant::now();
         let checkpoint_dir = dir.join(CHECKPOINT_DIR);
         let (loaded, rejected_checkpoints) = checkpoint::load_newest(&*storage, &checkpoint_dir, wal.first_lsn(), last)?;
         let (store, checkpoint_file, mut max_txn_id, mut max_ts) = match loaded {
@@ -167,62 +170,63 @@ impl Database {
         store.restore_history_horizon(checkpoint_file.as_ref().map_or(0, |c| c.history_horizon_lsn));
         let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
         let checkpoint_file_bytes = checkpoint_file.as_ref().map_or(0, |c| c.file_bytes);
+        let checkpoint_load_us = micros_since(phase_started);
         // The search indexes: from the checkpoint's index file when it verifies (then caught up
-        // with the replayed log below), otherwise rebuilt from the store after replay.
+        // with the replayed log below), otherwise rebuilt from the store after replay. The file
+        // is loaded on a thread of its own while this one replays the log: the load reads only
+        // versions at or below the checkpoint's LSN, which replay never changes.
+        let index_file_dir = dir.join(search::persist::INDEX_DIR);
+        let (index_load, replay) = std::thread::scope(|scope| {
+            let index_thread = checkpoint_file.as_ref().map(|file| {
+                let (storage, store, index_file_dir) = (&*storage, &store, &index_file_dir);
+                let load = move || {
+                    let started = Instant::now();
+                    let loaded = search::persist::load(storage, index_file_dir, file.lsn, store);
+                    (loaded, micros_since(started))
+                };
+                std::thread::Builder::new()
+                    .name("engram-open-idx".into())
+                    .spawn_scoped(scope, load)
+                    .map_err(|e| format!("cannot start the index loading thread: {e}"))
+            });
+            let started = Instant::now();
+            let replay = replay_log(&wal, &store, checkpoint_lsn, last, &options);
+            let replay_us = micros_since(started);
+            let index_load = index_thread
+                .map(|spawned| spawned.and_then(|thread| thread.join().map_err(|_| "the index loading thread panicked".to_string())));
+            (index_load, replay.map(|r| (r, replay_us)))
+        });
+        let (replay, replay_us) = replay?;
+        max_txn_id = max_txn_id.max(replay.max_txn_id);
+        max_ts = max_ts.max(replay.max_commit_ts_ms);
+        let mut index_load_us = 0;
         let mut rebuild_reason = None;
-        let loaded_indexes = match &checkpoint_file {
-            None => None,
-            Some(file) => match search::persist::load(&*storage, &dir.join(search::persist::INDEX_DIR), file.lsn, &store) {
-                Ok(Some(namespaces)) => Some(Indexes::from_loaded(namespaces, file.lsn)),
-                Ok(None) => {
-                    rebuild_reason = Some(format!("the checkpoint at LSN {} has no index file", file.lsn));
-                    None
+        let loaded_indexes = match (&checkpoint_file, index_load) {
+            (None, _) | (Some(_), None) => None,
+            (Some(file), Some(outcome)) => {
+                let outcome = outcome.and_then(|(loaded, elapsed_us)| {
+                    index_load_us = elapsed_us;
+                    loaded
+                });
+                match outcome {
+                    Ok(Some(namespaces)) => Some(Indexes::from_loaded(namespaces, file.lsn)),
+                    Ok(None) => {
+                        rebuild_reason = Some(format!("the checkpoint at LSN {} has no index file", file.lsn));
+                        None
+                    }
+                    Err(reason) => {
+                        let reason = format!("the index file of the checkpoint at LSN {} is not usable: {reason}", file.lsn);
+                        tracing::warn!(%reason, "rebuilding the search indexes from the store");
+                        rebuild_reason = Some(reason);
+                        None
+                    }
                 }
-                Err(reason) => {
-                    let reason = format!("the index file of the checkpoint at LSN {} is not usable: {reason}", file.lsn);
-                    tracing::warn!(%reason, "rebuilding the search indexes from the store");
-                    rebuild_reason = Some(reason);
-                    None
-                }
-            },
+            }
         };
-        let mut replayed = 0u64;
-        let mut replayed_bytes = 0u64;
-        // A large transaction's OPS records are held until its COMMIT, which redoes the whole
-        // transaction at the COMMIT's LSN. OPS records without their COMMIT (at the end of the
-        // log, or followed by another transaction's records after a failed submit) belong to a
-        // transaction that never committed: they are dropped. A checkpoint is taken at a commit
-        // LSN, so no transaction after it began before it; if one did anyway, its first records
-        // are read back from the log.
-        let mut assembler = Assembler::default();
-        // The replayed commits' index changes go to the indexer's queue, as live commits' do:
-        // the open does not wait for their graph inserts (searches meanwhile scan the queued
-        // tail exactly, search/tail.rs).
-        let mut replayed_index_changes = Vec::new();
-        for record in wal.reader(checkpoint_lsn + 1)? {
-            let record = record?;
-            let lsn = record.lsn;
-            let decoded = LogRecord::decode(lsn, record.kind, &record.payload)?;
-            max_txn_id = max_txn_id.max(decoded.txn_id());
-            let read_back = |txn_id, from, to| record::read_streamed(wal.reader(from)?, txn_id, to, |_| true);
-            if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
-                max_ts = max_ts.max(commit.commit_ts_ms);
-                let changes = store.apply(lsn, commit);
-                if loaded_indexes.is_some() && !changes.is_empty() {
-                    replayed_index_changes.push((lsn, changes));
-                }
-            }
-            replayed += 1;
-            replayed_bytes += record.payload.len() as u64;
-            if let Some(progress) = &options.on_replay_progress {
-                if replayed.is_multiple_of(10_000) || record.lsn == last {
-                    progress(replayed, last);
-                }
-            }
-        }
+        let phase_started = Instant::now();
         let indexes = Arc::new(match loaded_indexes {
             Some(indexes) => {
-                for (lsn, changes) in replayed_index_changes {
+                for (lsn, changes) in replay.index_changes {
                     indexes.enqueue(lsn, changes);
                 }
                 // The index is complete at `last` once the queue is drained (the log may end in
@@ -232,11 +236,16 @@ impl Database {
             }
             None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
         });
+        index_load_us += micros_since(phase_started);
         let index_applier = IndexApplier::spawn(indexes.clone(), options.background_thread_nice)?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),
             rejected_checkpoints,
-            replayed_records: replayed,
+            replayed_records: replay.records,
+            log_recovery_us,
+            checkpoint_load_us,
+            index_load_us,
+            replay_us,
         };
         let shared = Shared {
             dir,
@@ -249,7 +258,7 @@ impl Database {
             last_checkpoint_file_bytes: AtomicU64::new(checkpoint_file_bytes),
             // The replayed tail counts toward the byte trigger, so a database that keeps
             // crashing before its first checkpoint still gets one.
-            log_bytes_since_checkpoint: AtomicU64::new(replayed_bytes),
+            log_bytes_since_checkpoint: AtomicU64::new(replay.payload_bytes),
             trigger: Trigger::default(),
             open_report,
             commit: Mutex::new(CommitState {
@@ -553,4 +562,63 @@ impl Drop for FinishOnDrop<'_> {
             self.shared.finish_abandoned(self.lsn);
         }
     }
+}
+
+/// What replaying the log after the checkpoint found.
+struct Replayed {
+    records: u64,
+    payload_bytes: u64,
+    max_txn_id: u64,
+    max_commit_ts_ms: u64,
+    /// Each replayed commit's index changes, for the indexer's queue (unused when the indexes
+    /// are rebuilt from the store instead).
+    index_changes: Vec<(Lsn, Vec<IndexChange>)>,
+}
+
+/// Redoes every transaction committed in the log after `checkpoint_lsn` (up to `last`) into
+/// `store`.
+fn replay_log(wal: &Wal, store: &Store, checkpoint_lsn: Lsn, last: Lsn, options: &DatabaseOptions) -> Result<Replayed> {
+    let mut replayed = Replayed {
+        records: 0,
+        payload_bytes: 0,
+        max_txn_id: 0,
+        max_commit_ts_ms: 0,
+        index_changes: Vec::new(),
+    };
+    // A large transaction's OPS records are held until its COMMIT, which redoes the whole
+    // transaction at the COMMIT's LSN. OPS records without their COMMIT (at the end of the log,
+    // or followed by another transaction's records after a failed submit) belong to a
+    // transaction that never committed: they are dropped. A checkpoint is taken at a commit
+    // LSN, so no transaction after it began before it; if one did anyway, its first records are
+    // read back from the log.
+    let mut assembler = Assembler::default();
+    for record in wal.reader(checkpoint_lsn + 1)? {
+        let record = record?;
+        let lsn = record.lsn;
+        let decoded = LogRecord::decode(lsn, record.kind, &record.payload)?;
+        replayed.max_txn_id = replayed.max_txn_id.max(decoded.txn_id());
+        let read_back = |txn_id, from, to| record::read_streamed(wal.reader(from)?, txn_id, to, |_| true);
+        if let Some(commit) = assembler.take(lsn, decoded, |_| true, read_back)? {
+            replayed.max_commit_ts_ms = replayed.max_commit_ts_ms.max(commit.commit_ts_ms);
+            // The replayed commits' index changes go to the indexer's queue, as live commits'
+            // do: the open does not wait for their graph inserts (searches meanwhile scan the
+            // queued tail exactly, search/tail.rs).
+            let changes = store.apply(lsn, commit);
+            if !changes.is_empty() {
+                replayed.index_changes.push((lsn, changes));
+            }
+        }
+        replayed.records += 1;
+        replayed.payload_bytes += record.payload.len() as u64;
+        if let Some(progress) = &options.on_replay_progress {
+            if replayed.records.is_multiple_of(10_000) || record.lsn == last {
+                progress(replayed.records, last);
+            }
+        }
+    }
+    Ok(replayed)
+}
+
+fn micros_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

@@ -569,8 +569,8 @@ impl Store {
 
     /// The value of `key`'s version written exactly at `lsn` (None if there is none, or it is a
     /// deletion).
-    pub fn version_at_exactly(&self, key: &Key, lsn: Lsn) -> Option<Arc<Value>> {
-        let key = compact_key::encode(key);
+    pub fn version_at_exactly(&self, namespace: &str, space: Space, id: &[u8], lsn: Lsn) -> Option<Arc<Value>> {
+        let key = compact_key::encode_prefix(namespace, space, id);
         let map = self.read();
         let chain = map.get(key.as_slice())?;
         let i = chain.versions.binary_search_by_key(&lsn, |v| v.lsn).ok()?;

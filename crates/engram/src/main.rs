@@ -175,6 +175,10 @@ fn open(dir: &Path) -> Result<(Database, std::time::Duration), Failure> {
         dir = %dir.display(),
         checkpoint_lsn = report.checkpoint_lsn,
         replayed_records = report.replayed_records,
+        log_recovery_ms = report.log_recovery_us / 1000,
+        checkpoint_load_ms = report.checkpoint_load_us / 1000,
+        index_load_ms = report.index_load_us / 1000,
+        replay_ms = report.replay_us / 1000,
         visible_lsn = db.visible_lsn(),
         elapsed_ms = elapsed.as_millis() as u64,
         "database open"

@@ -695,11 +695,49 @@ pub(crate) struct SavedCodes {
     pub scale: f32,
 }
 
+/// The saved node forms' links, level 0 first (what [`Hnsw::import_nodes`] checks and keeps).
+pub(crate) trait SavedNodeLinks {
+    fn links(&self) -> &[Vec<u32>];
+    fn into_links(self) -> Vec<Vec<u32>>;
+}
+
+impl SavedNodeLinks for SavedNode {
+    fn links(&self) -> &[Vec<u32>] {
+        &self.links
+    }
+    fn into_links(self) -> Vec<Vec<u32>> {
+        self.links
+    }
+}
+
+impl SavedNodeLinks for SavedLinks {
+    fn links(&self) -> &[Vec<u32>] {
+        &self.links
+    }
+    fn into_links(self) -> Vec<Vec<u32>> {
+        self.links
+    }
+}
+
+/// Node `n`'s saved codes copied into `slot` once checked: as long as the slot, each in
+/// -127..=127, and a finite, non-negative scale.
+fn saved_codes(n: usize, codes: &[i8], scale: f32, slot: &mut [i8]) -> std::result::Result<CodeParams, String> {
+    if codes.len() != slot.len() || codes.iter().any(|&c| c < -CODE_MAX) {
+        return Err(format!("node {n}: bad codes"));
+    }
+    if !scale.is_finite() || scale < 0.0 {
+        return Err(format!("node {n}: bad scale {scale}"));
+    }
+    slot.copy_from_slice(codes);
+    Ok(CodeParams::of(slot, scale))
+}
+
 impl SavedGraph<SavedLinks> {
     /// The graph with every node's codes: those saved, and for the rest the encoding of
     /// `embedding(n)` (node `n`'s memory's embedding) prepared for `metric`, exactly as an
     /// insert encodes it, so the graph loaded is the graph that was saved. A node without codes
     /// whose embedding is missing, of the wrong length or not finite is refused.
+    #[cfg(test)]
     pub fn with_codes<'e>(
         self,
         metric: Metric,
@@ -872,8 +910,48 @@ impl Hnsw {
     }
 
     /// Rebuilds a graph from its saved form, checking every invariant searches rely on (a
-    /// damaged file must fail here, never panic later).
+    /// damaged file must fail here, never panic later). Index files load through
+    /// [`Hnsw::import_recomputing`]; this form (every node with its codes) is the tests'.
+    #[cfg(test)]
     pub fn import(metric: Metric, saved: SavedGraph) -> std::result::Result<Hnsw, String> {
+        Self::import_nodes(metric, saved, |n, node, slot| saved_codes(n, &node.codes, node.scale, slot))
+    }
+
+    /// [`Hnsw::import`] of an index format 3 graph: nodes without saved codes get the encoding
+    /// of `embedding(n)` (node `n`'s memory's embedding) prepared for `metric`, exactly as an
+    /// insert encodes it, so the graph loaded is the graph that was saved. The codes are
+    /// written straight into the graph, not into a [`SavedNode`] first (at 1M memories that
+    /// copy was 384 MB of fresh memory for the kernel to zero). A node without codes whose
+    /// embedding is missing, of the wrong length or not finite is refused.
+    pub fn import_recomputing<'e>(
+        metric: Metric,
+        saved: SavedGraph<SavedLinks>,
+        mut embedding: impl FnMut(usize) -> Option<&'e [f32]>,
+    ) -> std::result::Result<Hnsw, String> {
+        let mut prepared = Vec::with_capacity(saved.dimension as usize);
+        Self::import_nodes(metric, saved, |n, node, slot| match &node.coded {
+            Some(SavedCodes { codes, scale }) => saved_codes(n, codes, *scale, slot),
+            None => {
+                let vector = embedding(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
+                if vector.len() != slot.len() {
+                    return Err(format!("node {n}: bad vector"));
+                }
+                metric.prepare_into(vector, &mut prepared);
+                if prepared.len() != slot.len() || prepared.iter().any(|x| !x.is_finite()) {
+                    return Err(format!("node {n}: bad vector"));
+                }
+                Ok(encode_to(&prepared, slot))
+            }
+        })
+    }
+
+    /// The graph of `saved`, node `n`'s codes written into its slot (zeroed, `dimension` long)
+    /// by `codes(n, node, slot)`, which checks them and returns their parameters.
+    fn import_nodes<N: SavedNodeLinks>(
+        metric: Metric,
+        saved: SavedGraph<N>,
+        mut codes: impl FnMut(usize, &N, &mut [i8]) -> std::result::Result<CodeParams, String>,
+    ) -> std::result::Result<Hnsw, String> {
         let dimension = saved.dimension as usize;
         if dimension == 0 || dimension > crate::names::MAX_DIMENSION {
             return Err(format!("graph dimension {dimension}"));
@@ -883,46 +961,34 @@ impl Hnsw {
         }
         let count = saved.nodes.len();
         let mut graph = Hnsw::with_parameters(metric, dimension, saved.m as usize, saved.ef_construction as usize);
-        graph.codes.reserve(count);
-        graph.params.reserve(count);
+        let levels_of = |node: u32| saved.nodes.get(node as usize).map(|t| t.links().len());
         for (n, node) in saved.nodes.iter().enumerate() {
-            if node.codes.len() != dimension || node.codes.iter().any(|&c| c < -CODE_MAX) {
-                return Err(format!("node {n}: bad codes"));
+            let links = node.links();
+            if links.is_empty() || links.len() > MAX_LEVEL + 1 {
+                return Err(format!("node {n}: {} levels", links.len()));
             }
-            if !node.scale.is_finite() || node.scale < 0.0 {
-                return Err(format!("node {n}: bad scale {}", node.scale));
-            }
-            if node.links.is_empty() || node.links.len() > MAX_LEVEL + 1 {
-                return Err(format!("node {n}: {} levels", node.links.len()));
-            }
-        }
-        for (n, node) in saved.nodes.iter().enumerate() {
-            for (level, links) in node.links.iter().enumerate() {
+            for (level, links) in links.iter().enumerate() {
                 if links.len() > graph.max_links(level) {
                     return Err(format!("node {n}: {} links on level {level}", links.len()));
                 }
                 // A link must point at a node that exists on that level.
-                if let Some(bad) = links
-                    .iter()
-                    .find(|&&l| saved.nodes.get(l as usize).is_none_or(|t| t.links.len() <= level))
-                {
+                if let Some(bad) = links.iter().find(|&&l| levels_of(l).is_none_or(|levels| levels <= level)) {
                     return Err(format!("node {n}: link to {bad} on level {level}"));
                 }
             }
         }
         graph.entry = match saved.entry {
             None if count == 0 => None,
-            Some((node, level)) if (node as usize) < count && saved.nodes[node as usize].links.len() == level as usize + 1 => {
-                Some((node, level as usize))
-            }
+            Some((node, level)) if levels_of(node) == Some(level as usize + 1) => Some((node, level as usize)),
             other => return Err(format!("entry point {other:?} with {count} nodes")),
         };
+        graph.codes.reserve(count);
+        graph.params.reserve(count);
         let stride = graph.level0_stride();
         graph.level0.reserve(count * stride);
-        for node in saved.nodes {
-            graph.params.push(CodeParams::of(&node.codes, node.scale));
-            graph.codes.push_zeroed().copy_from_slice(&node.codes);
-            let mut levels = node.links.into_iter();
+        for (n, node) in saved.nodes.into_iter().enumerate() {
+            graph.params.push(codes(n, &node, graph.codes.push_zeroed())?);
+            let mut levels = node.into_links().into_iter();
             let level0 = levels.next().unwrap_or_default();
             let base = graph.level0.len();
             graph.level0.resize(base + stride, 0);
@@ -1239,6 +1305,27 @@ pub(crate) mod tests {
                 missing.err().as_deref(),
                 Some("node 7: no codes and no embedding to compute them from")
             );
+            // The load path computes them straight into the graph: the same codes, links and
+            // entry point, and the same refusal.
+            let direct = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n % 3 == 0), |n| {
+                Some(vectors[n].as_slice())
+            })
+            .unwrap();
+            assert_eq!(direct.codes.to_vec(), expected);
+            assert_eq!(
+                (direct.level0.clone(), direct.upper.clone(), direct.entry),
+                (graph.level0.clone(), graph.upper.clone(), graph.entry)
+            );
+            let missing = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n != 7), |_| None);
+            assert_eq!(
+                missing.err().as_deref(),
+                Some("node 7: no codes and no embedding to compute them from")
+            );
+            let short = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n != 9), |n| Some(&vectors[n][1..]));
+            assert_eq!(short.err().as_deref(), Some("node 9: bad vector"));
+            let infinite = vec![f32::INFINITY; dimension];
+            let not_finite = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n != 11), |_| Some(infinite.as_slice()));
+            assert_eq!(not_finite.err().as_deref(), Some("node 11: bad vector"));
         }
     }
 

@@ -148,7 +148,7 @@ pub(crate) struct NamespaceIndex {
     pub metric: Metric,
     pub entries: Vec<VersionEntry>,
     /// Memory id -> slot of its current version.
-    pub(super) current: HashMap<Box<str>, u32>,
+    pub(super) current: super::FastHashMap<Box<str>, u32>,
     /// Created with the first embedding (its length is the namespace's dimension).
     pub hnsw: Option<Hnsw>,
     /// Graph node -> entry slot (ascending: nodes and entries are both numbered in LSN order).
@@ -166,7 +166,7 @@ impl NamespaceIndex {
         NamespaceIndex {
             metric: Metric::Cosine,
             entries: Vec::new(),
-            current: HashMap::new(),
+            current: super::FastHashMap::default(),
             hnsw: None,
             node_entry: Vec::new(),
             node_validity: Vec::new(),

@@ -114,7 +114,7 @@ pub fn bm25_term(idf: f32, tf: f32, doc_len: f32, avg_len: f32) -> f32 {
 #[derive(Default)]
 pub(crate) struct InvertedIndex {
     /// term -> (slot, occurrences in that version's text), slots ascending.
-    postings: HashMap<Box<str>, Vec<(u32, u32)>>,
+    postings: super::FastHashMap<Box<str>, Vec<(u32, u32)>>,
 }
 
 impl InvertedIndex {

@@ -20,6 +20,12 @@ pub(crate) mod planning;
 pub(crate) mod tail;
 pub(crate) mod vector;
 
+/// A hash map with foldhash's per-process seeded hasher: the indexes hash every term of every
+/// text and every memory id, where std's SipHash cost a sixth of the keyword index's build
+/// (open at 1M memories, docs/benchmarks.md); the random seed keeps term flooding from a
+/// chosen-collision text as hard as std's map makes it.
+pub(crate) type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use hybrid::RRF_K;
 pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES};
 pub use keyword::{bm25_idf, bm25_term, tokenize, BM25_B, BM25_K1};

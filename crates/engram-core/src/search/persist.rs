@@ -10,11 +10,12 @@ use super::hnsw::{Hnsw, SavedGraph, SavedLinks, SavedNode, SavedNodeV1};
 use super::index::{NamespaceIndex, NodeValidity, VersionEntry};
 use super::vector::Metric;
 use crate::error::{CoreError, Result};
-use crate::model::{Key, Space, Value};
+use crate::model::{Space, Value};
 use crate::store::Store;
 use engram_wal::storage::{read_exact_at, OpenMode, Storage};
 use engram_wal::Lsn;
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -381,6 +382,11 @@ fn restore_entries_and_graph(
     let keyword_thread_gone = || "the keyword index thread stopped".to_string();
     index.metric = saved.metric;
     let mut previous = 0;
+    // Sized once: growing the map a million entries at a time rehashed every id again and
+    // again (a tenth of this function at 1M memories). Entries are capped by the file's size.
+    index.entries.reserve(saved.entries.len());
+    let current = saved.entries.iter().filter(|e| e.superseded_lsn == Lsn::MAX).count();
+    index.current.reserve(current);
     // `superseded_lsn == created_lsn` is an entry valid nowhere: a version pruned from the store
     // before the file was written (see below).
     for (slot, e) in saved.entries.into_iter().enumerate() {
@@ -392,8 +398,7 @@ fn restore_entries_and_graph(
             return Err(format!("entry {slot}: bad validity [{}, {})", e.created_lsn, e.superseded_lsn));
         }
         previous = e.created_lsn;
-        let key = Key::new(&saved.name, Space::Memory, e.id.as_bytes().to_vec());
-        let value = store.version_at_exactly(&key, e.created_lsn);
+        let value = store.version_at_exactly(&saved.name, Space::Memory, e.id.as_bytes(), e.created_lsn);
         let value = match value {
             Some(v) if matches!(&*v, Value::Memory(m) if m.id == e.id) => Some(v),
             // Pruned by the retention policy since: valid nowhere (such reads are refused).
@@ -408,8 +413,13 @@ fn restore_entries_and_graph(
                 texts.send(full).map_err(|_| keyword_thread_gone())?;
             }
         }
-        if superseded_lsn == Lsn::MAX && index.current.insert(e.id.clone().into_boxed_str(), slot as u32).is_some() {
-            return Err(format!("memory {:?} has two current versions", e.id));
+        if superseded_lsn == Lsn::MAX {
+            match index.current.entry(e.id.into_boxed_str()) {
+                Entry::Occupied(taken) => return Err(format!("memory {:?} has two current versions", taken.key())),
+                Entry::Vacant(free) => {
+                    free.insert(slot as u32);
+                }
+            }
         }
         index.entries.push(VersionEntry {
             created_lsn: e.created_lsn,
@@ -440,10 +450,9 @@ fn restore_entries_and_graph(
     index.hnsw = match saved.graph {
         Some(graph) => {
             let metric = saved.metric;
-            let graph = graph.with_codes(metric, |n| {
+            Some(Hnsw::import_recomputing(metric, graph, |n| {
                 index.entries[index.node_entry[n] as usize].memory()?.embedding.as_deref()
-            })?;
-            Some(Hnsw::import(metric, graph)?)
+            })?)
         }
         None => None,
     };
