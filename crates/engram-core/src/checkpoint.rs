@@ -729,11 +729,11 @@ fn parse_body(r: &mut FileReader, header: &Header, keep: bool, mapped: Option<&A
     // entry before it was decoded and checked, as a sequential read would.
     let mut read_error = None;
     let mut next_entry = 0u64;
-    let read_next = || -> Result<Option<RawEntries>> {
+    let read_next = |mut run: RawEntries| -> Result<Option<RawEntries>> {
         if read_error.is_some() || r.consumed() >= r.end {
             return Ok(None);
         }
-        let mut run = RawEntries::new(next_entry);
+        run.first_entry = next_entry;
         while r.consumed() < r.end && run.bytes.len() < decode::BATCH_BYTES {
             let read = r.take_array::<ENTRY_LENGTH_BYTES>().and_then(|length| {
                 let length = u32::from_le_bytes(length) as u64;

@@ -33,13 +33,23 @@ pub(super) struct RawEntries {
 }
 
 impl RawEntries {
-    pub fn new(first_entry: u64) -> RawEntries {
+    fn empty() -> RawEntries {
         RawEntries {
-            first_entry,
+            first_entry: 0,
             bytes: Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4),
             ends: Vec::new(),
             offsets: Vec::new(),
         }
+    }
+
+    /// The same buffers emptied, for the next run: a fresh megabyte per run was fresh pages
+    /// for the kernel to zero, the whole body's worth over a load (at 1M memories, 1.8 GB and
+    /// about two fifths of the checkpoint's load time on a VM).
+    fn recycled(mut self) -> RawEntries {
+        self.bytes.clear();
+        self.ends.clear();
+        self.offsets.clear();
+        self
     }
 
     /// Each entry's number, file offset and bytes.
@@ -52,14 +62,15 @@ impl RawEntries {
     }
 }
 
-/// Decodes entry runs from `read_next` (which returns `None` at the end) with `decode` and hands
+/// Decodes entry runs from `read_next` (which fills the empty run it is given, setting its
+/// `first_entry`, or returns `None` at the end) with `decode` and hands
 /// every decoded entry to `visit`, in file order, stopping at the first error of any of the
 /// three. With `helpers` above 1, that many threads decode while this one reads and visits;
 /// should no helper start, it decodes itself. A helper that panics ends the decoding with
 /// `helper_stopped()`.
 pub(super) fn decode_in_order<T: Send>(
     helpers: usize,
-    mut read_next: impl FnMut() -> Result<Option<RawEntries>>,
+    mut read_next: impl FnMut(RawEntries) -> Result<Option<RawEntries>>,
     decode: &DecodeFn<'_, T>,
     mut visit: impl FnMut(T) -> Result<()>,
     helper_stopped: impl Fn() -> CoreError,
@@ -71,7 +82,7 @@ pub(super) fn decode_in_order<T: Send>(
         let mut workers = Vec::with_capacity(helpers);
         for _ in 0..helpers {
             let (raw_sender, raw_receiver) = sync_channel::<RawEntries>(BATCHES_AHEAD_PER_HELPER);
-            let (decoded_sender, decoded_receiver) = sync_channel::<Vec<Result<T>>>(BATCHES_AHEAD_PER_HELPER);
+            let (decoded_sender, decoded_receiver) = sync_channel::<(Vec<Result<T>>, RawEntries)>(BATCHES_AHEAD_PER_HELPER);
             let spawned = std::thread::Builder::new()
                 .name("engram-ckpt-decode".into())
                 .spawn_scoped(scope, move || decode_runs(raw_receiver, decoded_sender, decode));
@@ -108,11 +119,12 @@ pub(super) fn decode_in_order<T: Send>(
 
 struct Worker<'scope, T> {
     raw: SyncSender<RawEntries>,
-    decoded: Receiver<Vec<Result<T>>>,
+    /// Each run's decoded entries, and the run emptied for reuse.
+    decoded: Receiver<(Vec<Result<T>>, RawEntries)>,
     handle: std::thread::ScopedJoinHandle<'scope, ()>,
 }
 
-fn decode_runs<T>(runs: Receiver<RawEntries>, decoded: SyncSender<Vec<Result<T>>>, decode: &DecodeFn<'_, T>) {
+fn decode_runs<T>(runs: Receiver<RawEntries>, decoded: SyncSender<(Vec<Result<T>>, RawEntries)>, decode: &DecodeFn<'_, T>) {
     for run in runs {
         // Up to and including the first failure: the entries before it are still visited.
         let mut entries = Vec::with_capacity(run.ends.len());
@@ -124,7 +136,7 @@ fn decode_runs<T>(runs: Receiver<RawEntries>, decoded: SyncSender<Vec<Result<T>>
                 break;
             }
         }
-        if decoded.send(entries).is_err() {
+        if decoded.send((entries, run.recycled())).is_err() {
             return;
         }
     }
@@ -134,16 +146,17 @@ fn decode_runs<T>(runs: Receiver<RawEntries>, decoded: SyncSender<Vec<Result<T>>
 /// the results round-robin too gives them in file order) and visits the results.
 fn pipeline<T>(
     workers: &[Worker<'_, T>],
-    read_next: &mut impl FnMut() -> Result<Option<RawEntries>>,
+    read_next: &mut impl FnMut(RawEntries) -> Result<Option<RawEntries>>,
     visit: &mut impl FnMut(T) -> Result<()>,
     helper_stopped: &impl Fn() -> CoreError,
 ) -> Result<()> {
     let mut in_flight: VecDeque<usize> = VecDeque::new();
+    let mut spare_runs: Vec<RawEntries> = Vec::new();
     let mut next_worker = 0;
     let mut reading = true;
     loop {
         while reading && in_flight.len() < workers.len() * BATCHES_AHEAD_PER_HELPER {
-            match read_next()? {
+            match read_next(spare_runs.pop().unwrap_or_else(RawEntries::empty))? {
                 Some(run) => {
                     workers[next_worker].raw.send(run).map_err(|_| helper_stopped())?;
                     in_flight.push_back(next_worker);
@@ -155,21 +168,25 @@ fn pipeline<T>(
         let Some(worker) = in_flight.pop_front() else {
             return Ok(());
         };
-        for entry in workers[worker].decoded.recv().map_err(|_| helper_stopped())? {
+        let (entries, emptied) = workers[worker].decoded.recv().map_err(|_| helper_stopped())?;
+        spare_runs.push(emptied);
+        for entry in entries {
             visit(entry?)?;
         }
     }
 }
 
 fn decode_here<T>(
-    read_next: &mut impl FnMut() -> Result<Option<RawEntries>>,
+    read_next: &mut impl FnMut(RawEntries) -> Result<Option<RawEntries>>,
     decode: &DecodeFn<'_, T>,
     visit: &mut impl FnMut(T) -> Result<()>,
 ) -> Result<()> {
-    while let Some(run) = read_next()? {
+    let mut buffer = RawEntries::empty();
+    while let Some(run) = read_next(buffer)? {
         for (number, offset, bytes) in run.entries() {
             visit(decode(number, offset, bytes)?)?;
         }
+        buffer = run.recycled();
     }
     Ok(())
 }
@@ -181,13 +198,17 @@ mod tests {
 
     /// Runs of `per_run` entries, entry n being the 8 bytes of n, found at file offset
     /// `offset_of(n)` (as if each followed a 4-byte length).
-    fn runs(count: u64, per_run: u64) -> impl FnMut() -> Result<Option<RawEntries>> {
+    fn runs(count: u64, per_run: u64) -> impl FnMut(RawEntries) -> Result<Option<RawEntries>> {
         let mut next = 0;
-        move || {
+        move |mut run: RawEntries| {
             if next >= count {
                 return Ok(None);
             }
-            let mut run = RawEntries::new(next);
+            assert!(
+                run.bytes.is_empty() && run.ends.is_empty() && run.offsets.is_empty(),
+                "runs are handed over empty"
+            );
+            run.first_entry = next;
             while next < count && run.ends.len() < per_run as usize {
                 run.bytes.extend(next.to_le_bytes());
                 run.ends.push(run.bytes.len());
@@ -294,12 +315,12 @@ mod tests {
             assert!(is_failure(&error, "visit"));
             let mut inner = runs(1_000, 10);
             let mut served = 0;
-            let read = || {
+            let read = |run| {
                 served += 1;
                 if served == 30 {
                     return Err(failure("read"));
                 }
-                inner()
+                inner(run)
             };
             let mut visited = 0;
             let error = decode_in_order(
