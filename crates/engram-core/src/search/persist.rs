@@ -382,9 +382,9 @@ fn restore_entries_and_graph(
     let keyword_thread_gone = || "the keyword index thread stopped".to_string();
     index.metric = saved.metric;
     let mut previous = 0;
-    // Sized once: growing the map a million entries at a time rehashed every id again and
-    // again (a tenth of this function at 1M memories). Entries are capped by the file's size.
-    index.entries.reserve(saved.entries.len());
+    // Sized once: growing the map to a million ids rehashed every id again and again (a tenth
+    // of this function at 1M memories). (`entries` is left to grow by doubling: reserved
+    // exactly, the first commits after the open doubled it.)
     let current = saved.entries.iter().filter(|e| e.superseded_lsn == Lsn::MAX).count();
     index.current.reserve(current);
     // `superseded_lsn == created_lsn` is an entry valid nowhere: a version pruned from the store
