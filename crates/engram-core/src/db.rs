@@ -190,7 +190,10 @@ impl Database {
                     .map_err(|e| format!("cannot start the index loading thread: {e}"))
             });
             let started = Instant::now();
-            let replay = replay_log(&wal, &store, checkpoint_lsn, last, &options);
+            // Without a checkpoint there is no index file: the indexes are built from the store
+            // after the replay, so its changes are not kept.
+            let keep_index_changes = checkpoint_file.is_some();
+            let replay = replay_log(&wal, &store, checkpoint_lsn, last, keep_index_changes, &options);
             let replay_us = micros_since(started);
             let index_load = index_thread
                 .map(|spawned| spawned.and_then(|thread| thread.join().map_err(|_| "the index loading thread panicked".to_string())));
@@ -576,8 +579,15 @@ struct Replayed {
 }
 
 /// Redoes every transaction committed in the log after `checkpoint_lsn` (up to `last`) into
-/// `store`.
-fn replay_log(wal: &Wal, store: &Store, checkpoint_lsn: Lsn, last: Lsn, options: &DatabaseOptions) -> Result<Replayed> {
+/// `store`, keeping their index changes if `keep_index_changes`.
+fn replay_log(
+    wal: &Wal,
+    store: &Store,
+    checkpoint_lsn: Lsn,
+    last: Lsn,
+    keep_index_changes: bool,
+    options: &DatabaseOptions,
+) -> Result<Replayed> {
     let mut replayed = Replayed {
         records: 0,
         payload_bytes: 0,
@@ -604,7 +614,7 @@ fn replay_log(wal: &Wal, store: &Store, checkpoint_lsn: Lsn, last: Lsn, options:
             // do: the open does not wait for their graph inserts (searches meanwhile scan the
             // queued tail exactly, search/tail.rs).
             let changes = store.apply(lsn, commit);
-            if !changes.is_empty() {
+            if keep_index_changes && !changes.is_empty() {
                 replayed.index_changes.push((lsn, changes));
             }
         }

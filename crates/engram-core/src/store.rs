@@ -567,8 +567,8 @@ impl Store {
         self.commit_times.write().unwrap_or_else(|p| p.into_inner()).extend(commit_times);
     }
 
-    /// The value of `key`'s version written exactly at `lsn` (None if there is none, or it is a
-    /// deletion).
+    /// The value of the version of the key (`namespace`, `space`, `id`) written exactly at
+    /// `lsn` (None if there is none, or it is a deletion).
     pub fn version_at_exactly(&self, namespace: &str, space: Space, id: &[u8], lsn: Lsn) -> Option<Arc<Value>> {
         let key = compact_key::encode_prefix(namespace, space, id);
         let map = self.read();
