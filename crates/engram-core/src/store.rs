@@ -15,7 +15,7 @@ use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};
 use crate::record::{CommitRecord, Op};
 use crate::search::index::{is_indexed, IndexChange};
-use compact_key::StoredKey;
+use compact_key::{KeyBytes, StoredKey};
 use engram_wal::Lsn;
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -196,7 +196,7 @@ impl Store {
     pub fn get_parts(&self, namespace: &str, space: Space, id: &[u8], at: Lsn) -> Option<Arc<Value>> {
         let key = compact_key::encode_prefix(namespace, space, id);
         self.read()
-            .get(key.as_slice())
+            .get(KeyBytes::new(key.as_slice()))
             .and_then(|chain| visible(chain, at))
             .and_then(|v| v.value.clone())
     }
@@ -210,7 +210,7 @@ impl Store {
     pub fn latest_lsn(&self, key: &Key) -> Lsn {
         let key = compact_key::encode(key);
         let map = self.read();
-        match map.get(key.as_slice()).and_then(|c| c.versions.last()) {
+        match map.get(KeyBytes::new(key.as_slice())).and_then(|c| c.versions.last()) {
             Some(v) => v.lsn,
             None => self.history_horizon(),
         }
@@ -222,7 +222,7 @@ impl Store {
     pub fn latest(&self, key: &Key) -> (Lsn, Option<Arc<Value>>) {
         let key = compact_key::encode(key);
         let map = self.read();
-        match map.get(key.as_slice()).and_then(|c| c.versions.last()) {
+        match map.get(KeyBytes::new(key.as_slice())).and_then(|c| c.versions.last()) {
             Some(v) => (v.lsn, v.value.clone()),
             None => (self.history_horizon(), None),
         }
@@ -307,7 +307,9 @@ impl Store {
     pub fn history(&self, key: &Key, at: Lsn) -> Vec<VersionInfo> {
         let key = compact_key::encode(key);
         let map = self.read();
-        let Some(chain) = map.get(key.as_slice()) else { return Vec::new() };
+        let Some(chain) = map.get(KeyBytes::new(key.as_slice())) else {
+            return Vec::new();
+        };
         let times = self.commit_times.read().unwrap_or_else(|p| p.into_inner());
         chain
             .versions
@@ -552,7 +554,7 @@ impl Store {
         for (stored, version) in versions {
             // Looked up by the encoding built above: only a new key allocates (when too long to
             // be held inline).
-            match map.get_mut(stored.as_slice()) {
+            match map.get_mut(KeyBytes::new(stored.as_slice())) {
                 Some(chain) => chain.versions.push(version),
                 None => {
                     let chain = Chain {
@@ -572,7 +574,7 @@ impl Store {
     pub fn version_at_exactly(&self, namespace: &str, space: Space, id: &[u8], lsn: Lsn) -> Option<Arc<Value>> {
         let key = compact_key::encode_prefix(namespace, space, id);
         let map = self.read();
-        let chain = map.get(key.as_slice())?;
+        let chain = map.get(KeyBytes::new(key.as_slice()))?;
         let i = chain.versions.binary_search_by_key(&lsn, |v| v.lsn).ok()?;
         chain.versions[i].value.clone()
     }
