@@ -87,8 +87,8 @@ impl Ord for StoredKey {
 
 /// The byte order of two encoded keys (what `<[u8]>::cmp` gives), compared eight bytes at a
 /// time in registers: a B-tree search makes a few dozen comparisons of keys that share their
-/// namespace and the time part of their ids, and a `memcmp` call per comparison was a fifth of
-/// a get-by-id's time (docs/benchmarks.md).
+/// namespace and the time part of their ids, and a `memcmp` call per comparison was a seventh
+/// of a get-by-id's time (docs/benchmarks.md).
 #[inline]
 pub(crate) fn compare_key_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let common = a.len().min(b.len());
