@@ -474,7 +474,7 @@ mod tests {
         assert!(iterator.next().is_none(), "the iterator ends after an error");
     }
 
-    // Here rather than in tests/feed.rs because it truncates the log under an open database:
+    // Here rather than in tests/integration/feed.rs because it truncates the log under an open database:
     // truncating it behind a closed one leaves the database unable to reopen without a checkpoint.
     #[test]
     fn a_feed_from_an_lsn_the_log_no_longer_holds_is_history_not_retained() {

@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets (`fuzz/`, cargo-fuzz), shared with the test that runs the
-//! checked-in corpora in CI (`tests/fuzz_corpus.rs`), so both exercise exactly the same code.
+//! checked-in corpora in CI (`tests/integration/fuzz_corpus.rs`), so both exercise exactly the same code.
 //! Each takes arbitrary bytes and must never panic; errors are the expected outcome for most.
 //! The request fuzzers (`http`, `mcp`) drive the real server in-process and check properties of
 //! every answer; they panic when one is violated.

@@ -964,7 +964,7 @@ pub fn literal_input(method: &str, uri: &str, headers: &[(&str, &str)], body: Op
 }
 
 /// Seed inputs in the literal form, taken from the requests of engram-server's integration
-/// tests (tests/api.rs, bad_input.rs, search.rs, feed.rs, auth.rs), moved onto the seeded
+/// tests (tests/integration/api.rs, bad_input.rs, search.rs, feed.rs, auth.rs), moved onto the seeded
 /// namespaces; `{id}` is a seeded memory id (the fuzzer finds the others by mutation).
 pub fn seed_inputs() -> Vec<Vec<u8>> {
     let id = {

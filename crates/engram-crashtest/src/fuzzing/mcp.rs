@@ -484,7 +484,7 @@ pub fn mcp_request(data: &[u8]) -> bool {
 }
 
 /// Seed inputs in the literal form (`LINES\n` and one message per line), taken from the calls
-/// of engram-mcp's tests (tests/tools.rs, reference_session.rs, recall.rs) and moved onto the
+/// of engram-mcp's tests (tests/integration/tools.rs, reference_session.rs, recall.rs) and moved onto the
 /// seeded namespace.
 pub fn seed_inputs() -> Vec<Vec<u8>> {
     let id = {

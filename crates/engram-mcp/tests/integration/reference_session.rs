@@ -4,7 +4,7 @@
 //! (docs/mcp.md); tests/reference/probe.mjs replays the same session against any server over
 //! stdio, which is how they were checked against the reference itself.
 
-mod common;
+use crate::common;
 
 use common::*;
 use engram_mcp::EngramMcp;

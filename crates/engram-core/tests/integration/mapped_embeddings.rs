@@ -4,7 +4,7 @@
 //! (a retired checkpoint is reused for the next one only when nothing maps it), even while a
 //! memory read from a database that was closed still maps it and the directory is opened again.
 
-mod search_support;
+use crate::search_support;
 
 use engram_core::*;
 use search_support::*;

@@ -1,7 +1,7 @@
 //! The embedder client against a small local OpenAI-compatible endpoint (a real axum server on a
 //! loopback port returning deterministic vectors).
 
-mod common;
+use crate::common;
 
 use common::fake_embedder::{fake_vector, start_fake};
 use common::{config, TestServer};

@@ -3,7 +3,7 @@
 // it is how the expectations in the Rust tests were checked against the reference server:
 //
 //   mkdir probe && cd probe && npm init -y && npm install @modelcontextprotocol/server-memory@2026.8.31
-//   cp .../crates/engram-mcp/tests/reference/probe.mjs .     (node resolves the SDK next to the script)
+//   cp .../crates/engram-mcp/tests/integration/reference/probe.mjs .     (node resolves the SDK next to the script)
 //   MEMORY_FILE_PATH=$(mktemp -u) node probe.mjs node node_modules/@modelcontextprotocol/server-memory/dist/index.js > reference.json
 //   node probe.mjs engram mcp --data "$(mktemp -d)" > engram.json      (once the binary exists)
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";

@@ -4,7 +4,7 @@
 //! log on top of the checkpoint, and while the indexer lags (paused, then racing): searches
 //! never wait for it, and stay exact.
 
-mod search_support;
+use crate::search_support;
 
 use engram_core::*;
 use search_support::*;

@@ -2,7 +2,7 @@
 //! metric. Sizes: 50,000 x 128 for cosine by default (about half a minute in the test profile on
 //! 2 cores); `ENGRAM_RECALL_VECTORS` sets another size. Dot and L2 run on 10,000 x 64.
 
-mod search_support;
+use crate::search_support;
 
 use engram_core::*;
 use search_support::*;

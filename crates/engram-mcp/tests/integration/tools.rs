@@ -2,7 +2,7 @@
 //! seam, namespaces, and the rule that a failing call commits nothing: each over the duplex
 //! transport and over streamable HTTP where the transport could matter.
 
-mod common;
+use crate::common;
 
 use common::*;
 use engram_core::{DatabaseOptions, GraphReads, KvValue, MemoryReads, RetentionPolicy};

@@ -1,6 +1,6 @@
 //! Every endpoint against a real server on a loopback port.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use reqwest::{Method, StatusCode};

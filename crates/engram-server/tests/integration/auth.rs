@@ -1,7 +1,7 @@
 //! The auth matrix: no key, wrong key, read-only key writing, a key for namespace A touching B,
 //! non-admin keys on admin endpoints; every refusal is a JSON 401/403 and changes nothing.
 
-mod common;
+use crate::common;
 
 use common::{config, TestServer};
 use reqwest::{Method, StatusCode};

@@ -1,7 +1,7 @@
 //! MCP at `/mcp` of the served router: behind the API keys (scopes apply per tool call), on the
 //! configured namespace, with writes visible to the HTTP API.
 
-mod common;
+use crate::common;
 
 use common::{config, TestServer};
 use reqwest::{Method, StatusCode};

@@ -3,7 +3,7 @@
 //! errors, metrics per namespace, read-your-writes, and graph neighbours with depth, relation
 //! types, direction and as_of.
 
-mod search_support;
+use crate::search_support;
 
 use engram_core::*;
 use search_support::*;

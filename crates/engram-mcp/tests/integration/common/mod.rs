@@ -2,7 +2,7 @@
 //! connected to `EngramMcp` over an in-process duplex pipe or over streamable HTTP (axum on a
 //! loopback port).
 
-#![allow(dead_code)] // each test binary uses part of this module
+#![allow(dead_code)] // not every helper is used by every test
 
 use engram_core::{Database, DatabaseOptions};
 use engram_mcp::{EngramMcp, StreamableHttpServerConfig};

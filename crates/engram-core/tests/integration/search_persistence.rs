@@ -3,7 +3,7 @@
 //! never used (the indexes are rebuilt from the store, with the reason reported), and search
 //! answers stay the same either way (a rebuilt graph's up to its approximation).
 
-mod search_support;
+use crate::search_support;
 
 use engram_core::*;
 use search_support::*;

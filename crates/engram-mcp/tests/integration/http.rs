@@ -2,7 +2,7 @@
 //! serving, and nothing is committed. Requests are written by hand on a loopback socket so that
 //! they can be as wrong as a hostile client makes them.
 
-mod common;
+use crate::common;
 
 use common::*;
 use engram_mcp::EngramMcp;

@@ -1,7 +1,7 @@
 //! The change feed over HTTP: every committed change exactly once, in LSN order, across a
 //! disconnect, with a durable cursor; NDJSON and SSE.
 
-mod common;
+use crate::common;
 
 use common::{config, TestServer};
 use futures_util::StreamExt;

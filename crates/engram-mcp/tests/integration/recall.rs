@@ -2,7 +2,7 @@
 //! for what the caller sent (and that the answer says which), per-signal ranks on every hit,
 //! metadata filters, `as_of`, the query embedder seam, and clear tool errors for every bound.
 
-mod common;
+use crate::common;
 
 use common::*;
 use engram_mcp::{EmbedFuture, EngramMcp, TextEmbedder};

@@ -1,7 +1,7 @@
 //! Every class of bad input gets a 4xx with a JSON {code, message} and commits nothing; the
 //! server answers every request (no 5xx, no panic).
 
-mod common;
+use crate::common;
 
 use common::{config, TestServer};
 use reqwest::{Method, StatusCode};

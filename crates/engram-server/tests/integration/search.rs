@@ -2,7 +2,7 @@
 //! JSON, the embedder path (query text embedded), keyword-only without an embedder, entity
 //! search, neighbours and the vector-space declaration.
 
-mod common;
+use crate::common;
 
 use common::fake_embedder::{fake_vector, start_fake};
 use common::{config, TestServer};

@@ -1,0 +1,13 @@
+//! engram-crashtest's integration tests, one module per file, linked into one test binary:
+//! a binary per file re-instantiated the same dependencies' generic code for each file
+//! and linked it again, most of CI's build time (docs/benchmarks.md, *CI time*).
+//! Run one file's tests with a filter: `cargo test -p engram-crashtest --test integration <file>::`.
+
+mod concurrency;
+mod corruption;
+mod fuzz_corpus;
+mod io_errors;
+mod kill;
+mod power_loss;
+mod regressions;
+mod verifier;
