@@ -30,7 +30,8 @@ fn memory(i: usize) -> NewMemory {
 }
 
 /// A field of this process's /proc/self/status in bytes (Linux): `VmRSS` (resident set),
-/// `RssAnon` (heap and other anonymous memory), `RssFile` (mapped file pages resident).
+/// `RssAnon` (heap and other anonymous memory), `RssFile` (mapped file pages resident), `VmHWM`
+/// (the resident set's peak).
 fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -191,6 +192,13 @@ fn measure_open(dir: &std::path::Path, memories: usize, options: DatabaseOptions
         mb(status_bytes("RssAnon").saturating_sub(anon_before)),
         status_bytes("RssAnon").saturating_sub(anon_before) as f64 / raw_bytes as f64,
         mb(status_bytes("RssFile").saturating_sub(file_before))
+    );
+    // The peak: the open maps every embedding while it recomputes the graph's codes, then
+    // releases those pages; a fresh process, so its high-water mark is this open's.
+    println!(
+        "peak RSS of the process during the open: {:.0} MB above the baseline = {:.2}x raw",
+        mb(status_bytes("VmHWM").saturating_sub(rss_before)),
+        status_bytes("VmHWM").saturating_sub(rss_before) as f64 / raw_bytes as f64
     );
     // Heap freed during open (the checkpoint's buffers, decoded log records) that the
     // allocator kept rather than returning to the system counts in RSS too: shown separately.

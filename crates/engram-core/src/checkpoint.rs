@@ -20,10 +20,10 @@ mod decode;
 mod entry;
 
 use crate::db::{Database, Shared};
-use crate::embedding::{self, MappedFile};
+use crate::embedding::{self, MappedFile, MappedFilesRead};
 use crate::error::{CoreError, Result};
 use crate::legacy;
-use crate::model::{Key, Value};
+use crate::model::{Key, Memory, Value};
 use crate::store::{Chain, RetentionPlan, Store, Version};
 use decode::RawEntries;
 use engram_wal::storage::{read_exact_at, OpenMode, Storage, StorageFile};
@@ -369,6 +369,9 @@ struct FileWriter {
     offset: u64,
     crc: u32,
     buf: Vec<u8>,
+    /// The mapped checkpoint files whose embeddings this checkpoint copied: their pages are
+    /// released from the resident set as it goes.
+    mapped_read: MappedFilesRead,
 }
 
 impl FileWriter {
@@ -407,9 +410,18 @@ impl FileWriter {
             max_bytes: u32::MAX as usize,
         })?;
         self.buf[start..start + ENTRY_LENGTH_BYTES].copy_from_slice(&length.to_le_bytes());
+        for v in versions {
+            if let Some(Value::Memory(Memory { embedding: Some(e), .. })) = v.value.as_deref() {
+                self.mapped_read.note(e);
+            }
+        }
         self.maybe_flush()
     }
 }
+
+/// How much a checkpoint writes between two releases of the pages of the mapped embeddings it
+/// copied (crate::embedding::MappedFile::release_resident_pages).
+const RELEASE_MAPPED_PAGES_EVERY_BYTES: u64 = 32 << 20;
 
 /// A checkpoint file that was written (and verified) or found at open.
 #[derive(Debug, Clone)]
@@ -455,6 +467,7 @@ fn write(
         offset: HEADER_BYTES as u64,
         crc: 0,
         buf: Vec::with_capacity(IO_CHUNK_BYTES + IO_CHUNK_BYTES / 4),
+        mapped_read: MappedFilesRead::default(),
     };
     let commit_times = &plan.commit_times;
     for (commit_lsn, ts_ms) in commit_times {
@@ -464,6 +477,7 @@ fn write(
     }
     let (mut key_count, mut entry_count, mut version_count) = (0u64, 0u64, 0u64);
     let mut after: Option<Key> = None;
+    let mut released_at = w.position();
     loop {
         let chunk = store.export_chunk(after.as_ref(), lsn, EXPORT_KEYS_PER_LOCK, plan.rule);
         for (key, chain) in &chunk.chains {
@@ -474,11 +488,16 @@ fn write(
                 w.put_entry(key, if i == 0 { chain.created } else { None }, run)?;
             }
         }
+        if w.position() - released_at >= RELEASE_MAPPED_PAGES_EVERY_BYTES {
+            std::mem::take(&mut w.mapped_read).release_resident_pages();
+            released_at = w.position();
+        }
         match chunk.resume_after {
             Some(key) => after = Some(key),
             None => break,
         }
     }
+    std::mem::take(&mut w.mapped_read).release_resident_pages();
     let header = Header {
         version: CHECKPOINT_FORMAT_VERSION,
         lsn,
@@ -598,6 +617,8 @@ pub(crate) struct Contents {
     pub file: CheckpointFile,
     pub commit_times: Vec<(Lsn, u64)>,
     pub chains: Vec<(Key, Chain)>,
+    /// The file's mapping, when the embeddings are read in place from it.
+    pub mapping: Option<Arc<MappedFile>>,
 }
 
 /// Reads and checks a checkpoint file: size, checksum, header, and every entry decoded and
@@ -684,6 +705,7 @@ fn read(storage: &dyn Storage, path: &Path, keep: bool) -> Result<(Header, Optio
         },
         commit_times,
         chains,
+        mapping: mapped,
     });
     Ok((header, contents))
 }
@@ -1654,6 +1676,11 @@ mod tests {
         );
         assert_eq!(state_at(&rebuilt, 3, 60), state_at(&store, 3, 60));
         drop(rebuilt);
+        assert!(
+            embedding::is_mapped(&file.path),
+            "the load's own handle (to release pages after the open)"
+        );
+        drop(contents.mapping);
         assert!(!embedding::is_mapped(&file.path), "the mapping ends with the last embedding in it");
     }
 

@@ -158,14 +158,15 @@ impl Database {
         let phase_started = Instant::now();
         let checkpoint_dir = dir.join(CHECKPOINT_DIR);
         let (loaded, rejected_checkpoints) = checkpoint::load_newest(&*storage, &checkpoint_dir, wal.first_lsn(), last)?;
-        let (store, checkpoint_file, mut max_txn_id, mut max_ts) = match loaded {
+        let (store, checkpoint_file, checkpoint_mapping, mut max_txn_id, mut max_ts) = match loaded {
             Some(c) => (
                 Store::from_checkpoint(c.chains, c.commit_times),
                 Some(c.file),
+                c.mapping,
                 c.header.txn_id_floor,
                 c.header.commit_ts_floor_ms,
             ),
-            None => (Store::default(), None, 0, 0),
+            None => (Store::default(), None, None, 0, 0),
         };
         store.restore_history_horizon(checkpoint_file.as_ref().map_or(0, |c| c.history_horizon_lsn));
         let checkpoint_lsn = checkpoint_file.as_ref().map_or(0, |c| c.lsn);
@@ -240,6 +241,11 @@ impl Database {
             None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
         });
         index_load_us += micros_since(phase_started);
+        // Loading (or rebuilding) the indexes read every mapped embedding once; none is needed
+        // resident until a search or a read asks for it.
+        if let Some(mapping) = checkpoint_mapping {
+            mapping.release_resident_pages();
+        }
         let index_applier = IndexApplier::spawn(indexes.clone(), options.background_thread_nice)?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),

@@ -244,6 +244,10 @@ pub(crate) fn ensure_for_checkpoint(shared: &crate::db::Shared, lsn: Lsn, keep: 
 /// Why an index file was not used.
 pub(crate) type Rejection = String;
 
+/// How many graph nodes' codes the load recomputes between two releases of the mapped
+/// embeddings' pages: 16,384 384-dimension embeddings are 24 MiB.
+const RELEASE_MAPPED_PAGES_EVERY_NODES: usize = 16_384;
+
 /// Loads the index file of the checkpoint at `lsn` against `store` (built from that
 /// checkpoint). `Ok(None)`: there is none. `Err`: it exists but is unusable (the reason).
 pub(crate) fn load(
@@ -451,7 +455,15 @@ fn restore_entries_and_graph(
         Some(graph) => {
             let metric = saved.metric;
             Some(Hnsw::import_recomputing(metric, graph, |n| {
-                index.entries[index.node_entry[n] as usize].memory()?.embedding.as_deref()
+                let embedding = index.entries[index.node_entry[n] as usize].memory()?.embedding.as_ref()?;
+                // Every embedding is read once, here: the checkpoint's pages it maps are
+                // released as the load goes, so that they never all sit in the resident set.
+                if n % RELEASE_MAPPED_PAGES_EVERY_NODES == RELEASE_MAPPED_PAGES_EVERY_NODES - 1 {
+                    if let Some(file) = embedding.mapped_file() {
+                        file.release_resident_pages();
+                    }
+                }
+                Some(&**embedding)
             })?)
         }
         None => None,
