@@ -4,4 +4,5 @@
 //! Run one file's tests with a filter: `cargo test -p engram --test integration <file>::`.
 
 mod cli;
+mod lockfiles;
 mod mcp_stdio;
