@@ -193,8 +193,8 @@ fn measure_open(dir: &std::path::Path, memories: usize, options: DatabaseOptions
         status_bytes("RssAnon").saturating_sub(anon_before) as f64 / raw_bytes as f64,
         mb(status_bytes("RssFile").saturating_sub(file_before))
     );
-    // The peak: the open maps every embedding while it recomputes the graph's codes, then
-    // releases those pages; a fresh process, so its high-water mark is this open's.
+    // The peak: heap the open frees before it returns, and the mapped embeddings the index
+    // load reads (released as it goes); a fresh process, so its high-water mark is this open's.
     println!(
         "peak RSS of the process during the open: {:.0} MB above the baseline = {:.2}x raw",
         mb(status_bytes("VmHWM").saturating_sub(rss_before)),
