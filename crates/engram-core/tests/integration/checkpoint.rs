@@ -4,6 +4,7 @@
 //! one; commits and reads continue while a checkpoint is written; and a crash at any I/O point of
 //! a checkpoint loses nothing that was acknowledged.
 
+use crate::rng::Rng;
 use engram_core::*;
 use engram_wal::storage::{CrashMode, FaultStorage, LockGuard, OpenMode, StdStorage, Storage, StorageFile};
 use serde_json::json;
@@ -38,27 +39,6 @@ fn options() -> DatabaseOptions {
 
 fn open(fs: &FaultStorage) -> Database {
     Database::open_with_storage(Arc::new(fs.clone()), "/db", options()).unwrap()
-}
-
-/// splitmix64: a deterministic pseudo-random sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
 }
 
 /// Everything the history touched, so that every item's history can be compared.

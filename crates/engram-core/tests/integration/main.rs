@@ -12,6 +12,7 @@ mod large_transactions;
 mod mapped_embeddings;
 mod model;
 mod retention;
+mod rng;
 mod search_api;
 mod search_persistence;
 mod search_recall;

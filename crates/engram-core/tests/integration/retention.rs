@@ -6,6 +6,7 @@
 //! at or above it answers exactly as before pruning; the pruned history and the horizon survive
 //! checkpoint and reopen; the change feed and log truncation do not depend on it.
 
+use crate::rng::Rng;
 use engram_core::*;
 use engram_wal::storage::FaultStorage;
 use serde_json::json;
@@ -73,23 +74,6 @@ fn not_retained(result: Result<impl std::fmt::Debug>, lsn: Lsn, oldest: Lsn) {
     }
 }
 
-/// splitmix64: a deterministic pseudo-random sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const NAMES: [&str; 4] = ["Ada", "Bob", "Cy", "Di"];
 
 /// `commits` random transactions over key/value pairs, memories and the graph (each commits
@@ -97,8 +81,8 @@ const NAMES: [&str; 4] = ["Ada", "Bob", "Cy", "Di"];
 fn random_workload(db: &Database, rng: &mut Rng, commits: usize, memories: &mut Vec<String>) -> Vec<CommitInfo> {
     let mut done = Vec::new();
     while done.len() < commits {
-        let name = NAMES[rng.below(4) as usize];
-        let other = NAMES[rng.below(4) as usize];
+        let name = NAMES[rng.below(4)];
+        let other = NAMES[rng.below(4)];
         let n = rng.next() % 1000;
         let result = db.run(1, |t| {
             match n % 10 {
