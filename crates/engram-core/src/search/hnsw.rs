@@ -18,6 +18,7 @@
 
 use super::code_arena::{CodeArena, CACHE_LINE_BYTES};
 use super::codes::{encode_into, encode_to, CodeParams, EncodedQuery, CODE_MAX};
+use super::flat_graph::{FlatGraph, MAX_M};
 use super::vector::{Metric, Scored};
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -43,7 +44,7 @@ const MAX_DUPLICATE_LINKS: usize = 2;
 /// *Indexer CPU*).
 const PREFETCH_AHEAD_NODES: usize = 2;
 /// Levels are capped so that a hash that happens to be tiny cannot make a tall, empty tower.
-const MAX_LEVEL: usize = 16;
+pub(crate) const MAX_LEVEL: usize = 16;
 
 pub(crate) struct Hnsw {
     metric: Metric,
@@ -688,34 +689,32 @@ pub(crate) struct SavedLinks {
     pub coded: Option<SavedCodes>,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SavedCodes {
     #[serde(with = "codes_as_bytes")]
     pub codes: Vec<i8>,
     pub scale: f32,
 }
 
-/// The saved node forms' links, level 0 first (what [`Hnsw::import_nodes`] checks and keeps).
-pub(crate) trait SavedNodeLinks {
-    fn links(&self) -> &[Vec<u32>];
-    fn into_links(self) -> Vec<Vec<u32>>;
+/// The saved node forms taken apart: their links, level 0 first, and their codes if saved
+/// (what [`FlatGraph::from_saved`] keeps).
+pub(crate) trait SavedNodeParts {
+    fn into_parts(self) -> (Vec<Vec<u32>>, Option<SavedCodes>);
 }
 
-impl SavedNodeLinks for SavedNode {
-    fn links(&self) -> &[Vec<u32>] {
-        &self.links
-    }
-    fn into_links(self) -> Vec<Vec<u32>> {
-        self.links
+impl SavedNodeParts for SavedNode {
+    fn into_parts(self) -> (Vec<Vec<u32>>, Option<SavedCodes>) {
+        let codes = SavedCodes {
+            codes: self.codes,
+            scale: self.scale,
+        };
+        (self.links, Some(codes))
     }
 }
 
-impl SavedNodeLinks for SavedLinks {
-    fn links(&self) -> &[Vec<u32>] {
-        &self.links
-    }
-    fn into_links(self) -> Vec<Vec<u32>> {
-        self.links
+impl SavedNodeParts for SavedLinks {
+    fn into_parts(self) -> (Vec<Vec<u32>>, Option<SavedCodes>) {
+        (self.links, self.coded)
     }
 }
 
@@ -909,27 +908,30 @@ impl Hnsw {
         }
     }
 
-    /// Rebuilds a graph from its saved form, checking every invariant searches rely on (a
-    /// damaged file must fail here, never panic later). Index files load through
-    /// [`Hnsw::import_recomputing`]; this form (every node with its codes) is the tests'.
+    /// Rebuilds a graph from its saved form (every node with its codes), checking every
+    /// invariant searches rely on. Index files load through [`Hnsw::import_recomputing`];
+    /// this form is the tests'.
     #[cfg(test)]
     pub fn import(metric: Metric, saved: SavedGraph) -> std::result::Result<Hnsw, String> {
-        Self::import_nodes(metric, saved, |n, node, slot| saved_codes(n, &node.codes, node.scale, slot))
+        Self::import_flat(metric, FlatGraph::from_saved(saved)?, |n, coded, slot| match coded {
+            Some(SavedCodes { codes, scale }) => saved_codes(n, codes, *scale, slot),
+            None => Err(format!("node {n}: no codes")),
+        })
     }
 
-    /// [`Hnsw::import`] of an index format 3 graph: nodes without saved codes get the encoding
-    /// of `embedding(n)` (node `n`'s memory's embedding) prepared for `metric`, exactly as an
+    /// The graph of an index file: nodes without saved codes get the encoding of
+    /// `embedding(n)` (node `n`'s memory's embedding) prepared for `metric`, exactly as an
     /// insert encodes it, so the graph loaded is the graph that was saved. The codes are
     /// written straight into the graph, not into a [`SavedNode`] first (at 1M memories that
     /// copy was 384 MB of fresh memory for the kernel to zero). A node without codes whose
     /// embedding is missing, of the wrong length or not finite is refused.
     pub fn import_recomputing<'e>(
         metric: Metric,
-        saved: SavedGraph<SavedLinks>,
+        saved: FlatGraph,
         mut embedding: impl FnMut(usize) -> Option<&'e [f32]>,
     ) -> std::result::Result<Hnsw, String> {
         let mut prepared = Vec::with_capacity(saved.dimension as usize);
-        Self::import_nodes(metric, saved, |n, node, slot| match &node.coded {
+        Self::import_flat(metric, saved, |n, coded, slot| match coded {
             Some(SavedCodes { codes, scale }) => saved_codes(n, codes, *scale, slot),
             None => {
                 let vector = embedding(n).ok_or_else(|| format!("node {n}: no codes and no embedding to compute them from"))?;
@@ -945,29 +947,37 @@ impl Hnsw {
         })
     }
 
-    /// The graph of `saved`, node `n`'s codes written into its slot (zeroed, `dimension` long)
-    /// by `codes(n, node, slot)`, which checks them and returns their parameters.
-    fn import_nodes<N: SavedNodeLinks>(
+    /// The graph of `saved`, checked for every invariant searches rely on (a damaged file must
+    /// fail here, never panic later); its links are taken over as they are. Node `n`'s codes
+    /// are written into its slot (zeroed, `dimension` long) by `codes(n, saved codes, slot)`,
+    /// which checks them and returns their parameters.
+    fn import_flat(
         metric: Metric,
-        saved: SavedGraph<N>,
-        mut codes: impl FnMut(usize, &N, &mut [i8]) -> std::result::Result<CodeParams, String>,
+        saved: FlatGraph,
+        mut codes: impl FnMut(usize, Option<&SavedCodes>, &mut [i8]) -> std::result::Result<CodeParams, String>,
     ) -> std::result::Result<Hnsw, String> {
         let dimension = saved.dimension as usize;
         if dimension == 0 || dimension > crate::names::MAX_DIMENSION {
             return Err(format!("graph dimension {dimension}"));
         }
-        if saved.m < 2 || saved.m > 1024 || saved.ef_construction < saved.m || saved.ef_construction > 100_000 {
+        if saved.m < 2 || saved.m > MAX_M || saved.ef_construction < saved.m || saved.ef_construction > 100_000 {
             return Err(format!("graph parameters m {} ef_construction {}", saved.m, saved.ef_construction));
         }
-        let count = saved.nodes.len();
+        let count = saved.len();
         let mut graph = Hnsw::with_parameters(metric, dimension, saved.m as usize, saved.ef_construction as usize);
-        let levels_of = |node: u32| saved.nodes.get(node as usize).map(|t| t.links().len());
-        for (n, node) in saved.nodes.iter().enumerate() {
-            let links = node.links();
-            if links.is_empty() || links.len() > MAX_LEVEL + 1 {
-                return Err(format!("node {n}: {} levels", links.len()));
+        let stride = graph.level0_stride();
+        if saved.level0.len() != count * stride {
+            return Err(format!("{} level-0 entries for {count} nodes", saved.level0.len()));
+        }
+        let levels_of = |node: u32| saved.upper.get(node as usize).map(|upper| upper.len() + 1);
+        for (n, (block, upper)) in saved.level0.chunks_exact(stride).zip(&saved.upper).enumerate() {
+            if upper.len() > MAX_LEVEL {
+                return Err(format!("node {n}: {} levels", upper.len() + 1));
             }
-            for (level, links) in links.iter().enumerate() {
+            let level0_links = block
+                .get(1..1 + block[0] as usize)
+                .ok_or_else(|| format!("node {n}: {} links on level 0", block[0]))?;
+            for (level, links) in std::iter::once(level0_links).chain(upper.iter().map(Vec::as_slice)).enumerate() {
                 if links.len() > graph.max_links(level) {
                     return Err(format!("node {n}: {} links on level {level}", links.len()));
                 }
@@ -982,22 +992,19 @@ impl Hnsw {
             Some((node, level)) if levels_of(node) == Some(level as usize + 1) => Some((node, level as usize)),
             other => return Err(format!("entry point {other:?} with {count} nodes")),
         };
+        if saved.coded.windows(2).any(|w| w[0].0 >= w[1].0) || saved.coded.last().is_some_and(|c| c.0 as usize >= count) {
+            return Err("saved codes out of node order or range".into());
+        }
         graph.codes.reserve(count);
         graph.params.reserve(count);
-        let stride = graph.level0_stride();
-        graph.level0.reserve(count * stride);
-        for (n, node) in saved.nodes.into_iter().enumerate() {
-            graph.params.push(codes(n, &node, graph.codes.push_zeroed())?);
-            let mut levels = node.into_links().into_iter();
-            let level0 = levels.next().unwrap_or_default();
-            let base = graph.level0.len();
-            graph.level0.resize(base + stride, 0);
-            graph.level0[base] = level0.len() as u32;
-            graph.level0[base + 1..base + 1 + level0.len()].copy_from_slice(&level0);
-            let upper: Vec<Vec<u32>> = levels.collect();
-            graph.levels.push(upper.len() as u8);
-            graph.upper.push(upper);
+        let mut coded = saved.coded.iter().peekable();
+        for n in 0..count {
+            let saved_codes = coded.next_if(|c| c.0 as usize == n).map(|c| &c.1);
+            graph.params.push(codes(n, saved_codes, graph.codes.push_zeroed())?);
         }
+        graph.levels = saved.upper.iter().map(|upper| upper.len() as u8).collect();
+        graph.level0 = saved.level0;
+        graph.upper = saved.upper;
         Ok(graph)
     }
 }
@@ -1034,6 +1041,10 @@ pub(crate) mod tests {
             let read: SavedNode = postcard::from_bytes(&bytes).unwrap();
             assert_eq!((read.links, read.codes, read.scale), (node.links, node.codes, node.scale));
         }
+    }
+
+    fn flat(saved: SavedGraph<SavedLinks>) -> FlatGraph {
+        FlatGraph::from_saved(saved).unwrap()
     }
 
     fn lcg(seed: &mut u64) -> f32 {
@@ -1307,7 +1318,7 @@ pub(crate) mod tests {
             );
             // The load path computes them straight into the graph: the same codes, links and
             // entry point, and the same refusal.
-            let direct = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n % 3 == 0), |n| {
+            let direct = Hnsw::import_recomputing(Metric::L2, flat(graph.export(graph.len(), |n| n % 3 == 0)), |n| {
                 Some(vectors[n].as_slice())
             })
             .unwrap();
@@ -1316,15 +1327,17 @@ pub(crate) mod tests {
                 (direct.level0.clone(), direct.upper.clone(), direct.entry),
                 (graph.level0.clone(), graph.upper.clone(), graph.entry)
             );
-            let missing = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n != 7), |_| None);
+            let missing = Hnsw::import_recomputing(Metric::L2, flat(graph.export(graph.len(), |n| n != 7)), |_| None);
             assert_eq!(
                 missing.err().as_deref(),
                 Some("node 7: no codes and no embedding to compute them from")
             );
-            let short = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n != 9), |n| Some(&vectors[n][1..]));
+            let short = Hnsw::import_recomputing(Metric::L2, flat(graph.export(graph.len(), |n| n != 9)), |n| Some(&vectors[n][1..]));
             assert_eq!(short.err().as_deref(), Some("node 9: bad vector"));
             let infinite = vec![f32::INFINITY; dimension];
-            let not_finite = Hnsw::import_recomputing(Metric::L2, graph.export(graph.len(), |n| n != 11), |_| Some(infinite.as_slice()));
+            let not_finite = Hnsw::import_recomputing(Metric::L2, flat(graph.export(graph.len(), |n| n != 11)), |_| {
+                Some(infinite.as_slice())
+            });
             assert_eq!(not_finite.err().as_deref(), Some("node 11: bad vector"));
         }
     }

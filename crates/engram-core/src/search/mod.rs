@@ -10,6 +10,7 @@
 pub(crate) mod code_arena;
 pub(crate) mod codes;
 pub(crate) mod filter;
+pub(crate) mod flat_graph;
 pub(crate) mod hnsw;
 pub(crate) mod hybrid;
 pub(crate) mod index;

@@ -6,7 +6,8 @@
 //! A missing, damaged or inconsistent index file is never used: open logs a warning and rebuilds
 //! the indexes from the store, which is always the source of truth.
 
-use super::hnsw::{Hnsw, SavedGraph, SavedLinks, SavedNode, SavedNodeV1};
+use super::flat_graph::{FlatGraph, FlatGraphSeed};
+use super::hnsw::{Hnsw, SavedGraph, SavedLinks, SavedNode, SavedNodeParts, SavedNodeV1};
 use super::index::{NamespaceIndex, NodeValidity, VersionEntry};
 use super::vector::Metric;
 use crate::error::{CoreError, Result};
@@ -76,19 +77,113 @@ impl<N> SavedNamespace<N> {
 }
 
 impl SavedNamespace<SavedNodeV1> {
-    /// The section in the current form: every vector replaced by its codes.
-    fn encode(self) -> std::result::Result<SavedNamespace, Rejection> {
-        self.try_map_graph(|g| g.encode().map(|g| g.map_nodes(SavedLinks::from)))
+    /// A format 1 section as loaded: every vector replaced by its codes.
+    fn encode(self) -> std::result::Result<LoadedNamespace, Rejection> {
+        self.try_map_graph(|g| g.encode().map(|g| g.map_nodes(SavedLinks::from)))?
+            .into_loaded()
     }
 }
 
-impl SavedNamespace<SavedNode> {
-    /// A format 2 section in the current form: every node keeps its codes.
-    fn upgrade(self) -> SavedNamespace {
-        match self.try_map_graph(|g| Ok::<_, std::convert::Infallible>(g.map_nodes(SavedLinks::from))) {
-            Ok(section) => section,
-            Err(never) => match never {},
-        }
+impl<N: SavedNodeParts> SavedNamespace<N> {
+    /// A section decoded whole (formats 1 and 2) as loaded.
+    fn into_loaded(self) -> std::result::Result<LoadedNamespace, Rejection> {
+        Ok(LoadedNamespace {
+            name: self.name,
+            metric: self.metric,
+            entries: self.entries,
+            node_entry: self.node_entry,
+            graph: self.graph.map(FlatGraph::from_saved).transpose()?,
+        })
+    }
+}
+
+/// A section as the load takes it: its graph in the layout the graph keeps. Format 3 sections
+/// decode into it directly ([`LoadedNamespaceSeed`]).
+struct LoadedNamespace {
+    name: String,
+    metric: Metric,
+    entries: Vec<SavedEntry>,
+    node_entry: Vec<u32>,
+    graph: Option<FlatGraph>,
+}
+
+/// Decodes a format 3 section (a [`SavedNamespace`]'s bytes) as a [`LoadedNamespace`], its
+/// graph sized by the node slots decoded before it. A graph refused for what it holds leaves
+/// the reason in `rejection`.
+struct LoadedNamespaceSeed<'r> {
+    rejection: &'r mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for LoadedNamespaceSeed<'_> {
+    type Value = LoadedNamespace;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<LoadedNamespace, D::Error> {
+        d.deserialize_struct("SavedNamespace", &["name", "metric", "entries", "node_entry", "graph"], self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for LoadedNamespaceSeed<'_> {
+    type Value = LoadedNamespace;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a namespace's index section")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<LoadedNamespace, A::Error> {
+        use serde::de::Error;
+        let missing = |name: &str| A::Error::custom(format!("field {name} is missing"));
+        let name = seq.next_element()?.ok_or_else(|| missing("name"))?;
+        let metric = seq.next_element()?.ok_or_else(|| missing("metric"))?;
+        let entries = seq.next_element()?.ok_or_else(|| missing("entries"))?;
+        let node_entry: Vec<u32> = seq.next_element()?.ok_or_else(|| missing("node_entry"))?;
+        let graph = seq
+            .next_element_seed(OptionalGraphSeed {
+                nodes: node_entry.len(),
+                rejection: self.rejection,
+            })?
+            .ok_or_else(|| missing("graph"))?;
+        Ok(LoadedNamespace {
+            name,
+            metric,
+            entries,
+            node_entry,
+            graph,
+        })
+    }
+}
+
+/// A section's `Option<SavedGraph>` as an optional [`FlatGraph`] of `nodes` nodes.
+struct OptionalGraphSeed<'r> {
+    nodes: usize,
+    rejection: &'r mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for OptionalGraphSeed<'_> {
+    type Value = Option<FlatGraph>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Option<FlatGraph>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OptionalGraphSeed<'_> {
+    type Value = Option<FlatGraph>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an optional graph")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Option<FlatGraph>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Option<FlatGraph>, D::Error> {
+        use serde::de::DeserializeSeed;
+        let seed = FlatGraphSeed {
+            nodes: self.nodes,
+            rejection: self.rejection,
+        };
+        seed.deserialize(d).map(Some)
     }
 }
 
@@ -294,7 +389,7 @@ pub(crate) fn load(
         return Err("body length does not match the file".into());
     }
     let mut body = &content[HEADER_BYTES..];
-    let mut out = Vec::new();
+    let mut sections = Vec::new();
     for _ in 0..count {
         if body.len() < SECTION_LENGTH_BYTES {
             return Err("truncated section".into());
@@ -306,24 +401,34 @@ pub(crate) fn load(
             .ok_or("section overruns the body")?;
         let bytes = &body[SECTION_LENGTH_BYTES..SECTION_LENGTH_BYTES + section];
         let decode_error = |e: postcard::Error| format!("section does not decode: {e}");
-        let saved: SavedNamespace = match version {
+        let saved = match version {
             INDEX_FORMAT_VERSION_F32 => postcard::from_bytes::<SavedNamespace<SavedNodeV1>>(bytes)
                 .map_err(decode_error)?
                 .encode()?,
             INDEX_FORMAT_VERSION_CODES => postcard::from_bytes::<SavedNamespace<SavedNode>>(bytes)
                 .map_err(decode_error)?
-                .upgrade(),
-            _ => postcard::from_bytes(bytes).map_err(decode_error)?,
+                .into_loaded()?,
+            _ => {
+                use serde::de::DeserializeSeed;
+                let mut rejection = None;
+                let seed = LoadedNamespaceSeed { rejection: &mut rejection };
+                let decoded = seed.deserialize(&mut postcard::Deserializer::from_bytes(bytes));
+                decoded.map_err(|e| rejection.unwrap_or_else(|| decode_error(e)))?
+            }
         };
         body = &body[SECTION_LENGTH_BYTES + section..];
-        let name = saved.name.clone();
-        out.push((
-            name.clone(),
-            restore(saved, lsn, store).map_err(|r| format!("namespace {name:?}: {r}"))?,
-        ));
+        sections.push(saved);
     }
     if !body.is_empty() {
         return Err("bytes after the last section".into());
+    }
+    // The file's bytes (54 MB at 1M memories) are freed before the restore builds the indexes.
+    drop(bytes);
+    let mut out = Vec::with_capacity(sections.len());
+    for saved in sections {
+        let name = saved.name.clone();
+        let index = restore(saved, lsn, store).map_err(|r| format!("namespace {name:?}: {r}"))?;
+        out.push((name, index));
     }
     Ok(Some(out))
 }
@@ -341,7 +446,7 @@ const KEYWORD_BATCH: usize = 1024;
 /// kept this thread waiting for the keyword thread (1.2 s of 4.6 s at 1M memories) instead of
 /// going on to the graph. Its messages are shared values (16 bytes per memory), at most the
 /// whole namespace's worth (16 MB at 1M memories), handed over as they are tokenized.
-fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Result<NamespaceIndex, Rejection> {
+fn restore(saved: LoadedNamespace, lsn: Lsn, store: &Store) -> std::result::Result<NamespaceIndex, Rejection> {
     let (texts, received) = std::sync::mpsc::channel::<Vec<(u32, Arc<Value>)>>();
     std::thread::scope(|scope| {
         let keyword = std::thread::Builder::new()
@@ -376,7 +481,7 @@ fn restore(saved: SavedNamespace, lsn: Lsn, store: &Store) -> std::result::Resul
 
 /// Everything of [`restore`] but the keyword index, whose texts go to `texts` in slot order.
 fn restore_entries_and_graph(
-    saved: SavedNamespace,
+    saved: LoadedNamespace,
     lsn: Lsn,
     store: &Store,
     texts: std::sync::mpsc::Sender<Vec<(u32, Arc<Value>)>>,
@@ -437,7 +542,7 @@ fn restore_entries_and_graph(
         texts.send(batch).map_err(|_| keyword_thread_gone())?;
     }
     drop(texts);
-    let nodes = saved.graph.as_ref().map_or(0, |g| g.nodes.len());
+    let nodes = saved.graph.as_ref().map_or(0, FlatGraph::len);
     if saved.node_entry.len() != nodes {
         return Err(format!("{} node slots for {nodes} nodes", saved.node_entry.len()));
     }
