@@ -101,6 +101,8 @@ fn parts_of_one_memory() {
     // Decoded from JSON text, as the store gets it from a log record or a checkpoint.
     let (b, a, _metadata) = heap_of(|| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(r#"{"i":12345}"#).unwrap());
     row("metadata {\"i\": 12345} (serde_json::Map = BTreeMap)", (b, a));
+    let (b, a, _metadata) = heap_of(|| serde_json::from_str::<engram_core::Metadata>(r#"{"i":12345}"#).unwrap());
+    row("metadata {\"i\": 12345} (engram_core::Metadata, as stored)", (b, a));
     let (b, a, _id) = heap_of(|| id.clone());
     row("Memory.id (26-char ULID)", (b, a));
     let (b, a, _value) = heap_of(|| {
@@ -108,7 +110,7 @@ fn parts_of_one_memory() {
             id: String::new(),
             text: String::new(),
             embedding: None,
-            metadata: serde_json::Map::new(),
+            metadata: engram_core::Metadata::new(),
             created_ms: 0,
             updated_ms: 0,
         }))

@@ -1584,7 +1584,7 @@ mod tests {
                 id: format!("m{m}"),
                 text: format!("memory {m}"),
                 embedding: Some(vec![m as f32, -0.5, f32::MIN_POSITIVE, 1e30].into()),
-                metadata: serde_json::Map::new(),
+                metadata: crate::Metadata::new(),
                 created_ms: lsn,
                 updated_ms: lsn,
             };

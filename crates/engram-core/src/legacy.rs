@@ -18,7 +18,7 @@ struct MemoryV2 {
     #[serde(with = "float_sequence")]
     embedding: Option<model::Embedding>,
     #[serde(with = "model::json_text")]
-    metadata: serde_json::Map<String, serde_json::Value>,
+    metadata: crate::Metadata,
     created_ms: u64,
     updated_ms: u64,
 }

@@ -1,6 +1,7 @@
 //! Memories: text, an optional embedding (one dimension per namespace) and JSON metadata.
 
 use crate::error::{CoreError, Result};
+use crate::metadata::Metadata;
 use crate::model::{Embedding, Key, Memory, NamespaceMeta, Space, Value};
 use crate::names::{json_kind, validate_embedding, validate_namespace, validate_size, MAX_TEXT_BYTES, MAX_VALUE_BYTES};
 use crate::retention::RetainedView;
@@ -33,13 +34,13 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-fn metadata_object(value: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn metadata_object(value: serde_json::Value) -> Result<Metadata> {
     match value {
-        serde_json::Value::Null => Ok(serde_json::Map::new()),
+        serde_json::Value::Null => Ok(Metadata::new()),
         serde_json::Value::Object(map) => {
             let size = crate::names::json_bytes(&map);
             validate_size("metadata", size, MAX_VALUE_BYTES)?;
-            Ok(map)
+            Ok(Metadata::from(map))
         }
         other => Err(CoreError::MetadataNotObject { got: json_kind(&other) }),
     }

@@ -1,6 +1,7 @@
 //! What the database stores: keys in namespaces and spaces, and the values behind them.
 
 pub use crate::embedding::Embedding;
+use crate::metadata::Metadata;
 use serde::{Deserialize, Serialize};
 
 /// Which kind of item a key names. The order is part of the key order.
@@ -65,7 +66,7 @@ pub struct Memory {
     /// (crate::embedding); either way it serializes as its floats.
     pub embedding: Option<Embedding>,
     #[serde(with = "json_text")]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub metadata: Metadata,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -116,7 +117,7 @@ mod tests {
             id: "m".into(),
             text: "t".into(),
             embedding: embedding.map(Embedding::from),
-            metadata: serde_json::Map::new(),
+            metadata: Metadata::new(),
             created_ms: 1,
             updated_ms: 2,
         }

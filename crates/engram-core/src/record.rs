@@ -675,7 +675,7 @@ mod tests {
                 id: "m".into(),
                 text: "text".into(),
                 embedding: Some(vec![1.0, -2.5, f32::MAX, f32::MIN_POSITIVE].into()),
-                metadata: serde_json::json!({"k": "v"}).as_object().unwrap().clone(),
+                metadata: serde_json::json!({"k": "v"}).as_object().unwrap().clone().into(),
                 created_ms: 1,
                 updated_ms: 2,
             }),

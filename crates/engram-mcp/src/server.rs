@@ -316,7 +316,7 @@ impl EngramMcp {
                 .map(|hit| RecallHit {
                     id: hit.memory.id,
                     text: hit.memory.text,
-                    metadata: hit.memory.metadata,
+                    metadata: hit.memory.metadata.into(),
                     score: decimal_score(hit.score),
                     vector: signal(hit.vector),
                     keyword: signal(hit.keyword),

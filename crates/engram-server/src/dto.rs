@@ -1,6 +1,6 @@
 //! JSON shapes of the API (requests and responses), with their OpenAPI schemas.
 
-use engram_core::{Entity, KvValue, Lsn, Memory, Relation, Value, VersionInfo};
+use engram_core::{Entity, KvValue, Lsn, Memory, Metadata, Relation, Value, VersionInfo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -18,7 +18,7 @@ pub struct MemoryBody {
     pub text: String,
     pub embedding: Option<Vec<f32>>,
     #[schema(value_type = Object)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub metadata: Metadata,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -44,7 +44,7 @@ pub struct MemoryBodyRef<'a> {
     pub id: &'a str,
     pub text: &'a str,
     pub embedding: Option<&'a [f32]>,
-    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+    pub metadata: &'a Metadata,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

@@ -64,7 +64,7 @@ struct MemoryOut<'a> {
     text: &'a str,
     embedding_floats: Option<u32>,
     #[serde(serialize_with = "json_text::serialize")]
-    metadata: &'a serde_json::Map<String, serde_json::Value>,
+    metadata: &'a crate::Metadata,
     created_ms: u64,
     updated_ms: u64,
 }
@@ -131,7 +131,7 @@ struct MemoryIn {
     text: String,
     embedding_floats: Option<u32>,
     #[serde(with = "json_text")]
-    metadata: serde_json::Map<String, serde_json::Value>,
+    metadata: crate::Metadata,
     created_ms: u64,
     updated_ms: u64,
 }
@@ -207,7 +207,7 @@ mod tests {
                 id: "m".into(),
                 text: "t".into(),
                 embedding: embedding.map(Embedding::from),
-                metadata: serde_json::Map::new(),
+                metadata: crate::Metadata::new(),
                 created_ms: 5,
                 updated_ms: 6,
             }))),

@@ -3,9 +3,10 @@
 //! whole). An empty filter admits every memory. The filter is applied inside the search, so a
 //! filtered query returns min(k, matching) hits.
 
+use crate::Metadata;
 use serde_json::{Map, Value};
 
-pub(crate) fn matches(filter: Option<&Map<String, Value>>, metadata: &Map<String, Value>) -> bool {
+pub(crate) fn matches(filter: Option<&Map<String, Value>>, metadata: &Metadata) -> bool {
     filter.is_none_or(|f| f.iter().all(|(field, wanted)| metadata.get(field) == Some(wanted)))
 }
 
@@ -20,7 +21,7 @@ mod tests {
 
     #[test]
     fn every_field_must_be_equal() {
-        let metadata = object(json!({"user": "ana", "n": 1, "tags": ["a"]}));
+        let metadata = Metadata::from(object(json!({"user": "ana", "n": 1, "tags": ["a"]})));
         assert!(matches(None, &metadata));
         assert!(matches(Some(&object(json!({}))), &metadata));
         assert!(matches(Some(&object(json!({"user": "ana", "n": 1}))), &metadata));

@@ -941,7 +941,7 @@ mod tests {
             id: id.to_string(),
             text: format!("text of {id} at {lsn}"),
             embedding: embedding.map(Into::into),
-            metadata: Map::new(),
+            metadata: crate::Metadata::new(),
             created_ms: 0,
             updated_ms: 0,
         };

@@ -411,10 +411,10 @@ fn metadata(tag: u8) -> Json {
     }
 }
 
-fn metadata_map(tag: u8) -> serde_json::Map<String, Json> {
+fn metadata_map(tag: u8) -> engram_core::Metadata {
     match metadata(tag) {
-        Json::Object(map) => map,
-        _ => serde_json::Map::new(),
+        Json::Object(map) => map.into(),
+        _ => engram_core::Metadata::new(),
     }
 }
 

@@ -38,7 +38,7 @@ async fn remember_forget_and_history_over_both_transports() {
         let stored = db.snapshot().get_memory(NAMESPACE, &id).unwrap().expect("the memory is stored");
         assert_eq!(stored.text, "the user prefers tea");
         assert_eq!(stored.embedding.map(|e| e.to_vec()), Some(vec![0.5, -1.0, 2.0]));
-        assert_eq!(Value::Object(stored.metadata.clone()), json!({ "source": "chat" }));
+        assert_eq!(stored.metadata.to_value(), json!({ "source": "chat" }));
 
         let forgotten = structured(&call(&client, "forget", json!({ "id": id })).await);
         let forgotten_lsn = forgotten["lsn"].as_u64().unwrap();
