@@ -5,25 +5,18 @@
 //! `commit` (first committer wins, the loser gets `Conflict` and changes nothing), so no update
 //! is lost however tasks and threads interleave.
 
+use crate::options::{open_on, small_log};
 use engram_core::*;
 use engram_wal::storage::{CrashMode, FaultStorage};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 
 fn options() -> DatabaseOptions {
-    DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 256 * 1024,
-            max_record_bytes: 32 * 1024,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    small_log(256 * 1024, 32 * 1024)
 }
 
 fn open(fs: &FaultStorage) -> Database {
-    Database::open_with_storage(Arc::new(fs.clone()), "/db", options()).unwrap()
+    open_on(fs, options()).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

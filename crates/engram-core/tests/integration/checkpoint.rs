@@ -4,6 +4,7 @@
 //! one; commits and reads continue while a checkpoint is written; and a crash at any I/O point of
 //! a checkpoint loses nothing that was acknowledged.
 
+use crate::options::{open_on, small_log_checkpoints_on_demand};
 use crate::rng::Rng;
 use engram_core::*;
 use engram_wal::storage::{CrashMode, FaultStorage, LockGuard, OpenMode, StdStorage, Storage, StorageFile};
@@ -22,23 +23,11 @@ const NAMES: [&str; 5] = ["Ada", "Bob", "Cy", "Di", "Ed"];
 /// Small segments, so that a few dozen commits span several and truncation has whole segments
 /// to remove; no background checkpoints unless a test asks, so that I/O is deterministic.
 fn options() -> DatabaseOptions {
-    DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 16 * 1024,
-            max_record_bytes: 8 * 1024,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        checkpoint: CheckpointOptions {
-            retain_log_records: 0,
-            ..CheckpointOptions::on_demand()
-        },
-        ..Default::default()
-    }
+    small_log_checkpoints_on_demand(16 * 1024, 8 * 1024)
 }
 
 fn open(fs: &FaultStorage) -> Database {
-    Database::open_with_storage(Arc::new(fs.clone()), "/db", options()).unwrap()
+    open_on(fs, options()).unwrap()
 }
 
 /// Everything the history touched, so that every item's history can be compared.

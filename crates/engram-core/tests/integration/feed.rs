@@ -2,6 +2,7 @@
 //! retained LSN, before and after a reopen; followers wait for new commits; consumers resume from
 //! durable cursors without losing or repeating a change.
 
+use crate::options::small_log;
 use engram_core::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -9,15 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn options() -> DatabaseOptions {
-    DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 64 * 1024,
-            max_record_bytes: 32 * 1024,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    small_log(64 * 1024, 32 * 1024)
 }
 
 fn open(dir: &tempfile::TempDir) -> Database {

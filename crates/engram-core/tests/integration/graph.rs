@@ -4,18 +4,7 @@ use engram_core::*;
 
 fn db() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Database::open(
-        dir.path(),
-        DatabaseOptions {
-            wal: WalOptions {
-                segment_bytes: 64 * 1024,
-                max_record_bytes: 32 * 1024,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let db = Database::open(dir.path(), crate::options::small_log(64 * 1024, 32 * 1024)).unwrap();
     (dir, db)
 }
 

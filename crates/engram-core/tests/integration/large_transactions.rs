@@ -5,6 +5,7 @@
 //! inside its records. A single operation too large for one record is refused and changes
 //! nothing.
 
+use crate::options::{open_on, small_log_checkpoints_on_demand};
 use engram_core::*;
 use engram_wal::storage::{CrashMode, FaultKind, FaultStorage, OpKind};
 use engram_wal::Wal;
@@ -20,23 +21,11 @@ const NS: &str = "agent";
 /// Small records and segments, so that a transaction of ~100 KiB takes several records; no
 /// background threads, so that the I/O sequence is deterministic for the crash tests.
 fn options() -> DatabaseOptions {
-    DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 256 * 1024,
-            max_record_bytes: MAX_RECORD,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        checkpoint: CheckpointOptions {
-            retain_log_records: 0,
-            ..CheckpointOptions::on_demand()
-        },
-        ..Default::default()
-    }
+    small_log_checkpoints_on_demand(256 * 1024, MAX_RECORD)
 }
 
 fn open_fs(fs: &FaultStorage) -> Database {
-    Database::open_with_storage(Arc::new(fs.clone()), "/db", options()).unwrap()
+    open_on(fs, options()).unwrap()
 }
 
 fn value(tag: &str, i: usize, bytes: usize) -> KvValue {

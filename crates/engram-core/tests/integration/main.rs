@@ -11,6 +11,7 @@ mod graph;
 mod large_transactions;
 mod mapped_embeddings;
 mod model;
+mod options;
 mod retention;
 mod rng;
 mod search_api;

@@ -24,6 +24,7 @@
 //! `PROPTEST_CASES` sets the number of random cases (default 128); `PROPTEST_RNG_SEED` replays a
 //! run.
 
+use crate::options::{open_on, small_log_checkpoints_on_demand};
 use engram_core::*;
 use engram_wal::storage::{CrashMode, FaultStorage};
 use proptest::prelude::*;
@@ -32,7 +33,6 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value as Json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 const NAMESPACES: [&str; 2] = ["agent", "team"];
@@ -50,23 +50,11 @@ const CURSORS: [&str; 2] = ["indexer", "mailer"];
 const BIG_VALUE_BYTES: usize = 12_000;
 
 fn options() -> DatabaseOptions {
-    DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 64 * 1024,
-            max_record_bytes: 32 * 1024,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        checkpoint: CheckpointOptions {
-            retain_log_records: 0,
-            ..CheckpointOptions::on_demand()
-        },
-        ..Default::default()
-    }
+    small_log_checkpoints_on_demand(64 * 1024, 32 * 1024)
 }
 
 fn open(fs: &FaultStorage) -> Result<Database> {
-    Database::open_with_storage(Arc::new(fs.clone()), "/db", options())
+    open_on(fs, options())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,34 +6,24 @@
 //! at or above it answers exactly as before pruning; the pruned history and the horizon survive
 //! checkpoint and reopen; the change feed and log truncation do not depend on it.
 
+use crate::options::{open_on, small_log_checkpoints_on_demand};
 use crate::rng::Rng;
 use engram_core::*;
 use engram_wal::storage::FaultStorage;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// No background checkpoints: pruning happens exactly when a test calls `checkpoint`. Small
 /// segments, so that the in-memory storage stays small and truncation has segments to remove.
 fn options(retention: RetentionPolicy) -> DatabaseOptions {
     DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 64 * 1024,
-            max_record_bytes: 16 * 1024,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        checkpoint: CheckpointOptions {
-            retain_log_records: 0,
-            ..CheckpointOptions::on_demand()
-        },
         retention,
-        ..Default::default()
+        ..small_log_checkpoints_on_demand(64 * 1024, 16 * 1024)
     }
 }
 
 fn open(fs: &FaultStorage, retention: RetentionPolicy) -> Database {
-    Database::open_with_storage(Arc::new(fs.clone()), "/db", options(retention)).unwrap()
+    open_on(fs, options(retention)).unwrap()
 }
 
 fn put(db: &Database, key: &str, value: i64) -> CommitInfo {

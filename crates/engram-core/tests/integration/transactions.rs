@@ -1,21 +1,14 @@
 //! The transaction contract: atomic, isolated (snapshot isolation), durable, and readable as of
 //! any past LSN.
 
+use crate::options::small_log;
 use engram_core::*;
 use engram_wal::storage::{CrashMode, FaultStorage};
 use serde_json::json;
 use std::sync::Arc;
 
 fn options() -> DatabaseOptions {
-    DatabaseOptions {
-        wal: WalOptions {
-            segment_bytes: 64 * 1024,
-            max_record_bytes: 32 * 1024,
-            background_preallocation: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    small_log(64 * 1024, 32 * 1024)
 }
 
 fn note(text: &str) -> NewMemory {
