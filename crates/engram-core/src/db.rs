@@ -6,15 +6,17 @@ use crate::error::{CoreError, Result};
 use crate::model::Key;
 use crate::record::{self, Assembler, CommitRecord, Layout, LogRecord, KIND_COMMIT, KIND_OPS};
 use crate::retention::RetentionPolicy;
+use crate::search::FastHashMap;
 use crate::search::{
     self,
     index::{IndexApplier, IndexChange, IndexOrigin, Indexes},
 };
+use crate::store::compact_key::{self, StoredKey};
 use crate::store::Store;
 use crate::txn::{CommitInfo, Snapshot, Transaction};
 use engram_wal::storage::{StdStorage, Storage};
 use engram_wal::{Lsn, SyncPolicy, Wal, WalOptions, WalStats};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,8 +71,10 @@ impl std::fmt::Debug for DatabaseOptions {
 
 /// State guarded by the commit lock: what is needed to order commits and detect conflicts.
 pub(crate) struct CommitState {
-    /// Keys written by commits that are queued but not yet applied, with their LSN.
-    pending: HashMap<Key, Lsn>,
+    /// Keys written by commits that are queued but not yet applied, with their LSN. Held as
+    /// the store encodes them (inline, no allocation for a usual key) and hashed with foldhash:
+    /// this map is read and written under the commit lock by every commit.
+    pending: FastHashMap<StoredKey, Lsn>,
     prune_at_len: usize,
     next_txn_id: u64,
     last_commit_ts_ms: u64,
@@ -79,7 +83,7 @@ pub(crate) struct CommitState {
 impl CommitState {
     /// LSN of the newest queued (not yet applied) commit that wrote `key`, or 0.
     pub fn pending_lsn(&self, key: &Key) -> Lsn {
-        self.pending.get(key).copied().unwrap_or(0)
+        self.pending.get(compact_key::encode(key).as_slice()).copied().unwrap_or(0)
     }
 
     pub fn next_txn_id(&mut self) -> u64 {
@@ -271,7 +275,7 @@ impl Database {
             trigger: Trigger::default(),
             open_report,
             commit: Mutex::new(CommitState {
-                pending: HashMap::new(),
+                pending: FastHashMap::default(),
                 prune_at_len: 1024,
                 next_txn_id: max_txn_id,
                 last_commit_ts_ms: max_ts,
@@ -433,7 +437,7 @@ impl Shared {
         }
         for op in &record.ops {
             if let Some(key) = op.key() {
-                commit.pending.insert(key.clone(), lsn);
+                commit.pending.insert(compact_key::stored(key), lsn);
             }
         }
         self.apply_queue

@@ -74,8 +74,12 @@ pub fn validate_embedding(values: &[f32]) -> Result<()> {
             max: MAX_DIMENSION,
         });
     }
-    if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(CoreError::NonFiniteValue { index, value });
+    // Checked whole first (a loop without an early exit, which the compiler vectorizes), and
+    // searched for the culprit only when there is one.
+    if !values.iter().fold(true, |finite, v| finite & v.is_finite()) {
+        if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(CoreError::NonFiniteValue { index, value });
+        }
     }
     Ok(())
 }
@@ -94,6 +98,31 @@ pub fn json_kind(v: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first value that is not finite is the one named, wherever it is and whatever it is;
+    /// every finite value passes, however large or small.
+    #[test]
+    fn an_embedding_names_its_first_value_that_is_not_finite() {
+        let finite = [0.0, -0.0, f32::MAX, f32::MIN, f32::MIN_POSITIVE, f32::from_bits(1), 1.5];
+        for len in [1, 7, 8, 9, 384, 4096] {
+            let base: Vec<f32> = (0..len).map(|i| finite[i % finite.len()]).collect();
+            assert!(validate_embedding(&base).is_ok(), "{len}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for first in [0, len / 2, len - 1] {
+                    let mut values = base.clone();
+                    values[first] = bad;
+                    values[len - 1] = f32::NAN;
+                    match validate_embedding(&values) {
+                        Err(CoreError::NonFiniteValue { index, value }) => {
+                            assert_eq!(index, first);
+                            assert_eq!(value.to_bits(), values[first].to_bits());
+                        }
+                        other => panic!("{len} {first}: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn namespaces_are_path_and_url_safe() {

@@ -9,7 +9,7 @@
 //! reading (a read that saw pruned data then sees the raised horizon, which was published before
 //! the write lock that removed the data).
 
-mod compact_key;
+pub(crate) mod compact_key;
 
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Space, Value};

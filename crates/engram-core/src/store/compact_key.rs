@@ -65,6 +65,13 @@ impl std::borrow::Borrow<[u8]> for StoredKey {
     }
 }
 
+/// As the bytes hash, so that a map of `StoredKey`s is searched with encodings on the stack.
+impl std::hash::Hash for StoredKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
 impl PartialEq for StoredKey {
     fn eq(&self, other: &StoredKey) -> bool {
         self.as_slice() == other.as_slice()
@@ -300,6 +307,11 @@ mod tests {
             prop_assert_eq!(matches!(sa, StoredKey::Inline { .. }), a.len() <= INLINE_KEY_BYTES);
             prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
             prop_assert_eq!(sa == sb, a == b);
+            // A map of stored keys (the commit lock's pending writes) is searched with the
+            // bytes: found exactly when they are equal, inline or on the heap.
+            let map: crate::search::FastHashMap<StoredKey, u8> = [(sa, 7)].into_iter().collect();
+            prop_assert_eq!(map.contains_key(b.as_slice()), a == b);
+            prop_assert_eq!(map.get(a.as_slice()), Some(&7));
         }
 
         /// The word-at-a-time comparison is the byte order: across every length up to and past
