@@ -116,7 +116,7 @@ impl Transaction {
             created_ms: now,
             updated_ms: now,
         };
-        self.put(memory_key(namespace, &id), Value::Memory(record));
+        self.put_generated(memory_key(namespace, &id), Value::Memory(record));
         Ok(id)
     }
 
