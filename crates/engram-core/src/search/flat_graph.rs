@@ -91,19 +91,25 @@ struct NodesBuilder {
 }
 
 impl NodesBuilder {
-    /// A builder for `m`, with room for `nodes` nodes (no more than the caller has checked
-    /// the input can hold: the level-0 array is reserved whole).
+    /// A builder for `m`, with room for `nodes` nodes (no more than are in memory already, or
+    /// than the caller has checked the input holds: the level-0 array is reserved whole).
     fn new(m: u32, nodes: usize) -> NodesBuilder {
-        let stride = FlatGraph::level0_stride(m);
-        NodesBuilder {
-            stride,
-            level0: Vec::with_capacity(nodes * stride),
-            upper: Vec::with_capacity(nodes),
+        let mut builder = NodesBuilder {
+            stride: FlatGraph::level0_stride(m),
+            level0: Vec::new(),
+            upper: Vec::new(),
             coded: Vec::new(),
             block: 0,
             node_upper: Vec::new(),
             rejection: None,
-        }
+        };
+        builder.reserve(nodes);
+        builder
+    }
+
+    fn reserve(&mut self, nodes: usize) {
+        self.level0.reserve(nodes * self.stride);
+        self.upper.reserve(nodes);
     }
 
     /// The decoding error for `refused`, whose reason is kept.
@@ -164,9 +170,10 @@ impl NodesBuilder {
 }
 
 /// Decodes a [`SavedGraph<SavedLinks>`]'s bytes as a [`FlatGraph`] of exactly `nodes` nodes
-/// (the section's node slots, decoded before it: the level-0 array is reserved for them, so a
-/// count in the file cannot make it reserve more). A graph refused for what it holds (not for
-/// the bytes' encoding) leaves the reason in `rejection`.
+/// (the section's node slots, decoded before it). The level-0 array is reserved whole once the
+/// graph's own node count is read and found equal to them, so neither count alone can make it
+/// reserve more than the bytes left could hold. A graph refused for what it holds (not for the
+/// bytes' encoding) leaves the reason in `rejection`.
 pub(crate) struct FlatGraphSeed<'r> {
     pub nodes: usize,
     pub rejection: &'r mut Option<String>,
@@ -205,7 +212,8 @@ impl<'de> Visitor<'de> for FlatGraphSeed<'_> {
             *self.rejection = Some(reason);
             return Err(error);
         }
-        let mut nodes = NodesBuilder::new(m, self.nodes);
+        // Reserved once the graph's node count is read and found equal to the slots' (below).
+        let mut nodes = NodesBuilder::new(m, 0);
         let decoded = seq.next_element_seed(NodesSeed {
             nodes: &mut nodes,
             expected: self.nodes,
@@ -240,12 +248,15 @@ impl<'de> Visitor<'de> for NodesSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // postcard gives the count only when at least as many bytes remain (none when they do
+        // not: the decoding then fails on the way, having reserved nothing).
         if let Some(count) = seq.size_hint() {
             if count != self.expected {
                 return self
                     .nodes
                     .reject(Err(format!("{count} graph nodes for {} node slots", self.expected)));
             }
+            self.nodes.reserve(count);
         }
         while self.nodes.len() < self.expected {
             if seq.next_element_seed(NodeSeed { nodes: self.nodes })?.is_none() {
