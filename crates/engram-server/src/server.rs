@@ -113,6 +113,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let flag = state.shutting_down.clone();
     let mcp_shutdown = state.mcp_shutdown.clone();
+    // Responses go out as soon as they are written: with Nagle's algorithm a response written
+    // while the connection's previous segment awaits its (delayed) acknowledgement waits too.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
