@@ -163,6 +163,7 @@ impl<'de> Deserialize<'de> for Metadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn object(value: Value) -> Map<String, Value> {
@@ -200,6 +201,57 @@ mod tests {
             assert_eq!(metadata.to_map(), map);
             assert_eq!(Map::from(metadata.clone()), map);
             assert_eq!(format!("{metadata:?}"), format!("{map:?}"));
+        }
+    }
+
+    /// A JSON value of up to three levels: scalars (including floats and escaped strings), arrays
+    /// and objects.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e12f64..1e12).prop_map(|x| json!(x)),
+            "[a-z\\\\\"é\u{1F600}]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..4).prop_map(|e| Value::Object(e.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Keys from a small alphabet (so that objects repeat keys), with capitals, a multi-byte
+    /// letter and the empty key, which sort bytewise.
+    fn key() -> impl Strategy<Value = String> {
+        "[abAB\u{e9}]{0,3}"
+    }
+
+    proptest! {
+        /// For any object, written as JSON text with its keys in any order and repeated: the
+        /// `Metadata` read from the text is the `Map` read from it (same entries, the same
+        /// iteration order, the same lookups), and both write the same text.
+        #[test]
+        fn any_object_reads_and_writes_as_a_map_does(entries in prop::collection::vec((key(), json_value()), 0..12)) {
+            let text = format!(
+                "{{{}}}",
+                entries
+                    .iter()
+                    .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let map: Map<String, Value> = serde_json::from_str(&text).unwrap();
+            let metadata: Metadata = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(&metadata, &map);
+            prop_assert!(map.iter().map(|(k, v)| (k.as_str(), v)).eq(metadata.iter()));
+            prop_assert_eq!(serde_json::to_string(&metadata).unwrap(), serde_json::to_string(&map).unwrap());
+            for (k, _) in &entries {
+                prop_assert_eq!(metadata.get(k), map.get(k));
+            }
+            prop_assert_eq!(Metadata::from(map.clone()), metadata.clone());
+            prop_assert_eq!(Map::from(metadata), map);
         }
     }
 
