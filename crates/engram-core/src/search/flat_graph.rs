@@ -190,7 +190,7 @@ impl<'de> DeserializeSeed<'de> for FlatGraphSeed<'_> {
 }
 
 /// The next element of a struct's sequence, or an error naming the missing field.
-fn field<'de, T: serde::Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A, index: usize, name: &str) -> Result<T, A::Error> {
+pub(crate) fn field<'de, T: serde::Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A, index: usize, name: &str) -> Result<T, A::Error> {
     seq.next_element()?
         .ok_or_else(|| A::Error::custom(format!("field {index} ({name}) is missing")))
 }

@@ -6,7 +6,7 @@
 //! A missing, damaged or inconsistent index file is never used: open logs a warning and rebuilds
 //! the indexes from the store, which is always the source of truth.
 
-use super::flat_graph::{FlatGraph, FlatGraphSeed};
+use super::flat_graph::{field, FlatGraph, FlatGraphSeed};
 use super::hnsw::{Hnsw, SavedGraph, SavedLinks, SavedNode, SavedNodeParts, SavedNodeV1};
 use super::index::{NamespaceIndex, NodeValidity, VersionEntry};
 use super::vector::Metric;
@@ -131,17 +131,16 @@ impl<'de> serde::de::Visitor<'de> for LoadedNamespaceSeed<'_> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<LoadedNamespace, A::Error> {
         use serde::de::Error;
-        let missing = |name: &str| A::Error::custom(format!("field {name} is missing"));
-        let name = seq.next_element()?.ok_or_else(|| missing("name"))?;
-        let metric = seq.next_element()?.ok_or_else(|| missing("metric"))?;
-        let entries = seq.next_element()?.ok_or_else(|| missing("entries"))?;
-        let node_entry: Vec<u32> = seq.next_element()?.ok_or_else(|| missing("node_entry"))?;
+        let name = field(&mut seq, 0, "name")?;
+        let metric = field(&mut seq, 1, "metric")?;
+        let entries = field(&mut seq, 2, "entries")?;
+        let node_entry: Vec<u32> = field(&mut seq, 3, "node_entry")?;
         let graph = seq
             .next_element_seed(OptionalGraphSeed {
                 nodes: node_entry.len(),
                 rejection: self.rejection,
             })?
-            .ok_or_else(|| missing("graph"))?;
+            .ok_or_else(|| A::Error::custom("field 4 (graph) is missing"))?;
         Ok(LoadedNamespace {
             name,
             metric,
