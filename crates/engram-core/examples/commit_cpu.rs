@@ -106,8 +106,8 @@ fn measure(label: &str, writers: usize, seconds: u64, commit: impl Fn(usize, u64
 /// fdatasync made durable, and how long it took.
 fn print_rounds(stats: &engram_wal::WalStats) {
     println!(
-        "  log: {:.1} records per fdatasync, fdatasync {:.0} µs on average (p99 {:.0} µs)",
-        stats.records_per_sync, stats.sync_latency_avg_us, stats.sync_latency_p99_us
+        "  log: {:.1} records per fdatasync, fdatasync {:.0} µs on average (p99 {:.0} µs); {} waits woken by a round that did not reach them",
+        stats.records_per_sync, stats.sync_latency_avg_us, stats.sync_latency_p99_us, stats.gate_rewaits
     );
 }
 

@@ -15,6 +15,7 @@ mod recovery;
 mod segment;
 mod stats;
 pub mod storage;
+mod waiters;
 mod wal;
 
 pub use error::{Error, Lsn, Result};

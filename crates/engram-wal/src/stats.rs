@@ -61,6 +61,7 @@ pub(crate) struct Counters {
     pub rotations: AtomicU64,
     pub rotation_waits: AtomicU64,
     pub segments_recycled: AtomicU64,
+    pub gate_rewaits: AtomicU64,
     pub sync_latency: Histogram,
 }
 
@@ -86,6 +87,10 @@ pub struct WalStats {
     pub rotation_waits: u64,
     /// Segments retired by prefix truncation and kept to be prepared again (the rest are deleted).
     pub segments_recycled: u64,
+    /// Waits by appender threads that a round woke without reaching their records (its group
+    /// was cut short by `max_group_bytes`, or it wrote without syncing), after which they waited
+    /// for a later round. Near zero when every round takes everything queued.
+    pub gate_rewaits: u64,
     pub first_lsn: u64,
     pub last_lsn: u64,
     pub durable_lsn: u64,
@@ -117,6 +122,7 @@ impl Counters {
             rotations: self.rotations.load(Relaxed),
             rotation_waits: self.rotation_waits.load(Relaxed),
             segments_recycled: self.segments_recycled.load(Relaxed),
+            gate_rewaits: self.gate_rewaits.load(Relaxed),
             ..Default::default()
         }
     }

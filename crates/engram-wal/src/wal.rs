@@ -15,6 +15,7 @@ use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{Segment, SegmentCursor, Step, OPEN_ENDED};
 use crate::stats::{Counters, WalStats};
 use crate::storage::{LockGuard, StdStorage, Storage};
+use crate::waiters::{RoundGates, Sleep, Waiter, Wake, Wakeups, SIGNAL_REACHED, SIGNAL_RECHECK, SIGNAL_WAITING, THREAD_SIGNAL};
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,11 +60,17 @@ struct State {
     sync_deadline: Option<Instant>,
     poisoned: Option<String>,
     closed: bool,
-    /// Appenders waiting for a leader's round, each with its own condition variable so that a
-    /// round wakes exactly the appenders it satisfied (plus one successor leader), rather than
-    /// every waiter: with 64 appenders on 2 cores, waking all of them each round costs more
-    /// CPU than the fdatasync they share.
+    /// Appenders waiting for a leader's round (waiters.rs): threads on the gate of the round
+    /// expected to satisfy them, the next leader parked on its own, tasks with their wakers.
     waiters: Vec<Waiter>,
+    /// Whether a thread waits parked as the next leader ([`Sleep::Parked`]): the first thread
+    /// to wait for the next round while none does.
+    next_leader_parked: bool,
+    /// Rounds started so far: the one in flight (while `leader_active`) is number `rounds`.
+    rounds: u64,
+    /// The last LSN the round in flight writes, and whether it syncs.
+    round_last_lsn: Lsn,
+    round_syncs: bool,
     /// Threads waiting on `progress` for the log to go quiet (suffix truncation).
     quiesce_waiters: usize,
     /// Identifies the next [`Completion`] to register as a waiter.
@@ -78,127 +85,18 @@ struct State {
 /// written, so a few suffice.
 const SPARE_CHUNK_BUFFERS: usize = 4;
 
-struct Waiter {
-    target: Lsn,
-    durable: bool,
-    wake: Wake,
-}
-
-/// How a satisfied waiter is woken.
-enum Wake {
-    /// A thread blocked in `complete`; it may be asked to lead the next round.
-    Thread(Arc<ThreadSignal>),
-    /// A task awaiting a [`Completion`]. It never leads (a leader blocks in write and fdatasync,
-    /// which an executor thread must not): the syncer thread leads rounds on its behalf.
-    Task { id: u64, waker: Waker },
-}
-
-impl Wake {
-    /// Decides the waiter's wake-up, to be delivered by `wakeups` once the state lock is
-    /// released. A thread learns `outcome` now; whoever wakes a thread also removes its entry
-    /// from the waiters, so that the thread need not take the state lock to leave.
-    fn wake(&self, outcome: u8, wakeups: &mut Wakeups) {
-        match self {
-            Wake::Thread(signal) => {
-                signal.outcome.store(outcome, Ordering::Release);
-                wakeups.satisfied.push(Wakeup::Thread(signal.clone()));
-            }
-            Wake::Task { waker, .. } => wakeups.satisfied.push(Wakeup::Task(waker.clone())),
-        }
-    }
-
-    fn is_task(&self, task_id: u64) -> bool {
-        matches!(self, Wake::Task { id, .. } if *id == task_id)
-    }
-}
-
-/// The thread is still waiting.
-const SIGNAL_WAITING: u8 = 0;
-/// The round reached the thread's target: it returns without taking the state lock.
-const SIGNAL_REACHED: u8 = 1;
-/// The thread takes the state lock and looks again: it is asked to lead the next round, or the
-/// log stopped.
-const SIGNAL_RECHECK: u8 = 2;
-
-/// How a round tells a thread blocked in `drive` what it decided. A woken thread that had to
-/// take the state lock again only to read an outcome the leader already knew made every round
-/// end with all its waiters queueing on that mutex: with 64 appenders on 2 cores that queue
-/// cost more CPU than the wake-up itself.
-struct ThreadSignal {
-    thread: std::thread::Thread,
-    outcome: std::sync::atomic::AtomicU8,
-}
-
-thread_local! {
-    /// One signal per thread, reused for every wait (a thread waits in one `drive` at a time).
-    static THREAD_SIGNAL: Arc<ThreadSignal> = Arc::new(ThreadSignal {
-        thread: std::thread::current(),
-        outcome: std::sync::atomic::AtomicU8::new(SIGNAL_WAITING),
-    });
-}
-
-/// Wake-ups a round decided under the state lock, delivered after the lock is released: on a
-/// machine with fewer cores than appenders a woken thread preempts the one waking it, and a
-/// leader preempted while it held the lock made every appender queue on the lock behind it
-/// (with 64 appenders on 2 cores, most context switches were sleeps on the contended state lock).
-#[derive(Default)]
-struct Wakeups {
-    /// The thread asked to lead the next round: woken first, since the next fdatasync waits for it.
-    successor: Option<Wakeup>,
-    satisfied: Vec<Wakeup>,
-}
-
-enum Wakeup {
-    Thread(Arc<ThreadSignal>),
-    Task(Waker),
-}
-
-impl Wakeup {
-    fn deliver(self) {
-        match self {
-            Wakeup::Thread(signal) => signal.thread.unpark(),
-            Wakeup::Task(waker) => waker.wake(),
-        }
-    }
-}
-
-impl Wakeups {
-    fn deliver_successor(&mut self) {
-        if let Some(successor) = self.successor.take() {
-            successor.deliver();
-        }
-    }
-
-    fn deliver(mut self) {
-        self.deliver_successor();
-        self.satisfied.into_iter().for_each(Wakeup::deliver);
-    }
-}
-
 /// See [`Wal::set_durable_hook`].
 pub type DurableHook = Box<dyn Fn(Lsn) + Send + Sync>;
-
-impl ThreadSignal {
-    /// Parks until signalled (`park` may return early, and an unpark meant for an earlier wait
-    /// may be pending: only the outcome counts).
-    fn wait(&self) -> u8 {
-        loop {
-            let outcome = self.outcome.load(Ordering::Acquire);
-            if outcome != SIGNAL_WAITING {
-                return outcome;
-            }
-            std::thread::park();
-        }
-    }
-}
 
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub storage: Arc<dyn Storage>,
     pub options: WalOptions,
     state: Mutex<State>,
-    /// Signalled when a leader finishes a round (appenders and leaders wait here).
+    /// Signalled when a leader finishes a round (for `truncate_suffix` waiting for quiet).
     progress: Condvar,
+    /// Where waiting appender threads sleep (waiters.rs).
+    gates: RoundGates,
     /// Signalled for the background syncer.
     syncer_wakeup: Condvar,
     pub segments: RwLock<Vec<Arc<Segment>>>,
@@ -300,6 +198,10 @@ impl Wal {
             poisoned: None,
             closed: false,
             waiters: Vec::new(),
+            next_leader_parked: false,
+            rounds: 0,
+            round_last_lsn: 0,
+            round_syncs: false,
             quiesce_waiters: 0,
             next_task_id: 0,
             spare_chunk_buffers: Vec::new(),
@@ -310,6 +212,7 @@ impl Wal {
             options,
             state: Mutex::new(state),
             progress: Condvar::new(),
+            gates: RoundGates::default(),
             syncer_wakeup: Condvar::new(),
             segments: RwLock::new(segments),
             durable_lsn: AtomicU64::new(last_lsn),
@@ -495,10 +398,11 @@ impl Wal {
             // would hold a reference to this log.)
             st.waiters.retain(|w| {
                 w.wake.wake(SIGNAL_RECHECK, &mut wakeups);
-                !matches!(w.wake, Wake::Thread(_))
+                !w.wake.is_thread()
             });
+            st.next_leader_parked = false;
         }
-        wakeups.deliver();
+        wakeups.deliver(&self.inner.gates);
         self.inner.syncer_wakeup.notify_all();
         self.inner.progress.notify_all();
         self.inner.durable_changed.notify_all();
@@ -818,16 +722,40 @@ impl Inner {
             if st.leader_active {
                 let signal = THREAD_SIGNAL.with(Arc::clone);
                 signal.outcome.store(SIGNAL_WAITING, Ordering::Relaxed);
+                // The round in flight holds this thread's records, or the next one will.
+                let in_flight_reaches = target <= st.round_last_lsn && (st.round_syncs || !durable);
+                let round = if in_flight_reaches { st.rounds } else { st.rounds + 1 };
+                let sleep = if in_flight_reaches || st.next_leader_parked {
+                    Sleep::Gate(RoundGates::for_round(round))
+                } else {
+                    st.next_leader_parked = true;
+                    Sleep::Parked
+                };
                 st.waiters.push(Waiter {
                     target,
                     durable,
-                    wake: Wake::Thread(signal.clone()),
+                    wake: Wake::Thread {
+                        signal: signal.clone(),
+                        sleep,
+                    },
                 });
                 drop(st);
-                if signal.wait() == SIGNAL_REACHED {
+                let outcome = match sleep {
+                    Sleep::Gate(gate) => self.gates.wait(gate, &signal),
+                    Sleep::Parked => signal.wait_parked(),
+                };
+                if outcome == SIGNAL_REACHED {
                     return Ok(None);
                 }
                 st = self.lock_state();
+                if outcome == SIGNAL_WAITING {
+                    // The gate opened for a round that did not reach this thread's target:
+                    // withdraw (unless a round satisfied it since) and look again.
+                    if let Some(i) = st.waiters.iter().position(|w| w.wake.is_thread_of(&signal)) {
+                        st.waiters.remove(i);
+                    }
+                    self.counters.gate_rewaits.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             st.leader_active = true;
@@ -844,6 +772,9 @@ impl Inner {
             let mut made_durable = None;
             let sync = st.sync_wanted_upto > st.durable_lsn || durable;
             let sync_segment = group.last().map_or_else(|| st.last_written_segment.clone(), |c| c.segment.clone());
+            st.rounds += 1;
+            st.round_last_lsn = group_last;
+            st.round_syncs = sync;
             drop(st);
             let result = self.write_group(&group, sync.then_some(&sync_segment));
             st = self.lock_state();
@@ -872,7 +803,7 @@ impl Inner {
                     self.durable_changed.notify_all();
                     let wakeups = self.wake_waiters(&mut st, true);
                     drop(st);
-                    wakeups.deliver();
+                    wakeups.deliver(&self.gates);
                     // The leader reports the I/O error itself; everyone else gets Poisoned.
                     return Err(e);
                 }
@@ -884,7 +815,7 @@ impl Inner {
             if let Some(durable_lsn) = made_durable {
                 self.run_durable_hook(durable_lsn);
             }
-            wakeups.deliver();
+            wakeups.deliver(&self.gates);
             if leader_done {
                 return Ok(None);
             }
@@ -935,17 +866,25 @@ impl Inner {
         });
         let work_remains = !st.pending.is_empty() || st.sync_wanted_upto > durable_lsn;
         if leader_leaving && work_remains {
-            match st.waiters.iter().position(|w| matches!(w.wake, Wake::Thread(_))) {
-                Some(successor) => {
-                    st.waiters.remove(successor).wake.wake(SIGNAL_RECHECK, &mut wakeups);
-                    wakeups.successor = wakeups.satisfied.pop();
+            if let Some(successor) = st.waiters.iter().position(|w| w.wake.sleep() == Some(Sleep::Parked)) {
+                st.waiters.remove(successor).wake.wake(SIGNAL_RECHECK, &mut wakeups);
+                wakeups.successor = wakeups.satisfied.pop();
+            } else if st.waiters.iter().any(|w| w.wake.is_thread()) {
+                // Threads wait, but none parked as the next leader (it was satisfied by a round
+                // that its leader went on to lead): open their gates; they look again under the
+                // lock, and the first one leads.
+                for w in &st.waiters {
+                    if let Some(Sleep::Gate(gate)) = w.wake.sleep() {
+                        wakeups.open_gate(gate);
+                    }
                 }
+            } else if !st.waiters.is_empty() || st.sync_wanted_upto > durable_lsn {
                 // Only tasks wait, or no one waits but durability was requested
                 // (`request_durable`): the syncer leads.
-                None if !st.waiters.is_empty() || st.sync_wanted_upto > durable_lsn => self.syncer_wakeup.notify_one(),
-                None => {}
+                self.syncer_wakeup.notify_one();
             }
         }
+        st.next_leader_parked = st.waiters.iter().any(|w| w.wake.sleep() == Some(Sleep::Parked));
         if st.quiesce_waiters > 0 {
             self.progress.notify_all();
         }

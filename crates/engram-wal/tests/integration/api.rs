@@ -84,6 +84,67 @@ fn concurrent_appenders_share_fsyncs_and_get_unique_dense_lsns() {
 /// hold. With appends that wait for durability mixed with appends that only wait to be written,
 /// every `Always` append must find its record durable, and every append its record readable
 /// once synced, the moment it returns.
+/// Waiting threads sleep on the gate of the round expected to cover their records, and a round
+/// wakes its gate's sleepers all at once (waiters.rs). A round cut short by `max_group_bytes`
+/// (here: one small chunk per round) opens a gate whose sleepers it did not all reach: they must
+/// wait again, never return early, and never sleep through the round that does reach them. With
+/// appends that wait for durability or only for the write, and `sync` calls, from many threads:
+/// every call returns, each only once what it asked for holds.
+#[test]
+fn appenders_woken_by_a_round_that_did_not_reach_them_wait_again_and_none_is_forgotten() {
+    let options = WalOptions {
+        max_group_bytes: 256,
+        ..many_appenders()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), options).unwrap());
+    let (threads, appends_per_thread) = (24u64, 150u64);
+    let mut total = 0;
+    // The rounds' timing decides whether a prediction misses; a few passes make one near certain.
+    for pass in 0..5 {
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let wal = &wal;
+                        s.spawn(move || {
+                            for i in 0..appends_per_thread {
+                                let policy = if (t + i) % 4 == 0 { SyncPolicy::Never } else { SyncPolicy::Always };
+                                let lsn = wal.append_with(1, format!("p{pass} t{t} i{i}").as_bytes(), policy).unwrap();
+                                if policy == SyncPolicy::Always {
+                                    assert!(wal.durable_lsn() >= lsn, "append {lsn} returned before it was durable");
+                                }
+                                if i % 50 == 0 {
+                                    let synced = wal.sync().unwrap();
+                                    assert!(wal.durable_lsn() >= synced.max(lsn));
+                                }
+                            }
+                        });
+                    }
+                });
+                done.send(()).unwrap();
+            })
+        };
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("every appender returns: a sleeper on a round gate was never woken");
+        worker.join().unwrap();
+        total += threads * appends_per_thread;
+        if wal.stats().gate_rewaits > 0 {
+            break;
+        }
+    }
+    wal.sync().unwrap();
+    assert_eq!(read_all(&wal, 1).len() as u64, total);
+    assert!(
+        wal.stats().gate_rewaits > 0,
+        "rounds of one small chunk each must wake some sleepers they did not reach: {:?}",
+        wal.stats()
+    );
+}
+
 #[test]
 fn an_append_woken_by_another_threads_round_returns_only_once_its_policy_is_met() {
     let dir = tempfile::tempdir().unwrap();
