@@ -16,6 +16,11 @@
 //! connections with request bodies serialised before the clock starts. The generator shares the
 //! machine's cores with the server, so its CPU time is measured and reported.
 
+/// The `engram` binary's allocator (docs/architecture.md, *Allocator*): the server is measured as
+/// `engram serve` runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use engram_core::{Database, DatabaseOptions, NewMemory};
 use engram_server::{router, serve, AppState, Config};
