@@ -753,8 +753,8 @@ impl Inner {
                     // withdraw (unless a round satisfied it since) and look again.
                     if let Some(i) = st.waiters.iter().position(|w| w.wake.is_thread_of(&signal)) {
                         st.waiters.remove(i);
+                        self.counters.gate_rewaits.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.counters.gate_rewaits.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
             }
