@@ -155,6 +155,17 @@ fn main() {
             });
             let wal = db.wal_stats();
             print_rounds(&wal);
+            // Commits do not wait for the search indexer until its queue reaches its bound
+            // (`MAX_QUEUED_INDEX_VECTOR_BYTES`): a run shorter than the time that takes measures
+            // commits whose indexing is still owed. Printed so that a reader sees which one ran.
+            let index = db.index_stats();
+            println!(
+                "  index at the end: {} changes queued ({} MB of embeddings), {} vectors in the graph; {} commits waited for the indexer",
+                index.queued_changes,
+                index.queued_vector_bytes >> 20,
+                index.vectors,
+                index.throttled_commits
+            );
             println!(
                 "  log: {} segments started, {} of them reused; checkpoint at LSN {}",
                 wal.rotations,
