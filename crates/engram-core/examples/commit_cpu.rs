@@ -12,7 +12,8 @@
 //! with the search indexer paused. Environment: `ENGRAM_TEXT_ONLY=1` (no embedding),
 //! `ENGRAM_NO_CHECKPOINTS=1`, `ENGRAM_NO_FILE_REUSE=1` (checkpoints write new files),
 //! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`), `ENGRAM_DISTINCT_EMBEDDINGS=1` (every memory
-//! its own embedding, not one of 97 repeated: benches/common/one_memory.rs). Runs in a
+//! its own embedding, not one of 97 repeated: benches/common/one_memory.rs),
+//! `ENGRAM_BACKGROUND_NICE=n` (the indexer's and checkpointer's nice value; default 10). Runs in a
 //! temporary directory under the current one (put it on the disk to measure). Linux only (reads
 //! /proc/self/task). The allocator is the `engram` binary's (mimalloc); to measure another,
 //! change the `#[global_allocator]` below and run the two builds side by side.
@@ -134,6 +135,9 @@ fn main() {
         }
         "engine" | "paused" => {
             let mut options = DatabaseOptions::default();
+            if let Some(nice) = std::env::var("ENGRAM_BACKGROUND_NICE").ok().and_then(|v| v.parse().ok()) {
+                options.background_thread_nice = nice;
+            }
             options.checkpoint.reuse_retired_file = !flag("ENGRAM_NO_FILE_REUSE");
             if flag("ENGRAM_NO_CHECKPOINTS") {
                 options.checkpoint = CheckpointOptions {
