@@ -78,6 +78,29 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def owed_index_work(rounds, variant, window_ms):
+    """Lines on the search indexing Engram still owed at the end of its points: commits do not wait
+    for the indexer until its queue is full, so a short point can count commits whose indexing is
+    still to come, and its rate is then a burst, not a sustained rate."""
+    rows = []
+    for w in WRITERS:
+        owed = [p.get("owed") for r in rounds for p in r["points"]
+                if p["peer"] == "engram" and p["variant"] == variant and p["writers"] == w and p.get("owed")]
+        if owed:
+            rows.append((w, owed))
+    if not rows or all(o["index_queued_changes"] == 0 for _, owed in rows for o in owed):
+        return ["", f"Engram's search index had nothing queued at the end of any {variant} point: the indexer kept up with every one."] if rows else []
+    lines = ["", f"Engram's search index at the end of each {variant} point (per round): changes still queued for the indexer / "
+             "vectors already in the graph / commits that waited for the indexer. Commits do not wait for the indexer until its queue "
+             f"holds 256 MiB of embeddings; a point of {window_ms} ms whose queue grew acknowledged commits whose indexing was still owed, "
+             "so its rate is a burst, not what writers can sustain (docs/benchmarks.md, *Sustained vector commits*).", "",
+             "| writers | " + " | ".join(f"round {i + 1}" for i in range(max(len(o) for _, o in rows))) + " |",
+             "|---:|" + "---:|" * max(len(o) for _, o in rows)]
+    for w, owed in rows:
+        lines.append(f"| {w} | " + " | ".join(f"{fmt(o['index_queued_changes'])} / {fmt(o['index_vectors'])} / {fmt(o['index_throttled_commits'])}" for o in owed) + " |")
+    return lines
+
+
 def commit_tables(rounds):
     """points[(peer, variant, writers)] = list of figures, one per round."""
     points = {}
@@ -341,6 +364,7 @@ def main():
                     ratio, _ = per_round_ratio(all_rounds, variant, w, "engram", peer, "per_second")
                     cells.append(f"{ratio:.2f}x" if not math.isnan(ratio) else "—")
                 out.append(f"| {peer} | " + " | ".join(cells) + " |")
+            out += owed_index_work(rounds, variant, r0["window_ms"])
         out += ["", f"![commits/s against writers](../bench/results/commits-vs-writers.png)", "", "#### Targets", ""]
         out += ["| target | variant | measured (median of per-round ratios) | goal | verdict |", "|---|---|---:|---:|---|"]
         for variant in ["text", "vector"]:

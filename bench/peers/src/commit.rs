@@ -66,8 +66,9 @@ pub fn run(scratch: &Path, round: u32) -> Result<serde_json::Value, String> {
                 };
                 peer.settle();
                 let figures = drive(writers, timing, |w, seq| peer.commit(w, &memory(variant, w, seq)));
+                let owed = peer.owed_after_point();
                 eprintln!(
-                    "round {round} {:<6} {:>2} writers {:<15} {:>9.0} commits/s  p50 {:>8.1} us  p99 {:>9.1} us{}",
+                    "round {round} {:<6} {:>2} writers {:<15} {:>9.0} commits/s  p50 {:>8.1} us  p99 {:>9.1} us{}{}",
                     variant.name(),
                     writers,
                     kind.name(),
@@ -78,13 +79,15 @@ pub fn run(scratch: &Path, round: u32) -> Result<serde_json::Value, String> {
                         format!("  {} errors", figures.errors)
                     } else {
                         String::new()
-                    }
+                    },
+                    owed.as_ref().map_or(String::new(), |o| format!("  owed: {o}"))
                 );
                 points.push(serde_json::json!({
                     "peer": kind.name(),
                     "variant": variant.name(),
                     "writers": writers,
                     "figures": figures,
+                    "owed": owed,
                 }));
                 drop(peer);
             }

@@ -14,6 +14,13 @@ pub trait Peer: Sync {
     /// Waits until work the peer starts at open is done, so it does not compete with the
     /// measured commits (Engram's log zero-fills its spare segments in the background).
     fn settle(&self) {}
+
+    /// Work the peer still owes for the commits it acknowledged, read right after a point:
+    /// Engram's search index queue (commits do not wait for the indexer until its queue is
+    /// full, so a short point can acknowledge commits whose indexing is still to come).
+    fn owed_after_point(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Waits (at most 60 s) until the log in `wal_dir` has its active segment and both spare
@@ -266,6 +273,15 @@ impl Peer for Engram {
 
     fn settle(&self) {
         wait_for_spare_segments(&self.db.dir().join(engram_core::WAL_DIR));
+    }
+
+    fn owed_after_point(&self) -> Option<serde_json::Value> {
+        let index = self.db.index_stats();
+        Some(serde_json::json!({
+            "index_queued_changes": index.queued_changes,
+            "index_vectors": index.vectors,
+            "index_throttled_commits": index.throttled_commits,
+        }))
     }
 }
 
