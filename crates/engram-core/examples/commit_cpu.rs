@@ -13,6 +13,8 @@
 //! `ENGRAM_NO_CHECKPOINTS=1`, `ENGRAM_NO_FILE_REUSE=1` (checkpoints write new files),
 //! `ENGRAM_NEVER_SYNC=1` (`SyncPolicy::Never`), `ENGRAM_DISTINCT_EMBEDDINGS=1` (every memory
 //! its own embedding, not one of 97 repeated: benches/common/one_memory.rs),
+//! `ENGRAM_EMBEDDINGS_FVECS=path` (embeddings taken in turn from an `.fvecs` file, e.g. the peer
+//! suite's clustered bench/data/base-100000x384.fvecs),
 //! `ENGRAM_BACKGROUND_NICE=n` (the indexer's and checkpointer's nice value; default 10). Runs in a
 //! temporary directory under the current one (put it on the disk to measure). Linux only (reads
 //! /proc/self/task). The allocator is the `engram` binary's (mimalloc); to measure another,

@@ -9,7 +9,9 @@
 //! 97 embeddings repeated make the search index's work unlike an agent's (each new memory is an
 //! exact copy of many indexed ones). With `ENGRAM_DISTINCT_EMBEDDINGS=1` every memory gets its
 //! own pseudo-random embedding instead, computed in the call (about half a microsecond, paid by
-//! the writer).
+//! the writer). Uniform random vectors are the search index's worst case; for embeddings shaped
+//! like an agent's, `ENGRAM_EMBEDDINGS_FVECS=path` takes them in turn from an `.fvecs` file of
+//! 384-dim rows (the peer suite writes clustered ones to bench/data/), each memory the next row.
 
 use engram_core::NewMemory;
 use std::fmt::Write;
@@ -31,6 +33,41 @@ fn embeddings() -> &'static [Vec<f32>] {
             })
             .collect()
     })
+}
+
+/// The rows of the `.fvecs` file named by `ENGRAM_EMBEDDINGS_FVECS` (each row: its dimension as
+/// a little-endian u32, then that many f32), if set.
+fn fvecs_rows() -> Option<&'static [Vec<f32>]> {
+    static ROWS: OnceLock<Option<Vec<Vec<f32>>>> = OnceLock::new();
+    ROWS.get_or_init(|| {
+        let path = std::env::var_os("ENGRAM_EMBEDDINGS_FVECS")?;
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.to_string_lossy()));
+        let row_bytes = 4 + 4 * DIMENSION;
+        assert!(
+            !bytes.is_empty() && bytes.len().is_multiple_of(row_bytes),
+            "{}: not a whole number of {DIMENSION}-dim .fvecs rows",
+            path.to_string_lossy()
+        );
+        let rows: Vec<Vec<f32>> = bytes
+            .chunks_exact(row_bytes)
+            .map(|row| {
+                let dimension = u32::from_le_bytes([row[0], row[1], row[2], row[3]]) as usize;
+                assert_eq!(dimension, DIMENSION, "{}: a row of dimension {dimension}", path.to_string_lossy());
+                row[4..]
+                    .chunks_exact(4)
+                    .map(|f| f32::from_le_bytes([f[0], f[1], f[2], f[3]]))
+                    .collect()
+            })
+            .collect();
+        Some(rows)
+    })
+    .as_deref()
+}
+
+/// The next row of [`fvecs_rows`], in turn across all writers.
+fn next_fvecs_row(rows: &[Vec<f32>]) -> Vec<f32> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    rows[NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % rows.len()].clone()
 }
 
 fn distinct_embeddings() -> bool {
@@ -63,7 +100,9 @@ pub fn memory(writer: usize, i: u64, with_embedding: bool) -> NewMemory {
     NewMemory {
         text,
         embedding: with_embedding.then(|| {
-            if distinct_embeddings() {
+            if let Some(rows) = fvecs_rows() {
+                next_fvecs_row(rows)
+            } else if distinct_embeddings() {
                 distinct_embedding(writer, i)
             } else {
                 embeddings()[(i % DISTINCT_EMBEDDINGS) as usize].clone()
