@@ -29,6 +29,17 @@ fn payload(i: u64) -> Vec<u8> {
     (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
 }
 
+/// Appends `payload` waiting only for the write (`never_sync`) or for durability, and checks what
+/// a returning append owes: an `Always` append's record is durable the moment it returns.
+fn append_checked(wal: &Wal, payload: &str, never_sync: bool) -> u64 {
+    let policy = if never_sync { SyncPolicy::Never } else { SyncPolicy::Always };
+    let lsn = wal.append_with(1, payload.as_bytes(), policy).unwrap();
+    if policy == SyncPolicy::Always {
+        assert!(wal.durable_lsn() >= lsn, "append {lsn} returned before it was durable");
+    }
+    lsn
+}
+
 fn read_all(wal: &Wal, from: u64) -> Vec<Record> {
     wal.reader(from).unwrap().map(|r| r.unwrap()).collect()
 }
@@ -111,11 +122,7 @@ fn appenders_woken_by_a_round_that_did_not_reach_them_wait_again_and_none_is_for
                         let wal = &wal;
                         s.spawn(move || {
                             for i in 0..appends_per_thread {
-                                let policy = if (t + i) % 4 == 0 { SyncPolicy::Never } else { SyncPolicy::Always };
-                                let lsn = wal.append_with(1, format!("p{pass} t{t} i{i}").as_bytes(), policy).unwrap();
-                                if policy == SyncPolicy::Always {
-                                    assert!(wal.durable_lsn() >= lsn, "append {lsn} returned before it was durable");
-                                }
+                                let lsn = append_checked(wal, &format!("p{pass} t{t} i{i}"), (t + i) % 4 == 0);
                                 if i % 50 == 0 {
                                     let synced = wal.sync().unwrap();
                                     assert!(wal.durable_lsn() >= synced.max(lsn));
@@ -155,11 +162,7 @@ fn an_append_woken_by_another_threads_round_returns_only_once_its_policy_is_met(
             let wal = &wal;
             s.spawn(move || {
                 for i in 0..appends_per_thread {
-                    let policy = if (t + i) % 3 == 0 { SyncPolicy::Never } else { SyncPolicy::Always };
-                    let lsn = wal.append_with(1, format!("t{t} i{i}").as_bytes(), policy).unwrap();
-                    if policy == SyncPolicy::Always {
-                        assert!(wal.durable_lsn() >= lsn, "append {lsn} returned before it was durable");
-                    }
+                    let lsn = append_checked(wal, &format!("t{t} i{i}"), (t + i) % 3 == 0);
                     assert!(wal.last_lsn() >= lsn);
                 }
             });
