@@ -15,7 +15,11 @@
 //! its own embedding, not one of 97 repeated: benches/common/one_memory.rs),
 //! `ENGRAM_EMBEDDINGS_FVECS=path` (embeddings taken in turn from an `.fvecs` file, e.g. the peer
 //! suite's clustered bench/data/base-100000x384.fvecs),
-//! `ENGRAM_BACKGROUND_NICE=n` (the indexer's and checkpointer's nice value; default 10). Runs in a
+//! `ENGRAM_BACKGROUND_NICE=n` (the indexer's and checkpointer's nice value; default 10),
+//! `ENGRAM_INDEX_QUEUE_BYTES=n` (the index queue's bound in bytes of embeddings,
+//! `DatabaseOptions::index_queue_bound`; a small one makes a short run measure the sustained
+//! rate, with no backlog left owed at its end). Prints commits/s, CPU per commit by thread and
+//! for the process, and commit latency percentiles. Runs in a
 //! temporary directory under the current one (put it on the disk to measure). Linux only (reads
 //! /proc/self/task). The allocator is the `engram` binary's (mimalloc); to measure another,
 //! change the `#[global_allocator]` below and run the two builds side by side.
@@ -57,34 +61,54 @@ fn cpu_by_thread_name() -> BTreeMap<String, f64> {
 }
 
 /// Runs `commit` from `writers` threads named "writer" for `seconds` and prints commits/s and
-/// the CPU per commit of every thread name (sampled while all threads are alive).
+/// the CPU per commit of every thread name (sampled while all threads are alive) and of the
+/// process (which also counts threads that exited meanwhile, such as the indexer's planning
+/// helpers), and the latency of the commits that started inside the measured span.
 fn measure(label: &str, writers: usize, seconds: u64, commit: impl Fn(usize, u64) + Sync) {
     let count = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
+    let measuring = AtomicBool::new(false);
     std::thread::scope(|s| {
-        for w in 0..writers {
-            let (count, stop, commit) = (&count, &stop, &commit);
-            std::thread::Builder::new()
-                .name("writer".into())
-                .spawn_scoped(s, move || {
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        commit(w, i);
-                        i += 1;
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-                .expect("spawn a writer");
-        }
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (count, stop, measuring, commit) = (&count, &stop, &measuring, &commit);
+                std::thread::Builder::new()
+                    .name("writer".into())
+                    .spawn_scoped(s, move || {
+                        let mut latencies_us: Vec<u32> = Vec::new();
+                        let mut i = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            let measured = measuring.load(Ordering::Relaxed);
+                            let started = Instant::now();
+                            commit(w, i);
+                            if measured {
+                                latencies_us.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                            }
+                            i += 1;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        latencies_us
+                    })
+                    .expect("spawn a writer")
+            })
+            .collect();
         // Warm-up, so that the measured span starts with every writer committing.
         std::thread::sleep(Duration::from_millis(500));
-        let (cpu_before, count_before, started) = (cpu_by_thread_name(), count.load(Ordering::Relaxed), Instant::now());
-        std::thread::sleep(Duration::from_secs(seconds));
-        let (cpu_after, commits, elapsed) = (
+        measuring.store(true, Ordering::Relaxed);
+        let (cpu_before, process_before, count_before, started) = (
             cpu_by_thread_name(),
+            process_cpu_seconds(),
+            count.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        std::thread::sleep(Duration::from_secs(seconds));
+        let (cpu_after, process_after, commits, elapsed) = (
+            cpu_by_thread_name(),
+            process_cpu_seconds(),
             count.load(Ordering::Relaxed) - count_before,
             started.elapsed(),
         );
+        measuring.store(false, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         let per_commit_us = |cpu: f64| cpu * 1e6 / commits.max(1) as f64;
         let total: f64 = cpu_after
@@ -92,9 +116,10 @@ fn measure(label: &str, writers: usize, seconds: u64, commit: impl Fn(usize, u64
             .map(|(name, after)| after - cpu_before.get(name).unwrap_or(&0.0))
             .sum();
         println!(
-            "{label}: {:.0} commits/s, {:.1} µs of CPU per commit",
+            "{label}: {:.0} commits/s, {:.1} µs of CPU per commit in live threads, {:.1} in the process",
             commits as f64 / elapsed.as_secs_f64(),
-            per_commit_us(total)
+            per_commit_us(total),
+            per_commit_us(process_after - process_before)
         );
         for (name, after) in &cpu_after {
             println!(
@@ -102,7 +127,30 @@ fn measure(label: &str, writers: usize, seconds: u64, commit: impl Fn(usize, u64
                 per_commit_us(after - cpu_before.get(name).unwrap_or(&0.0))
             );
         }
+        let mut latencies_us: Vec<u32> = handles.into_iter().flat_map(|h| h.join().expect("a writer panicked")).collect();
+        latencies_us.sort_unstable();
+        let at = |q: f64| latencies_us.get(((latencies_us.len() as f64 * q) as usize).min(latencies_us.len().saturating_sub(1)));
+        println!(
+            "  commit latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs ({} commits)",
+            at(0.5).unwrap_or(&0),
+            at(0.99).unwrap_or(&0),
+            at(0.999).unwrap_or(&0),
+            latencies_us.last().unwrap_or(&0),
+            latencies_us.len()
+        );
     });
+}
+
+/// CPU seconds (user + system) of the whole process so far, exited threads included.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given; a zeroed rusage is a valid value.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// How the log's group commits went over the whole run (warm-up included): the records one
@@ -139,6 +187,9 @@ fn main() {
             let mut options = DatabaseOptions::default();
             if let Some(nice) = std::env::var("ENGRAM_BACKGROUND_NICE").ok().and_then(|v| v.parse().ok()) {
                 options.background_thread_nice = nice;
+            }
+            if let Some(bytes) = std::env::var("ENGRAM_INDEX_QUEUE_BYTES").ok().and_then(|v| v.parse().ok()) {
+                options.index_queue_bound.vector_bytes = bytes;
             }
             options.checkpoint.reuse_retired_file = !flag("ENGRAM_NO_FILE_REUSE");
             if flag("ENGRAM_NO_CHECKPOINTS") {

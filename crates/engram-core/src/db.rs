@@ -9,7 +9,7 @@ use crate::retention::RetentionPolicy;
 use crate::search::FastHashMap;
 use crate::search::{
     self,
-    index::{IndexApplier, IndexChange, IndexOrigin, Indexes},
+    index::{IndexApplier, IndexChange, IndexOrigin, IndexQueueBound, Indexes},
 };
 use crate::store::compact_key::{self, StoredKey};
 use crate::store::Store;
@@ -42,6 +42,9 @@ pub struct DatabaseOptions {
     /// so that commits and reads win the CPU from them (src/threads.rs); 0 keeps the process's
     /// priority.
     pub background_thread_nice: i32,
+    /// How much the search indexer may trail before committing writers of memories wait for it:
+    /// bursts absorbed against search latency during them ([`IndexQueueBound`]).
+    pub index_queue_bound: IndexQueueBound,
 }
 
 impl Default for DatabaseOptions {
@@ -53,6 +56,7 @@ impl Default for DatabaseOptions {
             checkpoint: CheckpointOptions::default(),
             retention: RetentionPolicy::default(),
             background_thread_nice: 10,
+            index_queue_bound: IndexQueueBound::default(),
         }
     }
 }
@@ -65,6 +69,7 @@ impl std::fmt::Debug for DatabaseOptions {
             .field("checkpoint", &self.checkpoint)
             .field("retention", &self.retention)
             .field("background_thread_nice", &self.background_thread_nice)
+            .field("index_queue_bound", &self.index_queue_bound)
             .finish_non_exhaustive()
     }
 }
@@ -250,6 +255,7 @@ impl Database {
         if let Some(mapping) = checkpoint_mapping {
             mapping.release_resident_pages();
         }
+        indexes.set_bound(options.index_queue_bound);
         let index_applier = IndexApplier::spawn(indexes.clone(), options.background_thread_nice)?;
         let open_report = OpenReport {
             checkpoint_lsn: checkpoint_file.as_ref().map(|c| c.lsn),

@@ -48,9 +48,10 @@ pub use record::{CommitRecord, LogRecord, Op, KIND_COMMIT, KIND_OPS, RECORD_VERS
 pub use retention::{RetainedView, RetentionPolicy};
 pub use search::persist::INDEX_DIR as SEARCH_INDEX_DIR;
 pub use search::{
-    bm25_idf, bm25_term, tokenize, Direction, EntityHit, IndexOrigin, IndexStats, Metric, SearchHit, SearchHitRef, SearchMode, SearchReads,
-    SearchRequest, SignalScore, BM25_B, BM25_K1, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_VECTORS, HYBRID_CANDIDATES, MAX_EF_SEARCH, MAX_K,
-    MAX_NEIGHBOUR_DEPTH, MAX_QUERY_TEXT_BYTES, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES, RRF_K, SEARCH_INDEX_WAIT,
+    bm25_idf, bm25_term, tokenize, Direction, EntityHit, IndexOrigin, IndexQueueBound, IndexStats, Metric, SearchHit, SearchHitRef,
+    SearchMode, SearchReads, SearchRequest, SignalScore, BM25_B, BM25_K1, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_VECTORS, HYBRID_CANDIDATES,
+    MAX_EF_SEARCH, MAX_K, MAX_NEIGHBOUR_DEPTH, MAX_QUERY_TEXT_BYTES, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES, RRF_K,
+    SEARCH_INDEX_WAIT,
 };
 pub use store::VersionInfo;
 pub use txn::{CommitInfo, ReadView, Snapshot, Transaction};

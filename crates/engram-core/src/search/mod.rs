@@ -28,7 +28,9 @@ pub(crate) mod vector;
 pub(crate) type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use hybrid::RRF_K;
-pub use index::{IndexOrigin, IndexStats, EXACT_SEARCH_MAX_VECTORS, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES};
+pub use index::{
+    IndexOrigin, IndexQueueBound, IndexStats, EXACT_SEARCH_MAX_VECTORS, MAX_QUEUED_INDEX_CHANGES, MAX_QUEUED_INDEX_VECTOR_BYTES,
+};
 pub use keyword::{bm25_idf, bm25_term, tokenize, BM25_B, BM25_K1};
 pub use vector::Metric;
 

@@ -15,6 +15,7 @@ mod options;
 mod retention;
 mod rng;
 mod search_api;
+mod search_backpressure;
 mod search_persistence;
 mod search_recall;
 mod search_support;
