@@ -56,6 +56,7 @@ pub enum PeerKind {
     FloorOverwrite,
     WalGroup,
     Engram,
+    EngramSustained,
     Sqlite,
     Rocksdb,
     Redb,
@@ -63,11 +64,12 @@ pub enum PeerKind {
     Postgres,
 }
 
-pub const ALL: [PeerKind; 9] = [
+pub const ALL: [PeerKind; 10] = [
     PeerKind::FloorAppend,
     PeerKind::FloorOverwrite,
     PeerKind::WalGroup,
     PeerKind::Engram,
+    PeerKind::EngramSustained,
     PeerKind::Sqlite,
     PeerKind::Rocksdb,
     PeerKind::Redb,
@@ -82,6 +84,7 @@ impl PeerKind {
             PeerKind::FloorOverwrite => "floor-overwrite",
             PeerKind::WalGroup => "engram-wal",
             PeerKind::Engram => "engram",
+            PeerKind::EngramSustained => "engram-sustained",
             PeerKind::Sqlite => "sqlite",
             PeerKind::Rocksdb => "rocksdb",
             PeerKind::Redb => "redb",
@@ -96,6 +99,11 @@ impl PeerKind {
             PeerKind::FloorOverwrite => "one 256 MiB file zero-filled and fsynced first, then overwritten sequentially (pwrite + fdatasync under a mutex, wrapping at the end): the I/O pattern of a preallocated log, no group commit".into(),
             PeerKind::WalGroup => "engram-wal alone: Wal::open with WalOptions::default(), append_with(payload of Engram's record size, SyncPolicy::Always): group commit, no database on top".into(),
             PeerKind::Engram => "engram-core Database::open with DatabaseOptions::default() (durability SyncPolicy::Always: fdatasync before the commit returns; background checkpoints every 64 MiB of log); one memory per db.run transaction; allocator mimalloc, as in the engram binary (redb and fjall share it; SQLite and RocksDB allocate with glibc's malloc, M_TOP_PAD 64 MiB)".into(),
+            PeerKind::EngramSustained => format!(
+                "vector variant only: engram-core as for `engram`, but with DatabaseOptions::index_queue_bound.vector_bytes = {} MiB (about {} memories) instead of 256 MiB (about 175,000): the search indexer's queue fills during the warm-up, so writers are held to the rate the indexer sustains, and the point measures what a stream of vector commits can keep up (for a namespace growing from empty: insertions into a larger graph cost more)",
+                SUSTAINED_INDEX_QUEUE_BYTES >> 20,
+                SUSTAINED_INDEX_QUEUE_BYTES / (DIMENSION * 4)
+            ),
             PeerKind::Sqlite => format!(
                 "SQLite {} (Debian's libsqlite3 via rusqlite): journal_mode=WAL, synchronous=FULL, busy_timeout=60000 ms, one connection per writer, BEGIN IMMEDIATE; INSERT; COMMIT",
                 rusqlite::version()
@@ -127,6 +135,11 @@ pub fn open(kind: PeerKind, args: &OpenArgs) -> Result<Option<Box<dyn Peer>>, St
         PeerKind::FloorOverwrite => Box::new(FloorOverwrite::open(args)?),
         PeerKind::WalGroup => Box::new(WalGroup::open(args)?),
         PeerKind::Engram => Box::new(Engram::open(args)?),
+        PeerKind::EngramSustained => match args.variant {
+            Variant::Vector => Box::new(Engram::open_with(args, sustained_options())?),
+            // The text variant's indexer keeps up: the row would repeat `engram`'s.
+            Variant::Text => return Ok(None),
+        },
         PeerKind::Sqlite => Box::new(Sqlite::open(args)?),
         PeerKind::Rocksdb => Box::new(Rocksdb::open(args)?),
         PeerKind::Redb => Box::new(Redb::open(args)?),
@@ -252,9 +265,23 @@ pub struct Engram {
     pub db: engram_core::Database,
 }
 
+/// The index queue's bound of `engram-sustained`: small enough to fill during a point's warm-up
+/// at 64 writers.
+pub const SUSTAINED_INDEX_QUEUE_BYTES: usize = 4 << 20;
+
+fn sustained_options() -> engram_core::DatabaseOptions {
+    let mut options = engram_core::DatabaseOptions::default();
+    options.index_queue_bound.vector_bytes = SUSTAINED_INDEX_QUEUE_BYTES;
+    options
+}
+
 impl Engram {
     pub fn open(args: &OpenArgs) -> Result<Self, String> {
-        let db = engram_core::Database::open(args.dir, engram_core::DatabaseOptions::default()).map_err(text_err)?;
+        Engram::open_with(args, engram_core::DatabaseOptions::default())
+    }
+
+    pub fn open_with(args: &OpenArgs, options: engram_core::DatabaseOptions) -> Result<Self, String> {
+        let db = engram_core::Database::open(args.dir, options).map_err(text_err)?;
         if args.variant == Variant::Vector {
             // Declared up front: otherwise the first inserts of 64 writers race to fix it.
             db.run(1, |t| t.declare_dimension(ENGRAM_NAMESPACE, DIMENSION)).map_err(text_err)?;

@@ -3,7 +3,7 @@
 
 use crate::measure::{drive, load_average, quick, Timing};
 use crate::peers::{Engram, Peer, ENGRAM_NAMESPACE};
-use crate::workload::{memory, Variant};
+use crate::workload::{memory_with_repeated_embedding, Variant};
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, MemoryReads, SyncPolicy};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +35,11 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
         txn.set_durability(SyncPolicy::Always);
         for i in 0..500 {
             ids.push(
-                txn.insert_memory(ENGRAM_NAMESPACE, memory(Variant::Vector, 999, chunk * 500 + i).to_engram())
-                    .map_err(text_err)?,
+                txn.insert_memory(
+                    ENGRAM_NAMESPACE,
+                    memory_with_repeated_embedding(Variant::Vector, 999, chunk * 500 + i).to_engram(),
+                )
+                .map_err(text_err)?,
             );
         }
         txn.commit().map_err(text_err)?;
@@ -81,7 +84,9 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
                 }
             });
         }
-        let figures = drive(WRITERS, timing, |w, seq| engram.commit(w, &memory(Variant::Vector, w, seq)));
+        let figures = drive(WRITERS, timing, |w, seq| {
+            engram.commit(w, &memory_with_repeated_embedding(Variant::Vector, w, seq))
+        });
         stop.store(true, Ordering::Relaxed);
         figures
     });

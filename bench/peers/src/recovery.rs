@@ -8,7 +8,7 @@
 
 use crate::measure::{load_average, quick};
 use crate::peers::ENGRAM_NAMESPACE;
-use crate::workload::{memory, Variant, DIMENSION};
+use crate::workload::{memory_with_repeated_embedding, Variant, DIMENSION};
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, SyncPolicy};
 use std::path::Path;
 use std::time::Instant;
@@ -35,8 +35,11 @@ fn fill(db: &Database, first_seq: u64, log_bytes: u64) -> Result<u64, String> {
         let mut txn = db.begin();
         txn.set_durability(SyncPolicy::Never);
         for _ in 0..MEMORIES_PER_TRANSACTION {
-            txn.insert_memory(ENGRAM_NAMESPACE, memory(Variant::Vector, 0, seq).to_engram())
-                .map_err(text_err)?;
+            txn.insert_memory(
+                ENGRAM_NAMESPACE,
+                memory_with_repeated_embedding(Variant::Vector, 0, seq).to_engram(),
+            )
+            .map_err(text_err)?;
             seq += 1;
         }
         txn.commit().map_err(text_err)?;

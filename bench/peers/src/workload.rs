@@ -32,7 +32,59 @@ pub struct Memory {
     pub embedding: Option<Vec<f32>>,
 }
 
+/// The memory writer `writer` commits as its `seq`-th, in the commit workload: in the vector
+/// variant its embedding is its own, drawn around one of [`CLUSTERS`] centres
+/// ([`clustered_embedding`]), as embeddings of an agent's related notes are.
 pub fn memory(variant: Variant, writer: usize, seq: u64) -> Memory {
+    memory_with(variant, writer, seq, clustered_embedding)
+}
+
+/// As [`memory`], but the embedding is one of 97 fixed vectors (the commit workload's until
+/// 2026-11-27; the recovery and reads workloads still use it). A search index inserts such
+/// repeats far more cheaply than distinct vectors: the nearest nodes are exact copies.
+pub fn memory_with_repeated_embedding(variant: Variant, writer: usize, seq: u64) -> Memory {
+    memory_with(variant, writer, seq, |_, seq| {
+        (0..DIMENSION).map(|d| ((d as u64 * 31 + seq) % 97) as f32 / 97.0).collect()
+    })
+}
+
+/// Centres of the commit workload's embeddings (as bench/vectors.py's set has).
+pub const CLUSTERS: usize = 100;
+/// Noise around a centre, relative to the spread of the centres (bench/vectors.py's 0.5).
+const SPREAD: f32 = 0.5;
+
+/// splitmix64: a deterministic, seedable stream (the embeddings depend only on writer and seq).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut x = *state;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A value with mean 0 and variance 1 (a sum of four uniforms, rescaled: close enough to normal
+/// for clustered test data, and cheap).
+fn roughly_normal(state: &mut u64) -> f32 {
+    let sum: f32 = (0..4).map(|_| (splitmix(state) >> 40) as f32 / (1u64 << 24) as f32).sum();
+    (sum - 2.0) * 3f32.sqrt()
+}
+
+/// Writer `writer`'s `seq`-th embedding: centre `hash(writer, seq) % CLUSTERS` plus noise of
+/// [`SPREAD`] per dimension. Distinct for every (writer, seq); the centres are fixed.
+pub fn clustered_embedding(writer: usize, seq: u64) -> Vec<f32> {
+    static CENTRES: std::sync::OnceLock<Vec<Vec<f32>>> = std::sync::OnceLock::new();
+    let centres = CENTRES.get_or_init(|| {
+        let mut state = 20_261_127;
+        (0..CLUSTERS)
+            .map(|_| (0..DIMENSION).map(|_| roughly_normal(&mut state)).collect())
+            .collect()
+    });
+    let mut state = (writer as u64) << 40 ^ seq;
+    let centre = &centres[(splitmix(&mut state) % CLUSTERS as u64) as usize];
+    centre.iter().map(|c| c + SPREAD * roughly_normal(&mut state)).collect()
+}
+
+fn memory_with(variant: Variant, writer: usize, seq: u64, embedding: impl Fn(usize, u64) -> Vec<f32>) -> Memory {
     let mut text = format!("writer {writer} memory {seq}: ");
     while text.len() < TEXT_BYTES {
         text.push_str("the agent noted something worth remembering. ");
@@ -40,7 +92,7 @@ pub fn memory(variant: Variant, writer: usize, seq: u64) -> Memory {
     text.truncate(TEXT_BYTES);
     let embedding = match variant {
         Variant::Text => None,
-        Variant::Vector => Some((0..DIMENSION).map(|d| ((d as u64 * 31 + seq) % 97) as f32 / 97.0).collect()),
+        Variant::Vector => Some(embedding(writer, seq)),
     };
     Memory {
         id: format!("w{writer:03}-{seq:012}"),
