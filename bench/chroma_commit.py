@@ -14,6 +14,8 @@ import statistics
 import threading
 import time
 
+import numpy as np
+
 TEXT_BYTES = 300
 DIM = 384
 # 64 Python threads are left out by default: one 0.4 s point at 64 writers took 168 s to drain
@@ -21,12 +23,46 @@ DIM = 384
 WRITERS = [1, 4, 16]
 
 
+CLUSTERS = 100
+SPREAD = np.float32(0.5)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix_outputs(seed, count):
+    """Outputs 1..count of splitmix64 started at `seed` (workload.rs `splitmix`), vectorised: the
+    k-th state is seed + k * GOLDEN, wrapping."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed) + GOLDEN * np.arange(1, count + 1, dtype=np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def roughly_normal(outputs):
+    """workload.rs `roughly_normal` over consecutive groups of four outputs, in float32 and in the
+    same order of operations, so the values are bit for bit the Rust peers'."""
+    u = (outputs >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)
+    u = u.reshape(-1, 4)
+    total = ((u[:, 0] + u[:, 1]) + u[:, 2]) + u[:, 3]
+    return (total - np.float32(2.0)) * np.sqrt(np.float32(3.0))
+
+
+CENTRES = roughly_normal(splitmix_outputs(20_261_127, CLUSTERS * DIM * 4)).reshape(CLUSTERS, DIM)
+
+
+def clustered_embedding(writer, seq):
+    """workload.rs `clustered_embedding`: the same vector for the same (writer, seq)."""
+    outputs = splitmix_outputs((writer << 40) ^ seq, 1 + DIM * 4)
+    centre = CENTRES[int(outputs[0] % np.uint64(CLUSTERS))]
+    return centre + SPREAD * roughly_normal(outputs[1:])
+
+
 def memory(writer, seq):
     text = f"writer {writer} memory {seq}: "
     while len(text) < TEXT_BYTES:
         text += "the agent noted something worth remembering. "
     text = text[:TEXT_BYTES]
-    embedding = [((d * 31 + seq) % 97) / 97.0 for d in range(DIM)]
+    embedding = clustered_embedding(writer, seq).tolist()
     return f"w{writer:03}-{seq:012}", text, {"writer": writer, "kind": "note", "seq": seq}, embedding
 
 

@@ -127,3 +127,37 @@ impl Memory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator is pinned: bench/chroma_commit.py computes the same embeddings (bit for
+    /// bit, in numpy float32) so that Chroma stores what the Rust peers store. These values were
+    /// printed by the Python port; if either side changes, both must.
+    #[test]
+    fn clustered_embeddings_match_the_python_port_bit_for_bit() {
+        let cases: [((usize, u64), [u32; 3]); 3] = [
+            ((0, 0), [0x3f81_7750, 0xbf1f_7021, 0x3f8a_e20d]),
+            ((3, 17), [0x3e29_c83e, 0x4004_86b2, 0xbf72_e630]),
+            ((63, 123_456), [0x3f89_5c8a, 0xbf39_004c, 0x3fb6_6dd0]),
+        ];
+        for ((writer, seq), bits) in cases {
+            let e = clustered_embedding(writer, seq);
+            assert_eq!(e.len(), DIMENSION);
+            assert_eq!(
+                [e[0].to_bits(), e[1].to_bits(), e[383].to_bits()],
+                bits,
+                "writer {writer} seq {seq}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_memory_gets_its_own_embedding() {
+        let a = clustered_embedding(1, 1);
+        assert_ne!(a, clustered_embedding(1, 2));
+        assert_ne!(a, clustered_embedding(2, 1));
+        assert_eq!(a, clustered_embedding(1, 1));
+    }
+}
