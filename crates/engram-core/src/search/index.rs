@@ -33,8 +33,9 @@ pub(crate) const METRIC_KEY: &[u8] = b"metric";
 /// a scan is as fast as the graph there, and exact.
 pub const EXACT_SEARCH_MAX_VECTORS: usize = 2048;
 
-/// Index changes queued and not yet applied beyond which a committing transaction that wrote
-/// memories waits (after its commit is durable and visible) until the queue is back within it.
+/// Index changes queued and not yet applied beyond which, by default ([`IndexQueueBound`]), a
+/// committing transaction that wrote memories waits (after its commit is durable and visible)
+/// until the queue is back within it.
 /// A memory bound, not a lag target: searches do not wait for the indexer (the queued tail is
 /// searched exactly), so this only stops a sustained overload from growing the queue forever.
 pub const MAX_QUEUED_INDEX_CHANGES: usize = 1_000_000;
@@ -777,9 +778,10 @@ impl Indexes {
 
     /// Called by a commit that wrote memories, after it is visible: if the queue holds more
     /// changes or bytes of embeddings than its bound ([`IndexQueueBound`]; by default
-    /// [`MAX_QUEUED_INDEX_CHANGES`] and [`MAX_QUEUED_INDEX_VECTOR_BYTES`]), waits until the indexer has brought it back within them (at most `SEARCH_INDEX_WAIT`; the
-    /// commit has succeeded either way). A memory bound for sustained overload; ordinary bursts
-    /// never reach it.
+    /// [`MAX_QUEUED_INDEX_CHANGES`] and [`MAX_QUEUED_INDEX_VECTOR_BYTES`]), waits until the
+    /// indexer has brought it back within them (at most `SEARCH_INDEX_WAIT`; the commit has
+    /// succeeded either way). A memory bound for sustained overload; with the default bound,
+    /// ordinary bursts never reach it.
     ///
     /// Back within the bound, not down to some lower mark: the indexer wakes the held commits
     /// after every group it applies, so under sustained overload they are let through as fast
