@@ -17,6 +17,9 @@ pub struct Config {
     pub data: Option<PathBuf>,
     #[serde(default)]
     pub limits: Limits,
+    /// How far the search indexer may trail commits before writers of memories wait for it.
+    #[serde(default)]
+    pub index: IndexConfig,
     /// An OpenAI-compatible embeddings endpoint; environment variables override it.
     pub embedder: Option<EmbedderConfig>,
     /// API keys. With none, every request is allowed (and only a loopback address may be used).
@@ -30,6 +33,31 @@ pub struct Config {
 }
 
 pub const DEFAULT_MCP_NAMESPACE: &str = "default";
+
+/// The search indexer's queue bound (`engram_core::IndexQueueBound`): a larger one lets a burst
+/// of memory commits be acknowledged before it is indexed, a smaller one keeps searches fast
+/// during the burst (each scans what is queued exactly). Absent fields keep the engine's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Most memory versions queued for the indexer.
+    pub queue_max_changes: Option<usize>,
+    /// Most MiB of embeddings queued for the indexer.
+    pub queue_max_vector_mib: Option<usize>,
+}
+
+impl IndexConfig {
+    /// The engine's bound with this section's overrides.
+    pub fn queue_bound(&self) -> engram_core::IndexQueueBound {
+        let default = engram_core::IndexQueueBound::default();
+        engram_core::IndexQueueBound {
+            changes: self.queue_max_changes.unwrap_or(default.changes),
+            vector_bytes: self
+                .queue_max_vector_mib
+                .map_or(default.vector_bytes, |mib| mib.saturating_mul(1 << 20)),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,5 +242,29 @@ mod tests {
         assert!(Config::parse("[[keys]]\nkey = \"0123456789abcdef\"\nrole = \"root\"\n").is_err());
         assert!(Config::parse("[[keys]]\nkey = \"0123456789abcdef\"\nrole = \"admin\"\nnamespaces = [\"a/b\"]\n").is_err());
         assert!(Config::parse("unknown = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_index_section_overrides_the_engine_queue_bound_field_by_field() {
+        let default = engram_core::IndexQueueBound::default();
+        assert_eq!(Config::parse("").unwrap().index.queue_bound(), default);
+        let c = Config::parse("[index]\nqueue_max_vector_mib = 16\n").unwrap();
+        assert_eq!(
+            c.index.queue_bound(),
+            engram_core::IndexQueueBound {
+                changes: default.changes,
+                vector_bytes: 16 << 20
+            }
+        );
+        let c = Config::parse("[index]\nqueue_max_changes = 0\nqueue_max_vector_mib = 0\n").unwrap();
+        assert_eq!(
+            c.index.queue_bound(),
+            engram_core::IndexQueueBound {
+                changes: 0,
+                vector_bytes: 0
+            }
+        );
+        assert!(Config::parse("[index]\nqueue_max_vectors = 1\n").is_err());
+        assert!(Config::parse("[index]\nqueue_max_changes = -1\n").is_err());
     }
 }

@@ -3,8 +3,8 @@
 //! run several servers in one process, and each must report only its own figures.
 //!
 //! Commits, their latency and checkpoint durations are measured here, around the calls the server
-//! makes; fsyncs, group-commit size and log bytes come from the log's own counters, read at scrape
-//! time.
+//! makes; fsyncs, group-commit size and log bytes come from the log's own counters, and the search
+//! indexer's lag, queue and held commits from `Database::index_stats`, read at scrape time.
 
 use engram_core::Database;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
@@ -26,8 +26,15 @@ pub struct Metrics {
     wal_durable_lsn: IntGauge,
     wal_segments: IntGauge,
     visible_lsn: IntGauge,
+    index_lag_lsns: IntGauge,
+    index_queued_changes: IntGauge,
+    index_queued_vector_bytes: IntGauge,
+    index_vectors: IntGauge,
+    index_throttled_commits: IntCounter,
     /// The log's counters at the previous scrape (they are totals; counters take increments).
     last_wal: Mutex<engram_wal::WalStats>,
+    /// The indexer's throttled-commit total at the previous scrape.
+    last_throttled_commits: Mutex<u64>,
 }
 
 impl Metrics {
@@ -71,7 +78,33 @@ impl Metrics {
             wal_durable_lsn: IntGauge::new("engram_wal_durable_lsn", "Highest durable LSN").expect("metric"),
             wal_segments: IntGauge::new("engram_wal_segments", "Log segment files").expect("metric"),
             visible_lsn: IntGauge::new("engram_visible_lsn", "Highest LSN visible to reads").expect("metric"),
+            index_lag_lsns: IntGauge::new(
+                "engram_index_lag_lsns",
+                "How far the search indexes trail the visible state, in LSNs (searches scan the queued rest exactly)",
+            )
+            .expect("metric"),
+            index_queued_changes: IntGauge::new(
+                "engram_index_queued_changes",
+                "Memory versions committed and queued for the search indexer",
+            )
+            .expect("metric"),
+            index_queued_vector_bytes: IntGauge::new(
+                "engram_index_queued_vector_bytes",
+                "Bytes of embeddings in the changes queued for the search indexer",
+            )
+            .expect("metric"),
+            index_vectors: IntGauge::new(
+                "engram_index_vectors",
+                "Vectors in the search graphs (one per memory version with an embedding)",
+            )
+            .expect("metric"),
+            index_throttled_commits: IntCounter::new(
+                "engram_index_throttled_commits_total",
+                "Commits held after they were durable because the search indexer's queue was over its bound",
+            )
+            .expect("metric"),
             last_wal: Mutex::new(engram_wal::WalStats::default()),
+            last_throttled_commits: Mutex::new(0),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -88,6 +121,11 @@ impl Metrics {
             Box::new(m.wal_durable_lsn.clone()),
             Box::new(m.wal_segments.clone()),
             Box::new(m.visible_lsn.clone()),
+            Box::new(m.index_lag_lsns.clone()),
+            Box::new(m.index_queued_changes.clone()),
+            Box::new(m.index_queued_vector_bytes.clone()),
+            Box::new(m.index_vectors.clone()),
+            Box::new(m.index_throttled_commits.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -115,6 +153,17 @@ impl Metrics {
         self.wal_durable_lsn.set(i64::try_from(now.durable_lsn).unwrap_or(i64::MAX));
         self.wal_segments.set(i64::try_from(now.segments).unwrap_or(i64::MAX));
         self.visible_lsn.set(i64::try_from(db.visible_lsn()).unwrap_or(i64::MAX));
+        let index = db.index_stats();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.index_lag_lsns.set(gauge(index.lag_lsns));
+        self.index_queued_changes.set(gauge(index.queued_changes as u64));
+        self.index_queued_vector_bytes.set(gauge(index.queued_vector_bytes as u64));
+        self.index_vectors.set(gauge(index.vectors as u64));
+        {
+            let mut last = self.last_throttled_commits.lock().unwrap_or_else(|p| p.into_inner());
+            self.index_throttled_commits.inc_by(index.throttled_commits.saturating_sub(*last));
+            *last = index.throttled_commits;
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -159,12 +159,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the database, showing replay progress; returns it and how long opening took.
+/// Opens the database with the engine's defaults, showing replay progress; returns it and how
+/// long opening took.
 fn open(dir: &Path) -> Result<(Database, std::time::Duration), Failure> {
+    open_configured(dir, &engram_server::config::Config::default())
+}
+
+/// [`open`] with the options a configuration file sets (the search index queue's bound).
+fn open_configured(dir: &Path, config: &engram_server::config::Config) -> Result<(Database, std::time::Duration), Failure> {
     let started = Instant::now();
     let replay = progress::Replay::start();
     let options = DatabaseOptions {
         on_replay_progress: Some(replay.callback()),
+        index_queue_bound: config.index.queue_bound(),
         ..Default::default()
     };
     let db = Database::open(dir, options).map_err(|e| format!("cannot open the database in {}: {e}", dir.display()))?;
@@ -358,7 +365,7 @@ fn run_mcp(data: Option<PathBuf>, namespace: Option<String>, config_path: Option
     let namespace = namespace.unwrap_or_else(|| config.mcp_namespace().to_string());
     engram_core::validate_namespace(&namespace).map_err(|e| format!("--namespace: {e}"))?;
     let embedder = config.embedder.as_ref().map(Embedder::new).transpose()?;
-    let (db, _) = open(&data)?;
+    let (db, _) = open_configured(&data, &config)?;
     let server = match embedder {
         Some(embedder) => {
             tracing::info!(endpoint = embedder.endpoint(), model = embedder.model(), "embedder configured");
@@ -399,7 +406,7 @@ fn run_serve(data: Option<PathBuf>, listen: Option<String>, config_path: Option<
     if config.keys.is_empty() {
         tracing::info!("no API keys configured: every request is allowed (loopback only)");
     }
-    let (db, open_time) = open(&data)?;
+    let (db, open_time) = open_configured(&data, &config)?;
     let state = AppState::new(db, config, embedder);
     state.metrics.set_replay_duration(open_time);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -389,6 +389,11 @@ async fn cursors_admin_stats_metrics_health_and_openapi() {
         "engram_wal_bytes_total",
         "engram_checkpoint_duration_seconds_count 1",
         "engram_replay_duration_seconds",
+        "engram_index_lag_lsns",
+        "engram_index_queued_changes",
+        "engram_index_queued_vector_bytes",
+        "engram_index_vectors",
+        "engram_index_throttled_commits_total 0",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
