@@ -294,9 +294,14 @@ fn main() {
 
     // Searches while the indexer trails by a given tail (paused with the test hook): the tail is
     // scanned exactly and merged, so the cost of a search grows with it.
-    let extra = dataset(11_000, 99);
+    let tails = if quick {
+        vec![1_000usize, 10_000]
+    } else {
+        vec![1_000usize, 10_000, 50_000]
+    };
+    let extra = dataset(tails.iter().sum(), 99);
     let mut offset = 0;
-    for tail in [1_000usize, 10_000] {
+    for tail in tails {
         db.pause_indexer(true);
         for chunk in extra[offset..offset + tail].chunks(1000) {
             let mut txn = db.begin();

@@ -49,10 +49,10 @@ pub const MAX_QUEUED_INDEX_VECTOR_BYTES: usize = 256 << 20;
 ///
 /// The trade-off: a larger bound lets a burst of memory commits be acknowledged at the commit
 /// path's rate while the indexer catches up later; a smaller one keeps searches fast during the
-/// burst, since every search scans the queued changes of its namespace exactly (about 0.5 to
-/// 0.8 µs per queued change, docs/search.md). Under sustained overload the commit rate is the
-/// indexer's whatever the bound. 0 holds each memory commit until the indexer has applied it
-/// (after the commit is already durable and visible).
+/// burst, since every search scans the queued changes of its namespace exactly (about 0.45 µs
+/// per queued change on the 2-core test machine, docs/search.md). Under sustained overload the
+/// commit rate is the indexer's whatever the bound. 0 holds each memory commit until the
+/// indexer has applied it (after the commit is already durable and visible).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexQueueBound {
     /// Queued index changes (memory versions).

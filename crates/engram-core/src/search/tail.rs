@@ -12,6 +12,7 @@
 use super::index::{IndexChange, NamespaceIndex, METRIC_KEY};
 use super::keyword::{bm25_idf, bm25_term, term_counts, tokenize};
 use super::vector::Metric;
+use super::FastHashMap;
 use crate::model::{Memory, Space, Value};
 use engram_wal::Lsn;
 use serde_json::Map;
@@ -27,8 +28,10 @@ pub(crate) enum Document {
 
 /// The tail of one namespace as of a snapshot.
 pub(crate) struct TailView {
-    /// Memory id -> its place in `versions`.
-    changed: HashMap<Box<str>, u32>,
+    /// Memory id -> its place in `versions`. foldhash, not the standard SipHash: every search
+    /// of a lagging namespace builds this map over the whole tail and every admitted index
+    /// entry is looked up in it (docs/search.md, *Back-pressure*).
+    changed: FastHashMap<Box<str>, u32>,
     /// Per memory the tail changed, in order of its first change there: its version valid at
     /// the snapshot (`None`: deleted there). A fixed order, so ties break the same way every time.
     versions: Vec<Option<Arc<Value>>>,
@@ -47,7 +50,7 @@ pub(crate) struct KeywordStatistics {
 impl TailView {
     pub fn empty() -> TailView {
         TailView {
-            changed: HashMap::new(),
+            changed: FastHashMap::default(),
             versions: Vec::new(),
             metric: None,
         }
@@ -158,7 +161,15 @@ pub(crate) fn vector_search(
         let distance = metric.distance(&prepared_query, &prepared);
         hits.push((Document::Tail(place), metric.score(distance)));
     }
-    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // Best first, ties by document: a total order, so selecting the best `k` and sorting only
+    // those gives what sorting everything would (a tail of 100,000 memories made the full sort
+    // a large part of a search's cost).
+    let order = |a: &(Document, f32), b: &(Document, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k > 0 && hits.len() > k {
+        hits.select_nth_unstable_by(k - 1, order);
+        hits.truncate(k);
+    }
+    hits.sort_by(order);
     hits.truncate(k);
     hits
 }
