@@ -244,6 +244,30 @@ mod tests {
         assert!(Config::parse("unknown = 1\n").is_err());
     }
 
+    /// The first TOML block after `heading` in a document.
+    fn toml_block_after<'a>(document: &'a str, heading: &str) -> &'a str {
+        let from = document.find(heading).expect("the heading is in the document");
+        let start = from + document[from..].find("```toml\n").expect("a TOML block follows") + "```toml\n".len();
+        let end = start + document[start..].find("```").expect("the block is closed");
+        &document[start..end]
+    }
+
+    /// The configurations the README and docs/http-api.md show are valid as written (a
+    /// top-level key placed after a table would belong to that table and be refused).
+    #[test]
+    fn the_documented_configurations_parse() {
+        for (name, document, heading) in [
+            ("README.md", include_str!("../../../README.md"), "## Configuration"),
+            ("docs/http-api.md", include_str!("../../../docs/http-api.md"), "## Configuration"),
+        ] {
+            let config = Config::parse(toml_block_after(document, heading)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.mcp_namespace(), "default", "{name}");
+            assert!(config.embedder.is_some(), "{name}");
+            assert!(!config.keys.is_empty(), "{name}");
+            assert_eq!(config.index.queue_bound(), engram_core::IndexQueueBound::default(), "{name}");
+        }
+    }
+
     #[test]
     fn the_index_section_overrides_the_engine_queue_bound_field_by_field() {
         let default = engram_core::IndexQueueBound::default();

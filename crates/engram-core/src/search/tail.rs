@@ -162,8 +162,8 @@ pub(crate) fn vector_search(
         hits.push((Document::Tail(place), metric.score(distance)));
     }
     // Best first, ties by document: a total order, so selecting the best `k` and sorting only
-    // those gives what sorting everything would (a tail of 100,000 memories made the full sort
-    // a large part of a search's cost).
+    // those gives what sorting the whole tail would, without sorting it (a small share of a
+    // search's cost at 50,000 queued changes, docs/search.md, *Figures*).
     let order = |a: &(Document, f32), b: &(Document, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if k > 0 && hits.len() > k {
         hits.select_nth_unstable_by(k - 1, order);
