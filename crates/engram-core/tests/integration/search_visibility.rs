@@ -442,3 +442,51 @@ fn searches_racing_with_writers_see_exactly_their_snapshot() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
+
+/// While the indexer lags, a search takes from the queued tail only its own namespace's
+/// memories, whether a queued batch holds one namespace or several (a transaction writing to
+/// two namespaces); and the same once indexed.
+#[test]
+fn a_lagging_search_takes_only_its_own_namespace_from_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    db.pause_indexer(true);
+    let insert = |txn: &mut Transaction, namespace: &str, word: &str, vector: [f32; 3]| {
+        let memory = NewMemory {
+            text: format!("{word} shared"),
+            embedding: Some(vector.to_vec()),
+            metadata: json!({}),
+        };
+        txn.insert_memory(namespace, memory).unwrap();
+    };
+    let mut both = db.begin();
+    insert(&mut both, "a", "alpha", [1.0, 0.0, 0.0]);
+    insert(&mut both, "b", "beta", [0.0, 1.0, 0.0]);
+    both.commit().unwrap();
+    let mut only_b = db.begin();
+    insert(&mut only_b, "b", "bravo", [0.0, 0.9, 0.1]);
+    only_b.commit().unwrap();
+    let mut only_a = db.begin();
+    insert(&mut only_a, "a", "able", [0.9, 0.1, 0.0]);
+    let last = only_a.commit().unwrap().lsn;
+    for indexed in [false, true] {
+        if indexed {
+            db.pause_indexer(false);
+            db.wait_for_index(last, std::time::Duration::from_secs(60)).unwrap();
+        } else {
+            assert!(db.index_stats().queued_changes >= 4);
+        }
+        let snapshot = db.snapshot();
+        for (namespace, expected) in [("a", ["able shared", "alpha shared"]), ("b", ["beta shared", "bravo shared"])] {
+            let texts = |hits: Vec<SearchHit>| {
+                let mut texts: Vec<String> = hits.into_iter().map(|h| h.memory.text).collect();
+                texts.sort();
+                texts
+            };
+            let by_vector = texts(snapshot.search(&vector_request(namespace, vec![0.5, 0.5, 0.0], 10)).unwrap());
+            let by_keyword = texts(snapshot.search(&keyword_request(namespace, "shared", 10)).unwrap());
+            assert_eq!(by_vector, expected, "vector search of {namespace}, indexed: {indexed}");
+            assert_eq!(by_keyword, expected, "keyword search of {namespace}, indexed: {indexed}");
+        }
+    }
+}
