@@ -9,6 +9,8 @@
 //!
 //! The indexer is paused with the test hook to hold the queue over its bound; "still waiting"
 //! is observed as "has not returned after a while", which a waiting writer cannot falsify.
+//! These tests check that a held commit is visible; that it is durable first follows from
+//! `Transaction::commit` finishing the commit (the log's fdatasync) before it can be held.
 
 use crate::search_support;
 
@@ -151,7 +153,7 @@ fn commits_that_write_no_memories_never_wait_for_the_indexer() {
     let (writer, _) = insert_in_background(&db, 0);
     std::thread::sleep(STILL_HELD_AFTER);
     assert_eq!(db.index_stats().throttled_commits, 1);
-    // Key/value, graph and event commits do not feed the search indexes: they go through.
+    // Key/value and graph commits do not feed the search indexes: they go through.
     db.run(1, |t| t.kv_put("ns", b"state", KvValue::Json(serde_json::json!({"step": 1}))))
         .unwrap();
     db.run(1, |t| {
