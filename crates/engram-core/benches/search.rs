@@ -303,17 +303,17 @@ fn main() {
     let mut offset = 0;
     for tail in tails {
         db.pause_indexer(true);
-        for chunk in extra[offset..offset + tail].chunks(1000) {
+        // One memory per commit, as agents write them: the tail is then one queued batch per
+        // memory, and a search pays for walking the batches as well as for the vectors.
+        for v in &extra[offset..offset + tail] {
             let mut txn = db.begin();
             txn.set_durability(SyncPolicy::Never);
-            for v in chunk {
-                let memory = NewMemory {
-                    text: String::new(),
-                    embedding: Some(v.clone()),
-                    metadata: serde_json::Value::Null,
-                };
-                txn.insert_memory("bench", memory).unwrap();
-            }
+            let memory = NewMemory {
+                text: String::new(),
+                embedding: Some(v.clone()),
+                metadata: serde_json::Value::Null,
+            };
+            txn.insert_memory("bench", memory).unwrap();
             txn.commit().unwrap();
         }
         offset += tail;

@@ -675,11 +675,7 @@ impl Indexes {
             let needed = queue.batches.iter().take_while(|b| b.lsn <= at).count() + 1;
             (indexed_lsn, queue.batches.iter().take(needed).map(|b| b.changes.clone()).collect())
         };
-        let changes = batches
-            .iter()
-            .flat_map(|b| b.iter())
-            .filter(|c| c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace);
-        TailView::new(changes)
+        TailView::new(batches, |c| c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace)
     }
 
     /// Test hook: while paused the indexer applies nothing, so the tail grows.

@@ -12,11 +12,12 @@
 use super::index::{IndexChange, NamespaceIndex, METRIC_KEY};
 use super::keyword::{bm25_idf, bm25_term, term_counts, tokenize};
 use super::vector::Metric;
-use super::FastHashMap;
 use crate::model::{Memory, Space, Value};
 use engram_wal::Lsn;
+use hashbrown::HashTable;
 use serde_json::Map;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// A document of a search: an index entry (its slot) or a tail memory (its place in the tail).
@@ -27,16 +28,28 @@ pub(crate) enum Document {
 }
 
 /// The tail of one namespace as of a snapshot.
+///
+/// It holds the queued batches it was built from (shared with the queue) and refers to their
+/// changes by place, so building it copies no id and takes no reference on any value: a search
+/// of a lagging namespace builds one over the whole tail, up to the queue's bound of some
+/// 175,000 one-memory commits (docs/search.md, *Back-pressure*).
 pub(crate) struct TailView {
-    /// Memory id -> its place in `versions`. foldhash, not the standard SipHash: every search
-    /// of a lagging namespace builds this map over the whole tail and every admitted index
-    /// entry is looked up in it (docs/search.md, *Back-pressure*).
-    changed: FastHashMap<Box<str>, u32>,
-    /// Per memory the tail changed, in order of its first change there: its version valid at
-    /// the snapshot (`None`: deleted there). A fixed order, so ties break the same way every time.
-    versions: Vec<Option<Arc<Value>>>,
+    batches: Vec<Arc<[IndexChange]>>,
+    /// Per memory the tail changed, in order of its first change there: its last change up to
+    /// the snapshot (whose value is `None` if that change deleted it), as (batch, change). A
+    /// fixed order, so ties break the same way every time.
+    versions: Vec<ChangePlace>,
+    /// The places in `versions`, hashed by memory id (foldhash, seeded per process).
+    changed: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     /// The namespace's metric if the tail sets it.
     pub metric: Option<Metric>,
+}
+
+#[derive(Clone, Copy)]
+struct ChangePlace {
+    batch: u32,
+    change: u32,
 }
 
 /// BM25 inputs from the index for the documents it contributes (see
@@ -50,50 +63,93 @@ pub(crate) struct KeywordStatistics {
 impl TailView {
     pub fn empty() -> TailView {
         TailView {
-            changed: FastHashMap::default(),
+            batches: Vec::new(),
             versions: Vec::new(),
+            changed: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             metric: None,
         }
     }
 
-    /// From the tail's changes of one namespace, in LSN order (the last change of a memory wins).
-    pub fn new<'a>(changes: impl Iterator<Item = &'a IndexChange>) -> TailView {
-        let mut tail = TailView::empty();
-        for change in changes {
-            match change.key.space {
-                Space::Meta if change.key.id == METRIC_KEY => {
-                    if let Some(metric) = change.value.as_deref().and_then(super::index::metric_of) {
-                        tail.metric = Some(metric);
-                    }
+    /// From queued batches in LSN order, keeping the changes `wanted` accepts (the last change
+    /// of a memory wins). A change id that is not UTF-8 names no memory and is skipped.
+    pub fn new(batches: Vec<Arc<[IndexChange]>>, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
+        // At most one place per change: reserved once, so the table never rehashes.
+        let changes: usize = batches.iter().map(|b| b.len()).sum();
+        let mut tail = TailView {
+            batches,
+            versions: Vec::with_capacity(changes),
+            changed: HashTable::with_capacity(changes),
+            ..TailView::empty()
+        };
+        let TailView {
+            batches,
+            versions,
+            changed,
+            hasher,
+            metric,
+        } = &mut tail;
+        for (b, batch) in batches.iter().enumerate() {
+            for (c, change) in batch.iter().enumerate() {
+                if !wanted(change) {
+                    continue;
                 }
-                Space::Memory => {
-                    let Ok(id) = std::str::from_utf8(&change.key.id) else { continue };
-                    match tail.changed.get(id) {
-                        Some(&place) => tail.versions[place as usize] = change.value.clone(),
-                        None => {
-                            tail.changed.insert(id.into(), tail.versions.len() as u32);
-                            tail.versions.push(change.value.clone());
+                match change.key.space {
+                    Space::Meta if change.key.id == METRIC_KEY => {
+                        if let Some(found) = change.value.as_deref().and_then(super::index::metric_of) {
+                            *metric = Some(found);
                         }
                     }
+                    Space::Memory if std::str::from_utf8(&change.key.id).is_ok() => {
+                        let place = ChangePlace {
+                            batch: b as u32,
+                            change: c as u32,
+                        };
+                        let id = change.key.id.as_slice();
+                        let hash = hasher.hash_one(id);
+                        let same_id = |&v: &u32| change_at(batches, versions[v as usize]).key.id == id;
+                        match changed.find(hash, same_id) {
+                            Some(&v) => versions[v as usize] = place,
+                            None => {
+                                changed.insert_unique(hash, versions.len() as u32, |&v| {
+                                    hasher.hash_one(change_at(batches, versions[v as usize]).key.id.as_slice())
+                                });
+                                versions.push(place);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         tail
     }
 
     pub fn is_empty(&self) -> bool {
-        self.changed.is_empty()
+        self.versions.is_empty()
     }
 
     /// Whether the tail changed the memory `id` (so the index's version of it is not the answer).
     #[inline]
     pub fn changed(&self, id: &str) -> bool {
-        !self.changed.is_empty() && self.changed.contains_key(id)
+        if self.versions.is_empty() {
+            return false;
+        }
+        let id = id.as_bytes();
+        let hash = self.hasher.hash_one(id);
+        self.changed
+            .find(hash, |&v| change_at(&self.batches, self.versions[v as usize]).key.id == id)
+            .is_some()
+    }
+
+    /// The value of the memory at `place` at the snapshot (`None`: the tail deleted it).
+    fn value(&self, place: u32) -> Option<&Arc<Value>> {
+        let at = *self.versions.get(place as usize)?;
+        change_at(&self.batches, at).value.as_ref()
     }
 
     pub fn memory(&self, place: u32) -> Option<&Memory> {
-        match self.versions.get(place as usize).and_then(Option::as_deref) {
+        match self.value(place).map(Arc::as_ref) {
             Some(Value::Memory(m)) => Some(m),
             _ => None,
         }
@@ -105,11 +161,17 @@ impl TailView {
     }
 }
 
+/// Places only ever point at changes of the view's own batches.
+#[inline]
+fn change_at(batches: &[Arc<[IndexChange]>], place: ChangePlace) -> &IndexChange {
+    &batches[place.batch as usize][place.change as usize]
+}
+
 /// The stored value (a memory) behind a document, shared with the store.
 pub(crate) fn shared_value_of<'a>(index: Option<&'a NamespaceIndex>, tail: &'a TailView, document: Document) -> Option<&'a Arc<Value>> {
     match document {
         Document::Indexed(slot) => index?.entries.get(slot as usize)?.value.as_ref(),
-        Document::Tail(place) => tail.versions.get(place as usize)?.as_ref(),
+        Document::Tail(place) => tail.value(place),
     }
 }
 
@@ -118,6 +180,21 @@ pub(crate) fn memory_of<'a>(index: Option<&'a NamespaceIndex>, tail: &'a TailVie
     match document {
         Document::Indexed(slot) => index?.entries.get(slot as usize)?.memory(),
         Document::Tail(place) => tail.memory(place),
+    }
+}
+
+/// How many embeddings ahead the tail scan requests the next one's first lines.
+const SCAN_PREFETCH_DISTANCE: usize = 4;
+/// The first cache lines of an embedding the scan requests; the CPU's own prefetcher follows a
+/// sequential read from there.
+const SCAN_PREFETCH_LINES: usize = 4;
+
+/// Requests the first `lines` cache lines of `floats`.
+#[inline]
+fn prefetch_lines(floats: &[f32], lines: usize) {
+    const FLOATS_PER_LINE: usize = 16;
+    for line in floats.chunks(FLOATS_PER_LINE).take(lines) {
+        super::vector::prefetch(line);
     }
 }
 
@@ -149,16 +226,22 @@ pub(crate) fn vector_search(
         .or(index.map(|i| i.metric))
         .unwrap_or_default();
     let prepared_query = metric.prepare(query);
-    let mut prepared = Vec::with_capacity(query.len());
-    for (place, memory) in tail.memories() {
-        let Some(embedding) = memory.embedding.as_ref().filter(|e| e.len() == query.len()) else {
-            continue;
-        };
-        if !super::filter::matches(filter, &memory.metadata) {
-            continue;
+    // Two passes: the first finds the embeddings (a chain of loads per memory, through its
+    // batch and value, which the CPU overlaps across memories in a short loop); the second
+    // computes distances, each embedding's first lines requested a few memories ahead.
+    let candidates: Vec<(u32, &[f32])> = tail
+        .memories()
+        .filter_map(|(place, memory)| {
+            let embedding = memory.embedding.as_deref().filter(|e| e.len() == query.len())?;
+            super::filter::matches(filter, &memory.metadata).then_some((place, embedding))
+        })
+        .collect();
+    hits.reserve(candidates.len());
+    for (i, &(place, embedding)) in candidates.iter().enumerate() {
+        if let Some((_, ahead)) = candidates.get(i + SCAN_PREFETCH_DISTANCE) {
+            prefetch_lines(ahead, SCAN_PREFETCH_LINES);
         }
-        metric.prepare_into(embedding, &mut prepared);
-        let distance = metric.distance(&prepared_query, &prepared);
+        let distance = metric.distance_to_unprepared(&prepared_query, embedding);
         hits.push((Document::Tail(place), metric.score(distance)));
     }
     // Best first, ties by document: a total order, so selecting the best `k` and sorting only

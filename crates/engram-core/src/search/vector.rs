@@ -68,6 +68,26 @@ impl Metric {
         }
     }
 
+    /// [`Metric::distance`] from a prepared query to a vector that was not prepared, without
+    /// preparing it: for cosine, the inner product and the vector's norm in one pass (equal to
+    /// the distance to the normalised vector up to rounding). What the exact scan of the
+    /// queued tail uses, where each vector is seen once per search.
+    #[inline]
+    pub(crate) fn distance_to_unprepared(self, prepared_query: &[f32], vector: &[f32]) -> f32 {
+        match self {
+            Metric::Cosine => {
+                let (inner, squared_norm) = dot_and_squared_norm(prepared_query, vector);
+                if squared_norm > 0.0 {
+                    1.0 - inner / squared_norm.sqrt()
+                } else {
+                    1.0 - inner
+                }
+            }
+            Metric::Dot => -dot(prepared_query, vector),
+            Metric::L2 => squared_l2(prepared_query, vector),
+        }
+    }
+
     /// The score reported to callers, larger is better: the cosine similarity, the inner
     /// product, or the negated Euclidean distance.
     pub(crate) fn score(self, distance: f32) -> f32 {
@@ -92,9 +112,16 @@ pub(crate) fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
     (KERNELS.squared_l2)(a, b)
 }
 
+/// The inner product of `a` and `b` and that of `b` with itself, in one pass over both.
+#[inline]
+pub(crate) fn dot_and_squared_norm(a: &[f32], b: &[f32]) -> (f32, f32) {
+    (KERNELS.dot_and_squared_norm)(a, b)
+}
+
 struct Kernels {
     dot: fn(&[f32], &[f32]) -> f32,
     squared_l2: fn(&[f32], &[f32]) -> f32,
+    dot_and_squared_norm: fn(&[f32], &[f32]) -> (f32, f32),
 }
 
 static KERNELS: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| {
@@ -105,6 +132,7 @@ static KERNELS: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| {
     Kernels {
         dot: portable::dot,
         squared_l2: portable::squared_l2,
+        dot_and_squared_norm: portable::dot_and_squared_norm,
     }
 });
 
@@ -144,6 +172,28 @@ macro_rules! kernels {
             }
             acc.iter().sum::<f32>() + tail
         }
+
+        #[inline(always)]
+        pub(super) fn dot_and_squared_norm(a: &[f32], b: &[f32]) -> (f32, f32) {
+            let (ca, cb) = (a.chunks_exact($lanes), b.chunks_exact($lanes));
+            let (mut tail_dot, mut tail_norm) = (0f32, 0f32);
+            for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+                tail_dot += x * y;
+                tail_norm += y * y;
+            }
+            let mut acc_dot = [0f32; $lanes];
+            let mut acc_norm = [0f32; $lanes];
+            for (x, y) in ca.zip(cb) {
+                for i in 0..$lanes {
+                    acc_dot[i] = $multiply_add(x[i], y[i], acc_dot[i]);
+                    acc_norm[i] = $multiply_add(y[i], y[i], acc_norm[i]);
+                }
+            }
+            (
+                acc_dot.iter().sum::<f32>() + tail_dot,
+                acc_norm.iter().sum::<f32>() + tail_norm,
+            )
+        }
     };
 }
 
@@ -177,6 +227,10 @@ mod x86 {
                     // SAFETY: as above.
                     unsafe { squared_l2_avx2_fma(a, b) }
                 },
+                dot_and_squared_norm: |a, b| {
+                    // SAFETY: as above.
+                    unsafe { dot_and_squared_norm_avx2_fma(a, b) }
+                },
             })
         } else {
             None
@@ -191,6 +245,11 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn squared_l2_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
         fused::squared_l2(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_and_squared_norm_avx2_fma(a: &[f32], b: &[f32]) -> (f32, f32) {
+        fused::dot_and_squared_norm(a, b)
     }
 }
 
@@ -215,6 +274,40 @@ mod kernel_tests {
                 (f64::from(super::portable::dot(&a, &b)) - dot).abs() < 1e-4,
                 "portable dot, length {len}"
             );
+            let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+            for (kernel, (fused_dot, fused_norm)) in [
+                ("selected", super::dot_and_squared_norm(&a, &b)),
+                ("portable", super::portable::dot_and_squared_norm(&a, &b)),
+            ] {
+                assert!((f64::from(fused_dot) - dot).abs() < 1e-4, "{kernel} fused dot, length {len}");
+                assert!((f64::from(fused_norm) - norm).abs() < 1e-4, "{kernel} fused norm, length {len}");
+            }
+        }
+    }
+
+    /// The tail scan's distance to a vector it does not prepare is, up to rounding, the
+    /// distance to the prepared vector that the index computes, for every metric, including
+    /// the zero vector (which cosine leaves as it is).
+    #[test]
+    fn distance_to_an_unprepared_vector_is_the_distance_to_the_prepared_one() {
+        use super::Metric;
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+        };
+        for len in [1, 3, 16, 17, 384] {
+            let query: Vec<f32> = (0..len).map(|_| next()).collect();
+            let vectors = [(0..len).map(|_| next()).collect::<Vec<f32>>(), vec![0.0; len]];
+            for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+                let prepared_query = metric.prepare(&query);
+                for vector in &vectors {
+                    let expected = metric.distance(&prepared_query, &metric.prepare(vector));
+                    let got = metric.distance_to_unprepared(&prepared_query, vector);
+                    let tolerance = 1e-5 * expected.abs().max(1.0);
+                    assert!((got - expected).abs() <= tolerance, "{metric:?}, length {len}: {got} vs {expected}");
+                }
+            }
         }
     }
 }
