@@ -3,7 +3,7 @@
 
 use crate::measure::{drive, load_average, quick, Timing};
 use crate::peers::{Engram, Peer, ENGRAM_NAMESPACE};
-use crate::workload::{memory_with_repeated_embedding, Variant};
+use crate::workload::{memory, Variant};
 use engram_core::{CheckpointOptions, Database, DatabaseOptions, MemoryReads, SyncPolicy};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +37,7 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
             ids.push(
                 txn.insert_memory(
                     ENGRAM_NAMESPACE,
-                    memory_with_repeated_embedding(Variant::Vector, 999, chunk * 500 + i).to_engram(),
+                    memory(Variant::Vector, 999, chunk * 500 + i).to_engram(),
                 )
                 .map_err(text_err)?,
             );
@@ -85,7 +85,7 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
             });
         }
         let figures = drive(WRITERS, timing, |w, seq| {
-            engram.commit(w, &memory_with_repeated_embedding(Variant::Vector, w, seq))
+            engram.commit(w, &memory(Variant::Vector, w, seq))
         });
         stop.store(true, Ordering::Relaxed);
         figures

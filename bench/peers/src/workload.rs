@@ -32,20 +32,27 @@ pub struct Memory {
     pub embedding: Option<Vec<f32>>,
 }
 
-/// The memory writer `writer` commits as its `seq`-th, in the commit workload: in the vector
-/// variant its embedding is its own, drawn around one of [`CLUSTERS`] centres
-/// ([`clustered_embedding`]), as embeddings of an agent's related notes are.
+/// The memory writer `writer` writes as its `seq`-th, in every workload: in the vector variant
+/// its embedding is its own, drawn around one of [`CLUSTERS`] centres ([`clustered_embedding`]),
+/// as embeddings of an agent's related notes are. (Until 2026-11-27 the embedding was one of 97
+/// fixed vectors, which a search index inserts far more cheaply: the nearest nodes are exact
+/// copies.)
 pub fn memory(variant: Variant, writer: usize, seq: u64) -> Memory {
-    memory_with(variant, writer, seq, clustered_embedding)
-}
-
-/// As [`memory`], but the embedding is one of 97 fixed vectors (the commit workload's until
-/// 2026-11-27; the recovery and reads workloads still use it). A search index inserts such
-/// repeats far more cheaply than distinct vectors: the nearest nodes are exact copies.
-pub fn memory_with_repeated_embedding(variant: Variant, writer: usize, seq: u64) -> Memory {
-    memory_with(variant, writer, seq, |_, seq| {
-        (0..DIMENSION).map(|d| ((d as u64 * 31 + seq) % 97) as f32 / 97.0).collect()
-    })
+    let mut text = format!("writer {writer} memory {seq}: ");
+    while text.len() < TEXT_BYTES {
+        text.push_str("the agent noted something worth remembering. ");
+    }
+    text.truncate(TEXT_BYTES);
+    let embedding = match variant {
+        Variant::Text => None,
+        Variant::Vector => Some(clustered_embedding(writer, seq)),
+    };
+    Memory {
+        id: format!("w{writer:03}-{seq:012}"),
+        text,
+        metadata: serde_json::json!({"writer": writer, "kind": "note", "seq": seq}),
+        embedding,
+    }
 }
 
 /// Centres of the commit workload's embeddings (as bench/vectors.py's set has).
@@ -82,24 +89,6 @@ pub fn clustered_embedding(writer: usize, seq: u64) -> Vec<f32> {
     let mut state = (writer as u64) << 40 ^ seq;
     let centre = &centres[(splitmix(&mut state) % CLUSTERS as u64) as usize];
     centre.iter().map(|c| c + SPREAD * roughly_normal(&mut state)).collect()
-}
-
-fn memory_with(variant: Variant, writer: usize, seq: u64, embedding: impl Fn(usize, u64) -> Vec<f32>) -> Memory {
-    let mut text = format!("writer {writer} memory {seq}: ");
-    while text.len() < TEXT_BYTES {
-        text.push_str("the agent noted something worth remembering. ");
-    }
-    text.truncate(TEXT_BYTES);
-    let embedding = match variant {
-        Variant::Text => None,
-        Variant::Vector => Some(embedding(writer, seq)),
-    };
-    Memory {
-        id: format!("w{writer:03}-{seq:012}"),
-        text,
-        metadata: serde_json::json!({"writer": writer, "kind": "note", "seq": seq}),
-        embedding,
-    }
 }
 
 impl Memory {
