@@ -200,8 +200,8 @@ impl Database {
                     .map_err(|e| format!("cannot start the index loading thread: {e}"))
             });
             let started = Instant::now();
-            // Without a checkpoint there is no index file: the indexes are built from the store
-            // after the replay, so its changes are not kept.
+            // Without a checkpoint there is no index file: the indexes are queued from the store
+            // after the replay (which holds every retained version), so its changes are not kept.
             let keep_index_changes = checkpoint_file.is_some();
             let replay = replay_log(&wal, &store, checkpoint_lsn, last, keep_index_changes, &options);
             let replay_us = micros_since(started);
@@ -247,7 +247,7 @@ impl Database {
                 indexes.enqueue(last, Vec::new());
                 indexes
             }
-            None => Indexes::build(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
+            None => Indexes::queued_from_store(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),
         });
         index_load_us += micros_since(phase_started);
         // Loading (or rebuilding) the indexes read every mapped embedding once; none is needed

@@ -723,6 +723,9 @@ mod tests {
             }
             other => panic!("a file of an unknown format was used: {other:?}"),
         }
+        // The rebuild runs on the indexer thread, from the store's versions queued in commit
+        // order: once it is done, the graph is the one the live indexer built.
+        db.wait_for_index(db.visible_lsn(), std::time::Duration::from_secs(60)).unwrap();
         assert_eq!(answers(&db, &queries), expected);
     }
 
@@ -797,5 +800,90 @@ mod tests {
         assert_eq!(parse_file_name("ckpt-00000000000000000042.index"), Some(42));
         assert_eq!(parse_file_name("ckpt-00000000000000000042.ckpt"), None);
         assert_eq!(parse_file_name("ckpt-42.index"), None);
+    }
+
+    /// Without a usable index file, open queues every retained memory version (and the
+    /// namespace's metric) for the indexer in commit order, one batch per commit, and applies
+    /// none itself: the graph is built in the background while searches scan the queue. Once
+    /// the indexer has drained it, the indexes hold the versions the live ones hold, with the
+    /// same validity, in the same order.
+    #[test]
+    fn indexes_rebuilt_from_the_store_are_queued_in_commit_order_and_built_by_the_indexer() {
+        use crate::search::index::{IndexApplier, Indexes};
+        use crate::Metric;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), options()).unwrap();
+        let mut seed = 3u64;
+        let mut vector = || (0..6).map(|_| coordinate(&mut seed)).collect::<Vec<f32>>();
+        db.run(1, |t| t.declare_vector_space("ns", 6, Metric::L2)).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let mut txn = db.begin();
+            for i in 0..100 {
+                let memory = NewMemory {
+                    text: format!("memory {i}"),
+                    embedding: Some(vector()),
+                    metadata: serde_json::json!({}),
+                };
+                ids.push(txn.insert_memory("ns", memory).unwrap());
+            }
+            txn.commit().unwrap();
+        }
+        let mut txn = db.begin();
+        for id in ids.iter().take(10) {
+            let patch = crate::MemoryPatch {
+                embedding: Some(vector()),
+                ..Default::default()
+            };
+            txn.update_memory("ns", id, patch).unwrap();
+        }
+        txn.commit().unwrap();
+        let mut txn = db.begin();
+        for id in ids.iter().skip(50).take(5) {
+            txn.delete_memory("ns", id).unwrap();
+        }
+        txn.commit().unwrap();
+        // A last commit that changes no index.
+        db.run(1, |t| t.kv_put("ns", b"k", crate::KvValue::Json(serde_json::json!(1))))
+            .unwrap();
+        let at = db.visible_lsn();
+        db.wait_for_index(at, std::time::Duration::from_secs(60)).unwrap();
+
+        let queued = Arc::new(Indexes::queued_from_store(
+            &db.shared.store,
+            at,
+            IndexOrigin::Rebuilt { reason: None },
+        ));
+        let stats = queued.stats(at);
+        assert_eq!(
+            (stats.indexed_lsn, stats.versions, stats.vectors),
+            (0, 0, 0),
+            "nothing applied at open"
+        );
+        // The metric, 300 inserts, 10 updates and 5 deletions; a batch per commit that changed
+        // an index (the declaration, 3 of inserts, the updates, the deletions), and the empty
+        // one that marks the index complete at `at`.
+        assert_eq!(stats.queued_changes, 1 + 300 + 10 + 5);
+        assert_eq!(stats.queued_batches, 6 + 1);
+
+        let applier = IndexApplier::spawn(queued.clone(), 0).unwrap();
+        queued.wait_for(at, std::time::Duration::from_secs(60)).unwrap();
+        drop(applier);
+        let entries = |indexes: &Indexes| -> Vec<(Lsn, Lsn, Option<String>)> {
+            let index = indexes.namespace("ns").unwrap();
+            let index = index.read().unwrap();
+            index
+                .entries
+                .iter()
+                .map(|e| (e.created_lsn, e.superseded_lsn, e.memory().map(|m| m.id.clone())))
+                .collect()
+        };
+        assert_eq!(entries(&queued), entries(&db.shared.indexes));
+        let (rebuilt, live) = (queued.stats(at), db.index_stats());
+        assert_eq!(
+            (rebuilt.indexed_lsn, rebuilt.versions, rebuilt.vectors),
+            (at, live.versions, live.vectors)
+        );
+        assert_eq!(queued.namespace("ns").unwrap().read().unwrap().metric, Metric::L2);
     }
 }
