@@ -149,6 +149,11 @@ pub struct CheckpointReport {
     /// The log was truncated below this LSN (whole segments only, so it may keep more).
     pub log_kept_from: Lsn,
     pub log_segments_removed: usize,
+    /// Whether the newest checkpoint has its search index file after the call. False when the
+    /// indexes had not reached its LSN within `SEARCH_INDEX_WAIT` (a backlog, or a rebuild
+    /// still running after an open): the checkpoint stands without it, and a later call
+    /// writes it (an open before that rebuilds the indexes from the store).
+    pub index_file_written: bool,
     pub elapsed: Duration,
 }
 
@@ -1137,6 +1142,7 @@ impl Database {
             removed_files: 0,
             log_kept_from: 0,
             log_segments_removed: 0,
+            index_file_written: false,
             elapsed: Duration::ZERO,
         };
         if lsn > newest {
@@ -1176,12 +1182,13 @@ impl Database {
             report.removed_files += state.apply_retention(storage, shared.options.checkpoint.reuse_retired_file)?;
         }
         // The search indexes as of the newest checkpoint, so that open need not rebuild them:
-        // written after a new checkpoint, and by the next run when an earlier one failed (or the
-        // file open found was unusable). A failure fails the run; the `.ckpt` stays valid, and
-        // open rebuilds the indexes while its index file is missing.
+        // written after a new checkpoint, and by the next run when an earlier one failed or was
+        // deferred (or the file open found was unusable). Indexes that have not reached the
+        // checkpoint defer it; a failure to write it fails the run. Either way the `.ckpt`
+        // stays valid, and open rebuilds the indexes while its index file is missing.
         let keep: Vec<Lsn> = state.retained.iter().map(|c| c.lsn).collect();
         if let Some(&newest) = keep.first() {
-            crate::search::persist::ensure_for_checkpoint(shared, newest, &keep)?;
+            report.index_file_written = crate::search::persist::ensure_for_checkpoint(shared, newest, &keep)?;
         }
         report.history_horizon_lsn = shared.store.history_horizon();
         shared.log_bytes_since_checkpoint.fetch_sub(bytes_counted, Ordering::AcqRel);

@@ -205,7 +205,7 @@ fn run(command: Commands) -> Result<(), Failure> {
             let (db, _) = open(&data.data)?;
             let r = db.checkpoint()?;
             println!(
-                "checkpoint at LSN {} ({}): {} keys, {} versions, {} bytes; log kept from LSN {} ({} segments removed) in {:.1?}",
+                "checkpoint at LSN {} ({}): {} keys, {} versions, {} bytes; log kept from LSN {} ({} segments removed); search index file {} in {:.1?}",
                 r.lsn,
                 if r.written {
                     "written"
@@ -217,6 +217,11 @@ fn run(command: Commands) -> Result<(), Failure> {
                 r.file_bytes,
                 r.log_kept_from,
                 r.log_segments_removed,
+                if r.index_file_written {
+                    "written"
+                } else {
+                    "deferred: the indexes have not reached the checkpoint yet"
+                },
                 r.elapsed
             );
             Ok(())

@@ -296,24 +296,39 @@ fn write_file<N: Serialize>(
 }
 
 /// Makes sure the newest checkpoint (at `lsn`) has a good index file: writes it unless this
-/// process wrote or loaded it (after waiting for the indexes to reach `lsn`), then deletes the
-/// index files of checkpoints no longer retained (`keep`: the retained checkpoints' LSNs) and
-/// leftovers of interrupted runs.
-pub(crate) fn ensure_for_checkpoint(shared: &crate::db::Shared, lsn: Lsn, keep: &[Lsn]) -> Result<()> {
+/// process wrote or loaded it, once the indexes reach `lsn`; then deletes the index files of
+/// checkpoints no longer retained (`keep`: the retained checkpoints' LSNs) and leftovers of
+/// interrupted runs. Whether the newest checkpoint has its file: indexes that do not reach
+/// `lsn` within `SEARCH_INDEX_WAIT` (a backlog, or a rebuild after an open) defer it to a
+/// later call, which is not an error (the checkpoint stands without it).
+pub(crate) fn ensure_for_checkpoint(shared: &crate::db::Shared, lsn: Lsn, keep: &[Lsn]) -> Result<bool> {
     let storage = &*shared.storage;
     let dir = shared.dir.join(INDEX_DIR);
-    if shared.indexes.file_lsn() != Some(lsn) {
+    let mut written = shared.indexes.file_lsn() == Some(lsn);
+    if !written {
         crate::checkpoint::ensure_dir(storage, &dir)?;
-        shared.indexes.wait_for(lsn, super::SEARCH_INDEX_WAIT)?;
-        save(storage, &dir, lsn, shared.indexes.all())?;
-        shared.indexes.set_file_lsn(lsn);
+        match shared.indexes.wait_for(lsn, super::SEARCH_INDEX_WAIT) {
+            Ok(()) => {
+                save(storage, &dir, lsn, shared.indexes.all())?;
+                shared.indexes.set_file_lsn(lsn);
+                written = true;
+            }
+            Err(CoreError::IndexTimeout { indexed_lsn, .. }) => {
+                tracing::info!(
+                    checkpoint_lsn = lsn,
+                    indexed_lsn,
+                    "index file deferred: the indexes have not reached the checkpoint"
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
     if storage
         .kind_of(&dir)
         .map_err(|e| io_error(format!("inspecting {}", dir.display()), e))?
         .is_none()
     {
-        return Ok(());
+        return Ok(written);
     }
     let names = storage.list(&dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
     let mut removed = false;
@@ -332,7 +347,7 @@ pub(crate) fn ensure_for_checkpoint(shared: &crate::db::Shared, lsn: Lsn, keep: 
             .sync_dir(&dir)
             .map_err(|e| io_error(format!("syncing directory {}", dir.display()), e))?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Why an index file was not used.

@@ -259,3 +259,58 @@ fn index_files_stay_usable_when_the_retention_policy_prunes_versions() {
         db.checkpoint().unwrap();
     }
 }
+
+/// A checkpoint taken while the indexes trail it (a backlog, or a rebuild still running after
+/// an open) stands without its index file instead of failing: the report says the file was
+/// deferred, and the next checkpoint call, once the indexes have reached it, writes it, so the
+/// open after that loads the indexes instead of rebuilding them. (The checkpoint waits
+/// `SEARCH_INDEX_WAIT`, 30 s, for the paused indexer first.)
+#[test]
+fn a_checkpoint_ahead_of_the_indexes_defers_its_index_file_and_a_later_call_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(12);
+    let vectors: Vec<Vec<f32>> = (0..40).map(|_| rng.vector(4)).collect();
+    {
+        let db = open(dir.path());
+        load(&db, "ns", &vectors[..20], |i| format!("early {i}"), |_| serde_json::Value::Null);
+        db.pause_indexer(true);
+        load_unindexed(&db, &vectors[20..]);
+        let deferred = db.checkpoint().unwrap();
+        assert!(deferred.written, "the checkpoint itself is written");
+        assert!(!deferred.index_file_written, "{deferred:?}");
+        let index_files = std::fs::read_dir(dir.path().join(SEARCH_INDEX_DIR)).map_or(0, |d| {
+            d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "index"))
+                .count()
+        });
+        assert_eq!(index_files, 0, "no index file for a checkpoint the indexes have not reached");
+
+        db.pause_indexer(false);
+        let later = db.checkpoint().unwrap();
+        assert!(!later.written, "nothing new to checkpoint");
+        assert!(later.index_file_written, "{later:?}");
+        assert!(index_file(dir.path()).to_string_lossy().contains(&format!("{:020}", deferred.lsn)));
+    }
+    let db = open(dir.path());
+    assert!(
+        matches!(db.index_stats().origin, IndexOrigin::Checkpoint { .. }),
+        "{:?}",
+        db.index_stats().origin
+    );
+    for v in &vectors {
+        assert_eq!(db.snapshot().search(&vector_request("ns", v.clone(), 1)).unwrap().len(), 1);
+    }
+}
+
+/// Inserts `vectors` in one transaction without waiting for the indexes.
+fn load_unindexed(db: &Database, vectors: &[Vec<f32>]) {
+    let mut txn = db.begin();
+    for (i, v) in vectors.iter().enumerate() {
+        let memory = NewMemory {
+            text: format!("late {i}"),
+            embedding: Some(v.clone()),
+            metadata: serde_json::Value::Null,
+        };
+        txn.insert_memory("ns", memory).unwrap();
+    }
+    txn.commit().unwrap();
+}

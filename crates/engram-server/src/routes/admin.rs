@@ -62,6 +62,9 @@ pub struct CheckpointResult {
     pub versions: u64,
     pub log_kept_from: Lsn,
     pub log_segments_removed: usize,
+    /// False when the search indexes had not reached the checkpoint within 30 s (a backlog, or
+    /// a rebuild after open): its index file is written by a later checkpoint call.
+    pub index_file_written: bool,
     pub elapsed_ms: f64,
 }
 
@@ -131,6 +134,7 @@ pub async fn checkpoint(State(state): State<AppState>, caller: Caller) -> ApiRes
                 versions: report.versions,
                 log_kept_from: report.log_kept_from,
                 log_segments_removed: report.log_segments_removed,
+                index_file_written: report.index_file_written,
                 elapsed_ms: report.elapsed.as_secs_f64() * 1000.0,
             }))
         })
