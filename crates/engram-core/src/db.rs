@@ -240,11 +240,11 @@ impl Database {
         let indexes = Arc::new(match loaded_indexes {
             Some(indexes) => {
                 for (lsn, changes) in replay.index_changes {
-                    indexes.enqueue(lsn, changes);
+                    indexes.enqueue_at_open(lsn, changes);
                 }
                 // The index is complete at `last` once the queue is drained (the log may end in
                 // commits without index changes, or in records that commit nothing).
-                indexes.enqueue(last, Vec::new());
+                indexes.enqueue_at_open(last, Vec::new());
                 indexes
             }
             None => Indexes::queued_from_store(&store, last, IndexOrigin::Rebuilt { reason: rebuild_reason }),

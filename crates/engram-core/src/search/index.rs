@@ -476,6 +476,10 @@ struct QueuedBatch {
     lsn: Lsn,
     changes: Arc<[IndexChange]>,
     vector_bytes: usize,
+    /// Queued by the open (the log replayed after the checkpoint, or the store when the
+    /// indexes are rebuilt): owed already, so it does not count toward the bound that holds
+    /// new commits (`over_bound`).
+    at_open: bool,
 }
 
 struct Queue {
@@ -531,6 +535,9 @@ pub(crate) struct Indexes {
     /// Changes queued and not yet applied, and the bytes of their embeddings.
     queued_changes: AtomicUsize,
     queued_vector_bytes: AtomicUsize,
+    /// The part of those the open queued ([`Indexes::enqueue_at_open`]).
+    open_backlog_changes: AtomicUsize,
+    open_backlog_vector_bytes: AtomicUsize,
     throttled_commits: AtomicU64,
     /// The queue's bound ([`IndexQueueBound`]), set at open.
     bound_changes: AtomicUsize,
@@ -568,6 +575,8 @@ impl Indexes {
             origin,
             queued_changes: AtomicUsize::new(0),
             queued_vector_bytes: AtomicUsize::new(0),
+            open_backlog_changes: AtomicUsize::new(0),
+            open_backlog_vector_bytes: AtomicUsize::new(0),
             throttled_commits: AtomicU64::new(0),
             bound_changes: AtomicUsize::new(MAX_QUEUED_INDEX_CHANGES),
             bound_vector_bytes: AtomicUsize::new(MAX_QUEUED_INDEX_VECTOR_BYTES),
@@ -576,7 +585,7 @@ impl Indexes {
     }
 
     /// Indexes loaded from a checkpoint's index file, complete up to the checkpoint's LSN; the
-    /// changes of the log replayed after it are queued ([`Indexes::enqueue`]) for the indexer
+    /// changes of the log replayed after it are queued ([`Indexes::enqueue_at_open`]) for the indexer
     /// thread, as live commits' are.
     pub fn from_loaded(namespaces: Vec<(String, NamespaceIndex)>, lsn: Lsn) -> Indexes {
         let map = namespaces
@@ -644,16 +653,16 @@ impl Indexes {
         for (lsn, _, change) in versions {
             if batch.last().is_some_and(|queued| queued.lsn != lsn) {
                 let batch_lsn = batch[0].lsn;
-                indexes.enqueue(batch_lsn, std::mem::take(&mut batch));
+                indexes.enqueue_at_open(batch_lsn, std::mem::take(&mut batch));
             }
             batch.push(change);
         }
         if let Some(first) = batch.first() {
             let batch_lsn = first.lsn;
-            indexes.enqueue(batch_lsn, batch);
+            indexes.enqueue_at_open(batch_lsn, batch);
         }
         // The log may end in commits without index changes, or in records that commit nothing.
-        indexes.enqueue(at, Vec::new());
+        indexes.enqueue_at_open(at, Vec::new());
         indexes
     }
 
@@ -668,14 +677,33 @@ impl Indexes {
     /// Queues the changes of every commit up to `lsn` (called by the applier of the store, in
     /// LSN order, before the commits become visible).
     pub fn enqueue(&self, lsn: Lsn, changes: Vec<IndexChange>) {
+        self.push_batch(lsn, changes, false);
+    }
+
+    /// [`Indexes::enqueue`] for the backlog an open leaves the indexer (the log replayed after
+    /// the checkpoint, or the whole store when the indexes are rebuilt). It counts in the
+    /// queue's statistics, not toward the bound that holds new memory commits: it was owed
+    /// before any of them, and holding them would not pay it sooner (after an open that
+    /// queued 511,040 vectors, every memory commit would otherwise wait up to
+    /// `SEARCH_INDEX_WAIT` for about a minute).
+    pub fn enqueue_at_open(&self, lsn: Lsn, changes: Vec<IndexChange>) {
+        self.push_batch(lsn, changes, true);
+    }
+
+    fn push_batch(&self, lsn: Lsn, changes: Vec<IndexChange>, at_open: bool) {
         let vector_bytes = changes.iter().map(IndexChange::vector_bytes).sum();
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.queued_changes.fetch_add(changes.len(), Ordering::AcqRel);
         self.queued_vector_bytes.fetch_add(vector_bytes, Ordering::AcqRel);
+        if at_open {
+            self.open_backlog_changes.fetch_add(changes.len(), Ordering::AcqRel);
+            self.open_backlog_vector_bytes.fetch_add(vector_bytes, Ordering::AcqRel);
+        }
         queue.batches.push_back(QueuedBatch {
             lsn,
             changes: changes.into(),
             vector_bytes,
+            at_open,
         });
         self.work.notify_one();
     }
@@ -766,6 +794,11 @@ impl Indexes {
         }
         let changes: usize = batches.iter().map(|b| b.changes.len()).sum();
         let vector_bytes: usize = batches.iter().map(|b| b.vector_bytes).sum();
+        let opens = batches.iter().filter(|b| b.at_open);
+        let (open_changes, open_vector_bytes) = opens.fold((0, 0), |(c, v), b| (c + b.changes.len(), v + b.vector_bytes));
+        // The open's share first: `over_bound` subtracts it from the totals.
+        self.open_backlog_changes.fetch_sub(open_changes, Ordering::AcqRel);
+        self.open_backlog_vector_bytes.fetch_sub(open_vector_bytes, Ordering::AcqRel);
         self.queued_changes.fetch_sub(changes, Ordering::AcqRel);
         self.queued_vector_bytes.fetch_sub(vector_bytes, Ordering::AcqRel);
         self.notify_progress();
@@ -786,9 +819,14 @@ impl Indexes {
         self.bound_vector_bytes.store(bound.vector_bytes, Ordering::Release);
     }
 
+    /// Whether the changes queued since the open exceed the bound (the open's backlog does not
+    /// count: [`Indexes::enqueue_at_open`]).
     fn over_bound(&self) -> bool {
-        self.queued_changes.load(Ordering::Acquire) > self.bound_changes.load(Ordering::Relaxed)
-            || self.queued_vector_bytes.load(Ordering::Acquire) > self.bound_vector_bytes.load(Ordering::Relaxed)
+        let changes = self.queued_changes.load(Ordering::Acquire);
+        let vector_bytes = self.queued_vector_bytes.load(Ordering::Acquire);
+        let new_changes = changes.saturating_sub(self.open_backlog_changes.load(Ordering::Acquire));
+        let new_vector_bytes = vector_bytes.saturating_sub(self.open_backlog_vector_bytes.load(Ordering::Acquire));
+        new_changes > self.bound_changes.load(Ordering::Relaxed) || new_vector_bytes > self.bound_vector_bytes.load(Ordering::Relaxed)
     }
 
     /// Called by a commit that wrote memories, after it is visible: if the queue holds more
@@ -930,6 +968,7 @@ impl Indexes {
                         lsn: b.lsn,
                         changes: b.changes.clone(),
                         vector_bytes: b.vector_bytes,
+                        at_open: b.at_open,
                     })
                     .collect()
             };
@@ -1021,6 +1060,51 @@ mod tests {
             key: Key::new("ns", Space::Memory, id.as_bytes().to_vec()),
             value: None,
         }
+    }
+
+    /// The backlog an open queues (the replayed log, or the store for a rebuild) is in the
+    /// queue's statistics but does not count toward the bound that holds new memory commits;
+    /// commits queued after it do, and once the indexer has applied everything, nothing is
+    /// counted.
+    #[test]
+    fn an_opens_backlog_counts_in_the_statistics_but_not_toward_the_bound() {
+        let indexes = Arc::new(Indexes::with_namespaces(HashMap::new(), IndexOrigin::Rebuilt { reason: None }));
+        indexes.set_bound(IndexQueueBound {
+            changes: 2,
+            vector_bytes: 5 * 4 * 4,
+        });
+        let vector = || Some(vec![1.0, 2.0, 3.0, 4.0]);
+        let backlog: Vec<IndexChange> = (0..10).map(|i| memory_change(1, &format!("old{i}"), vector())).collect();
+        indexes.enqueue_at_open(1, backlog);
+        assert!(!indexes.over_bound(), "10 changes and 160 bytes, all owed by the open");
+        let stats = indexes.stats(1);
+        assert_eq!((stats.queued_changes, stats.queued_vector_bytes), (10, 160));
+
+        indexes.enqueue(2, vec![memory_change(2, "new0", vector()), memory_change(2, "new1", vector())]);
+        assert!(!indexes.over_bound(), "2 new changes: at the bound, not over it");
+        indexes.enqueue(3, vec![memory_change(3, "new2", None)]);
+        assert!(indexes.over_bound(), "3 new changes");
+        assert_eq!(indexes.stats(3).queued_changes, 13);
+
+        let applier = IndexApplier::spawn(indexes.clone(), 0).unwrap();
+        indexes.wait_for(3, Duration::from_secs(30)).unwrap();
+        drop(applier);
+        assert!(!indexes.over_bound());
+        let stats = indexes.stats(3);
+        assert_eq!((stats.queued_changes, stats.queued_vector_bytes, stats.vectors), (0, 0, 12));
+        assert_eq!(indexes.open_backlog_changes.load(Ordering::Acquire), 0);
+        assert_eq!(indexes.open_backlog_vector_bytes.load(Ordering::Acquire), 0);
+
+        // A vector-bytes bound alone: the new bytes over it hold commits, the open's do not.
+        let indexes = Indexes::with_namespaces(HashMap::new(), IndexOrigin::Rebuilt { reason: None });
+        indexes.set_bound(IndexQueueBound {
+            changes: 1_000,
+            vector_bytes: 20,
+        });
+        indexes.enqueue_at_open(1, vec![memory_change(1, "a", vector()), memory_change(1, "b", vector())]);
+        assert!(!indexes.over_bound());
+        indexes.enqueue(2, vec![memory_change(2, "c", Some(vec![0.5; 6]))]);
+        assert!(indexes.over_bound(), "24 new bytes over a bound of 20");
     }
 
     /// The plans of a group are made for the node numbers `apply` will give: through a replayed
