@@ -796,7 +796,9 @@ impl Indexes {
         let vector_bytes: usize = batches.iter().map(|b| b.vector_bytes).sum();
         let opens = batches.iter().filter(|b| b.at_open);
         let (open_changes, open_vector_bytes) = opens.fold((0, 0), |(c, v), b| (c + b.changes.len(), v + b.vector_bytes));
-        // The open's share first: `over_bound` subtracts it from the totals.
+        // The open's share before the totals: `over_bound` reads the totals first, so a check
+        // racing with this can only count too many new changes for a moment (a held writer
+        // checks again at the next progress), never admit a commit past the bound.
         self.open_backlog_changes.fetch_sub(open_changes, Ordering::AcqRel);
         self.open_backlog_vector_bytes.fetch_sub(open_vector_bytes, Ordering::AcqRel);
         self.queued_changes.fetch_sub(changes, Ordering::AcqRel);

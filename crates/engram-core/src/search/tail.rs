@@ -107,13 +107,10 @@ impl TailView {
                         };
                         let id = change.key.id.as_slice();
                         let hash = hasher.hash_one(id);
-                        let same_id = |&v: &u32| change_at(batches, versions[v as usize]).key.id == id;
-                        match changed.find(hash, same_id) {
+                        match changed.find(hash, |&v| id_at(batches, versions, v) == id) {
                             Some(&v) => versions[v as usize] = place,
                             None => {
-                                changed.insert_unique(hash, versions.len() as u32, |&v| {
-                                    hasher.hash_one(change_at(batches, versions[v as usize]).key.id.as_slice())
-                                });
+                                changed.insert_unique(hash, versions.len() as u32, |&v| hasher.hash_one(id_at(batches, versions, v)));
                                 versions.push(place);
                             }
                         }
@@ -138,7 +135,7 @@ impl TailView {
         let id = id.as_bytes();
         let hash = self.hasher.hash_one(id);
         self.changed
-            .find(hash, |&v| change_at(&self.batches, self.versions[v as usize]).key.id == id)
+            .find(hash, |&v| id_at(&self.batches, &self.versions, v) == id)
             .is_some()
     }
 
@@ -165,6 +162,12 @@ impl TailView {
 #[inline]
 fn change_at(batches: &[Arc<[IndexChange]>], place: ChangePlace) -> &IndexChange {
     &batches[place.batch as usize][place.change as usize]
+}
+
+/// The memory id of entry `v` of `versions` (what the id table hashes and compares).
+#[inline]
+fn id_at<'a>(batches: &'a [Arc<[IndexChange]>], versions: &[ChangePlace], v: u32) -> &'a [u8] {
+    &change_at(batches, versions[v as usize]).key.id
 }
 
 /// The stored value (a memory) behind a document, shared with the store.
