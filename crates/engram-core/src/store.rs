@@ -541,11 +541,7 @@ impl Store {
                 };
                 let stored = compact_key::encode(&key);
                 if is_indexed(&key) {
-                    changes.push(IndexChange {
-                        lsn,
-                        key,
-                        value: version.value.clone(),
-                    });
+                    changes.push(IndexChange::new(lsn, key, version.value.clone()));
                 }
                 versions.push((stored, version));
             }

@@ -12,7 +12,7 @@ use super::filter;
 use super::hnsw::{Hnsw, InsertPlan};
 use super::keyword::InvertedIndex;
 use super::planning::{plan_insertions, PlannedInsertion, MIN_PLANNED_INSERTIONS, PLANNED_GROUP_CHANGES};
-use super::tail::{KeywordStatistics, TailView};
+use super::tail::{KeywordStatistics, TailCode, TailView};
 use super::vector::{prefetch, Metric, Scored, TopK};
 use crate::error::{CoreError, Result};
 use crate::model::{Key, Memory, Space, Value};
@@ -21,7 +21,7 @@ use engram_wal::Lsn;
 use serde_json::Map;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -96,9 +96,21 @@ pub(crate) struct IndexChange {
     pub lsn: Lsn,
     pub key: Key,
     pub value: Option<Arc<Value>>,
+    /// The int8 code of the embedding, made by the first search that scans this change while
+    /// it is queued (search/tail.rs), then shared by every later one.
+    pub tail_code: OnceLock<Box<TailCode>>,
 }
 
 impl IndexChange {
+    pub fn new(lsn: Lsn, key: Key, value: Option<Arc<Value>>) -> IndexChange {
+        IndexChange {
+            lsn,
+            key,
+            value,
+            tail_code: OnceLock::new(),
+        }
+    }
+
     /// Bytes of the embedding this change adds (0 for deletions and metrics).
     fn vector_bytes(&self) -> usize {
         match self.value.as_deref() {
@@ -629,22 +641,14 @@ impl Indexes {
         store.visit_space(Space::Meta, |key, chain| {
             if key.id == METRIC_KEY {
                 if let Some(v) = chain.versions.iter().rev().find(|v| v.value.is_some()) {
-                    let change = IndexChange {
-                        lsn: v.lsn,
-                        key: key.clone(),
-                        value: v.value.clone(),
-                    };
+                    let change = IndexChange::new(v.lsn, key.clone(), v.value.clone());
                     versions.push((v.lsn, v.op_index, change));
                 }
             }
         });
         store.visit_space(Space::Memory, |key, chain| {
             for v in &chain.versions {
-                let change = IndexChange {
-                    lsn: v.lsn,
-                    key: key.clone(),
-                    value: v.value.clone(),
-                };
+                let change = IndexChange::new(v.lsn, key.clone(), v.value.clone());
                 versions.push((v.lsn, v.op_index, change));
             }
         });
@@ -1049,19 +1053,15 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
         };
-        IndexChange {
+        IndexChange::new(
             lsn,
-            key: Key::new("ns", Space::Memory, id.as_bytes().to_vec()),
-            value: Some(Arc::new(Value::Memory(memory))),
-        }
+            Key::new("ns", Space::Memory, id.as_bytes().to_vec()),
+            Some(Arc::new(Value::Memory(memory))),
+        )
     }
 
     fn deletion(lsn: Lsn, id: &str) -> IndexChange {
-        IndexChange {
-            lsn,
-            key: Key::new("ns", Space::Memory, id.as_bytes().to_vec()),
-            value: None,
-        }
+        IndexChange::new(lsn, Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None)
     }
 
     /// The backlog an open queues (the replayed log, or the store for a rebuild) is in the
@@ -1127,11 +1127,11 @@ mod tests {
         group.push(memory_change(102, "m5", Some(vector(500))));
         group.push(memory_change(103, "m6", None));
         group.push(memory_change(104, "other", Some(vec![1.0; 5])));
-        group.push(IndexChange {
-            lsn: 105,
-            key: Key::new("ns", Space::Meta, METRIC_KEY.to_vec()),
-            value: Some(Arc::new(Value::Kv(crate::model::KvValue::Json(serde_json::json!("cosine"))))),
-        });
+        group.push(IndexChange::new(
+            105,
+            Key::new("ns", Space::Meta, METRIC_KEY.to_vec()),
+            Some(Arc::new(Value::Kv(crate::model::KvValue::Json(serde_json::json!("cosine"))))),
+        ));
         for i in 0..20 {
             group.push(memory_change(106 + i as Lsn, &format!("new{i}"), Some(vector(1_000 + i))));
         }
