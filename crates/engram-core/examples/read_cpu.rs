@@ -7,6 +7,14 @@
 //! cargo run --release -p engram-core --example read_cpu -- [memories=200000] [seconds=3] [rounds=2] [readers=2] [writers=64] [read_ids=all]
 //! ```
 //!
+//! Each round measures three spans: readers alone, while the writers commit, and while the
+//! writers commit and one more thread runs checkpoints back to back (as the peer suite's reads
+//! workload does). Each span also prints the commits/s, the log's syncs, and the search
+//! indexer's queue at its end. The spans share one database, so the third starts with the
+//! indexing the second left owed: when that queue reaches its bound, the third span's commits
+//! wait for the indexer, whatever the checkpoints do (read the queue and the waited commits
+//! before blaming a checkpoint).
+//!
 //! `read_ids` limits the reads to the first so many ids (the commit bench reads its first
 //! 10,000), whose B-tree paths then mostly stay in the CPU's caches.
 //!
@@ -25,14 +33,30 @@ use std::time::{Duration, Instant};
 #[path = "../benches/common/one_memory.rs"]
 mod one_memory;
 
-/// Reads/s of `readers` threads each reading 100 ids per snapshot (as the commit bench does),
-/// for `seconds`, while `writers` threads commit one-memory transactions.
-fn reads_per_second(db: &Database, ids: &[String], readers: usize, writers: usize, seconds: u64, round: u64) -> f64 {
+/// One span of `seconds`: `readers` threads each read 100 ids per snapshot (as the commit bench
+/// does) while `writers` threads commit one-memory transactions and, with `checkpoints`, one
+/// more thread runs checkpoints back to back.
+fn measure_span(db: &Database, ids: &[String], (readers, writers): (usize, usize), checkpoints: bool, seconds: u64, round: u64) -> Span {
     let reads = AtomicU64::new(0);
+    let commits = AtomicU64::new(0);
+    let checkpoints_done = AtomicU64::new(0);
+    let wal_before = db.wal_stats();
     let stop = AtomicBool::new(false);
     let elapsed = std::thread::scope(|s| {
+        if checkpoints {
+            let (stop, checkpoints_done) = (&stop, &checkpoints_done);
+            std::thread::Builder::new()
+                .name("checkpoint-loop".into())
+                .spawn_scoped(s, move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        db.checkpoint().expect("checkpoint");
+                        checkpoints_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .expect("spawn the checkpoint loop");
+        }
         for w in 0..writers {
-            let stop = &stop;
+            let (stop, commits) = (&stop, &commits);
             s.spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -42,6 +66,7 @@ fn reads_per_second(db: &Database, ids: &[String], readers: usize, writers: usiz
                     .expect("commit");
                     i += 1;
                 }
+                commits.fetch_add(i, Ordering::Relaxed);
             });
         }
         let started = Instant::now();
@@ -70,7 +95,49 @@ fn reads_per_second(db: &Database, ids: &[String], readers: usize, writers: usiz
         started
     })
     .elapsed();
-    reads.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+    let index = db.index_stats();
+    let wal = db.wal_stats();
+    let syncs = wal.syncs - wal_before.syncs;
+    let sync_us_total = wal.sync_latency_avg_us * wal.syncs as f64 - wal_before.sync_latency_avg_us * wal_before.syncs as f64;
+    Span {
+        syncs,
+        sync_mean_us: if syncs > 0 { sync_us_total / syncs as f64 } else { 0.0 },
+        reads_per_second: reads.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        commits_per_second: commits.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        checkpoints: checkpoints_done.load(Ordering::Relaxed),
+        index_queued_changes: index.queued_changes,
+        index_throttled_commits: index.throttled_commits,
+    }
+}
+
+/// What one measured span saw. The index figures are read at its end: the queue still owed to
+/// the search indexer, and the commits that have waited for it since the open (a commit waits
+/// once the queue holds `DatabaseOptions::index_queue_bound` of embeddings).
+struct Span {
+    /// The log's fdatasync calls during the span, and their mean latency.
+    syncs: u64,
+    sync_mean_us: f64,
+    reads_per_second: f64,
+    commits_per_second: f64,
+    checkpoints: u64,
+    index_queued_changes: usize,
+    index_throttled_commits: u64,
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} reads/s ({:.0} commits/s, {} log syncs of {:.0} µs on average, {} checkpoints; index queue {} changes, {} commits waited so far)",
+            self.reads_per_second,
+            self.commits_per_second,
+            self.syncs,
+            self.sync_mean_us,
+            self.checkpoints,
+            self.index_queued_changes,
+            self.index_throttled_commits
+        )
+    }
 }
 
 fn main() {
@@ -111,9 +178,12 @@ fn main() {
     println!("{} memories loaded in {:.1} s", ids.len(), built.elapsed().as_secs_f64());
     let ids = &ids[..read_ids.min(ids.len())];
     for round in 0..rounds {
-        let alone = reads_per_second(&db, ids, readers, 0, seconds, round);
-        let writing = reads_per_second(&db, ids, readers, writers, seconds, round);
-        println!("round {round}: {readers} readers alone {alone:.0} reads/s; while {writers} writers commit {writing:.0} reads/s");
+        let alone = measure_span(&db, ids, (readers, 0), false, seconds, round);
+        let writing = measure_span(&db, ids, (readers, writers), false, seconds, round);
+        let checkpointing = measure_span(&db, ids, (readers, writers), true, seconds, round);
+        println!("round {round}: {readers} readers alone: {alone}");
+        println!("round {round}: while {writers} writers commit: {writing}");
+        println!("round {round}: and checkpoints run back to back: {checkpointing}");
     }
     // Dropping would wait for the indexer to catch up: skip it.
     let path = dir.keep();
