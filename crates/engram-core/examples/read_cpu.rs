@@ -91,10 +91,11 @@ fn measure_span(db: &Database, ids: &[String], (readers, writers): (usize, usize
         }
         std::thread::sleep(Duration::from_secs(seconds));
         stop.store(true, Ordering::Relaxed);
-        // The readers add their counts as they stop; the scope waits for them.
-        started
-    })
-    .elapsed();
+        // The readers add their counts as they stop; the scope waits for them, and for the
+        // checkpoint under way, which may wait up to SEARCH_INDEX_WAIT for the indexer with no
+        // reader running: the span ends here.
+        started.elapsed()
+    });
     let index = db.index_stats();
     let wal = db.wal_stats();
     let syncs = wal.syncs - wal_before.syncs;
