@@ -1041,10 +1041,11 @@ impl Drop for IndexApplier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn memory_change(lsn: Lsn, id: &str, embedding: Option<Vec<f32>>) -> IndexChange {
+    /// A queued change writing memory `id` of namespace "ns" at `lsn` (also used by tail.rs's tests).
+    pub(crate) fn memory_change(lsn: Lsn, id: &str, embedding: Option<Vec<f32>>) -> IndexChange {
         let memory = Memory {
             id: id.to_string(),
             text: format!("text of {id} at {lsn}"),

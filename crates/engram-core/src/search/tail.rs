@@ -543,6 +543,7 @@ pub(crate) fn keyword_search(
 mod tests {
     use super::*;
     use crate::model::{Key, KvValue};
+    use crate::search::index::tests::memory_change;
 
     /// A seeded generator of floats in [-0.5, 0.5).
     struct Floats(u64);
@@ -556,22 +557,6 @@ mod tests {
         fn vector(&mut self, dimension: usize) -> Vec<f32> {
             (0..dimension).map(|_| self.next()).collect()
         }
-    }
-
-    fn memory_change(lsn: Lsn, id: &str, embedding: Vec<f32>) -> IndexChange {
-        let memory = Memory {
-            id: id.to_string(),
-            text: String::new(),
-            embedding: Some(embedding.into()),
-            metadata: crate::Metadata::new(),
-            created_ms: 0,
-            updated_ms: 0,
-        };
-        IndexChange::new(
-            lsn,
-            Key::new("ns", Space::Memory, id.as_bytes().to_vec()),
-            Some(Arc::new(Value::Memory(memory))),
-        )
     }
 
     fn metric_change(lsn: Lsn, metric: Metric) -> IndexChange {
@@ -632,9 +617,9 @@ mod tests {
             };
             // Every seventh batch holds two commits' worth: the memory and an update of an
             // earlier one.
-            let mut batch = vec![memory_change(lsn, &format!("m{i}"), embedding)];
+            let mut batch = vec![memory_change(lsn, &format!("m{i}"), Some(embedding))];
             if i % 7 == 6 {
-                batch.push(memory_change(lsn, &format!("m{}", i / 2), near(i + 1, &mut floats)));
+                batch.push(memory_change(lsn, &format!("m{}", i / 2), Some(near(i + 1, &mut floats))));
             }
             batches.push(Arc::from(batch));
         }
