@@ -199,16 +199,20 @@ impl TailView {
 /// An embedding's int8 code for the tail scan, with what bounds the scan's error.
 ///
 /// The codes `c` and scale `s` are those of the graph ([`super::codes::encode_to`]) for the
-/// embedding `x` as stored (not prepared: the metric may be set later in the same tail). For a
-/// query `q`, `q·x = s (q·c) + q·r` with the residual `r = x - s c`, and `|q·r| <= |q| |r|`
-/// (Cauchy-Schwarz), so `s (q·c)` is within `|q| |r|` of the inner product every metric's
-/// distance is a monotone function of. `|r|` and `|x|` are computed in f64 and rounded up.
+/// embedding `x` as stored (not prepared: the metric may be set later in the same tail). The
+/// query `q` is encoded the same way once per search (`q = t d + f`). Then
+/// `q·x = t s (d·c) + q·r + s (f·c)` with the residual `r = x - s c`, and by Cauchy-Schwarz
+/// `|q·r| <= |q| |r|` and `|f·c| <= |f| |c|`: the exact integer product `d·c` bounds the inner
+/// product every metric's distance is a monotone function of, within `|q| |r| + s |f| |c|`.
+/// `|r|`, `|x|` and `|c|` are computed in f64 and rounded up.
 #[derive(Debug, Clone)]
 pub(crate) struct TailCode {
     codes: Box<[i8]>,
     scale: f32,
     residual_norm: f32,
     norm: f32,
+    /// `|c|`, the codes' own norm.
+    code_norm: f32,
 }
 
 impl TailCode {
@@ -221,11 +225,13 @@ impl TailCode {
             residual += r * r;
             norm += f64::from(x) * f64::from(x);
         }
+        let code_norm = round_up(f64::from(super::codes::dot(&codes, &codes)).sqrt());
         TailCode {
             codes,
             scale,
             residual_norm: round_up(residual.sqrt()),
             norm: round_up(norm.sqrt()),
+            code_norm,
         }
     }
 }
@@ -251,40 +257,56 @@ const UNDERFLOW_GUARD: f64 = 1e-30;
 /// Bounds on the f32 distances the exact scan computes, from a tail code.
 struct DistanceBounds {
     metric: Metric,
-    /// The prepared query's norm, and its square.
+    /// The prepared query's norm.
     query_norm: f64,
-    /// Relative error allowed for f32 rounding: each kernel's sums (the exact distance's and the
-    /// code's inner product) and the distance's own arithmetic. Recursive summation of n terms
-    /// errs by at most about n·2^-24 of the sum of magnitudes; 8·n·2^-24 covers both kernels
-    /// with room, and only widens the bounds (more memories re-scored), never the answer.
+    /// The prepared query's codes `d` and scale `t`, and the norm of its residual `|q - t d|`.
+    query_codes: Vec<i8>,
+    query_scale: f64,
+    query_residual_norm: f64,
+    /// Relative error allowed for the f32 rounding of the exact distance (its kernel's sums and
+    /// its own arithmetic; the codes' product is an exact integer). Recursive summation of n
+    /// terms errs by at most about n·2^-24 of the sum of magnitudes; 8·n·2^-24 covers it with
+    /// room, and only widens the bounds (more memories re-scored), never the answer.
     rounding: f64,
 }
 
 impl DistanceBounds {
     fn new(metric: Metric, prepared_query: &[f32]) -> DistanceBounds {
         let query_norm = prepared_query.iter().map(|&q| f64::from(q) * f64::from(q)).sum::<f64>().sqrt();
+        let encoded = super::codes::EncodedQuery::new(prepared_query);
+        let query_scale = f64::from(encoded.params.scale);
+        let query_residual_norm = prepared_query
+            .iter()
+            .zip(&encoded.codes)
+            .map(|(&q, &d)| (f64::from(q) - query_scale * f64::from(d)).powi(2))
+            .sum::<f64>()
+            .sqrt();
         DistanceBounds {
             metric,
             query_norm,
+            query_codes: encoded.codes,
+            query_scale,
+            query_residual_norm,
             rounding: 8.0 * prepared_query.len().max(1) as f64 * f64::from(f32::EPSILON / 2.0),
         }
     }
 
     /// (lower, upper) bounds on the distance the exact scan computes for the embedding behind
-    /// `code`, given `code_dot` = q·c from [`super::vector::dot_with_codes`]. `None` (no bound:
+    /// `code`. `None` (no bound:
     /// always re-scored) where relative rounding does not bound the f32 arithmetic's error:
     /// where it could overflow, and for embeddings so short that their squares underflow
     /// (cosine divides by the norm computed from them; zero is one). Elsewhere underflow errs
     /// by at most a few 2^-149 per term, far inside the threshold's widening.
-    fn of(&self, code: &TailCode, code_dot: f32) -> Option<(f64, f64)> {
+    fn of(&self, code: &TailCode) -> Option<(f64, f64)> {
         let norm = f64::from(code.norm);
         let (q, e) = (self.query_norm, self.rounding);
         if norm * norm < UNDERFLOW_GUARD || (q + norm) * (q + norm) > OVERFLOW_GUARD {
             return None;
         }
-        let inner = f64::from(code.scale) * f64::from(code_dot);
-        // The code's inner product errs by the residual term plus its own rounding.
-        let spread = q * f64::from(code.residual_norm) + e * q * (norm + f64::from(code.residual_norm));
+        let scale = f64::from(code.scale);
+        let code_dot = f64::from(super::codes::dot(&self.query_codes, &code.codes));
+        let inner = self.query_scale * scale * code_dot;
+        let spread = q * f64::from(code.residual_norm) + scale * self.query_residual_norm * f64::from(code.code_norm);
         let (low_inner, high_inner) = (inner - spread, inner + spread);
         Some(match self.metric {
             Metric::Dot => {
@@ -450,8 +472,7 @@ fn scan(
         if let Some(ahead) = codes.get(i + SCAN_PREFETCH_DISTANCE) {
             prefetch_code_lines(&ahead.codes);
         }
-        let code_dot = super::vector::dot_with_codes(prepared_query, &code.codes);
-        match bounds.of(code, code_dot) {
+        match bounds.of(code) {
             Some((low, high)) => {
                 lower_bounds.push((i as u32, low));
                 upper_bounds.push(high);

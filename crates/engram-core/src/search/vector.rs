@@ -118,16 +118,8 @@ pub(crate) fn dot_and_squared_norm(a: &[f32], b: &[f32]) -> (f32, f32) {
     (KERNELS.dot_and_squared_norm)(a, b)
 }
 
-/// The inner product of `a` with int8 codes (each taken as its f32 value): the tail scan's
-/// first pass, which reads a quarter of the bytes the f32 vectors take (search/tail.rs).
-#[inline]
-pub(crate) fn dot_with_codes(a: &[f32], codes: &[i8]) -> f32 {
-    (KERNELS.dot_with_codes)(a, codes)
-}
-
 struct Kernels {
     dot: fn(&[f32], &[f32]) -> f32,
-    dot_with_codes: fn(&[f32], &[i8]) -> f32,
     squared_l2: fn(&[f32], &[f32]) -> f32,
     dot_and_squared_norm: fn(&[f32], &[f32]) -> (f32, f32),
 }
@@ -139,7 +131,6 @@ static KERNELS: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| {
     }
     Kernels {
         dot: portable::dot,
-        dot_with_codes: portable::dot_with_codes,
         squared_l2: portable::squared_l2,
         dot_and_squared_norm: portable::dot_and_squared_norm,
     }
@@ -158,24 +149,6 @@ macro_rules! kernels {
             for (x, y) in ca.zip(cb) {
                 for i in 0..$lanes {
                     acc[i] = $multiply_add(x[i], y[i], acc[i]);
-                }
-            }
-            acc.iter().sum::<f32>() + tail
-        }
-
-        #[inline(always)]
-        pub(super) fn dot_with_codes(a: &[f32], codes: &[i8]) -> f32 {
-            let (ca, cb) = (a.chunks_exact($lanes), codes.chunks_exact($lanes));
-            let tail: f32 = ca
-                .remainder()
-                .iter()
-                .zip(cb.remainder())
-                .map(|(x, &c)| x * f32::from(c))
-                .sum();
-            let mut acc = [0f32; $lanes];
-            for (x, c) in ca.zip(cb) {
-                for i in 0..$lanes {
-                    acc[i] = $multiply_add(x[i], f32::from(c[i]), acc[i]);
                 }
             }
             acc.iter().sum::<f32>() + tail
@@ -250,10 +223,6 @@ mod x86 {
                     // SAFETY: only reachable when the CPU reported AVX2 and FMA (just above).
                     unsafe { dot_avx2_fma(a, b) }
                 },
-                dot_with_codes: |a, codes| {
-                    // SAFETY: as above.
-                    unsafe { dot_with_codes_avx2_fma(a, codes) }
-                },
                 squared_l2: |a, b| {
                     // SAFETY: as above.
                     unsafe { squared_l2_avx2_fma(a, b) }
@@ -271,11 +240,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
         fused::dot(a, b)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_with_codes_avx2_fma(a: &[f32], codes: &[i8]) -> f32 {
-        fused::dot_with_codes(a, codes)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -310,17 +274,6 @@ mod kernel_tests {
                 (f64::from(super::portable::dot(&a, &b)) - dot).abs() < 1e-4,
                 "portable dot, length {len}"
             );
-            let codes: Vec<i8> = (0..len).map(|i| ((i * 37 + len) % 255) as i8).collect();
-            let with_codes: f64 = a.iter().zip(&codes).map(|(x, &c)| f64::from(*x) * f64::from(c)).sum();
-            for (kernel, value) in [
-                ("selected", super::dot_with_codes(&a, &codes)),
-                ("portable", super::portable::dot_with_codes(&a, &codes)),
-            ] {
-                assert!(
-                    (f64::from(value) - with_codes).abs() < 1e-2,
-                    "{kernel} dot with codes, length {len}"
-                );
-            }
             let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
             for (kernel, (fused_dot, fused_norm)) in [
                 ("selected", super::dot_and_squared_norm(&a, &b)),
