@@ -292,11 +292,11 @@ impl DistanceBounds {
     }
 
     /// (lower, upper) bounds on the distance the exact scan computes for the embedding behind
-    /// `code`. `None` (no bound:
-    /// always re-scored) where relative rounding does not bound the f32 arithmetic's error:
-    /// where it could overflow, and for embeddings so short that their squares underflow
-    /// (cosine divides by the norm computed from them; zero is one). Elsewhere underflow errs
-    /// by at most a few 2^-149 per term, far inside the threshold's widening.
+    /// `code`. `None` (no bound: always re-scored) where relative rounding does not bound the
+    /// f32 arithmetic's error: where it could overflow, and for embeddings so short that their
+    /// squares underflow (cosine divides by the norm computed from them; zero is one).
+    /// Elsewhere underflow errs by at most a few 2^-149 per term, far inside the threshold's
+    /// widening. (The integer product cannot overflow: `MAX_DIMENSION` x 127² < 2^31.)
     fn of(&self, code: &TailCode) -> Option<(f64, f64)> {
         let norm = f64::from(code.norm);
         let (q, e) = (self.query_norm, self.rounding);
