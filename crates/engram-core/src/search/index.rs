@@ -626,7 +626,6 @@ impl Indexes {
         all
     }
 
-    /// Indexes of everything in `store` (all retained versions), complete up to `at`.
     /// Empty indexes with every retained memory version in `store` (and each namespace's
     /// metric) queued for the indexer thread in commit order, one batch per commit, as the
     /// log's commits would have been queued: the open does not wait for the graph to be built
