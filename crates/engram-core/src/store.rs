@@ -529,9 +529,12 @@ impl Store {
         for (lsn, record) in commits {
             commit_times.push((lsn, record.commit_ts_ms));
             for (op_index, op) in record.ops.into_iter().enumerate() {
-                let (key, value) = match op {
-                    Op::Put { key, after, .. } => (key, Some(Arc::new(after))),
-                    Op::Delete { key, .. } => (key, None),
+                // An insert: the key had no live version just before this operation (read at the
+                // transaction's snapshot, and no commit wrote the key since, or this one would have
+                // been a conflict; a generated id is new).
+                let (key, value, creates) = match op {
+                    Op::Put { key, before, after } => (key, Some(Arc::new(after)), before.is_none()),
+                    Op::Delete { key, .. } => (key, None, false),
                     Op::Event { .. } => continue,
                 };
                 let version = Version {
@@ -541,7 +544,10 @@ impl Store {
                 };
                 let stored = compact_key::encode(&key);
                 if is_indexed(&key) {
-                    changes.push(IndexChange::new(lsn, key, version.value.clone()));
+                    changes.push(match (&version.value, creates) {
+                        (Some(value), true) => IndexChange::insert(lsn, key, value.clone()),
+                        (value, _) => IndexChange::new(lsn, key, value.clone()),
+                    });
                 }
                 versions.push((stored, version));
             }

@@ -96,18 +96,33 @@ pub(crate) struct IndexChange {
     pub lsn: Lsn,
     pub key: Key,
     pub value: Option<Arc<Value>>,
+    /// Whether the key had no live version just before this change (an insert, not an update
+    /// or a deletion): then no version the index holds at or below this change's LSN is valid
+    /// there, so a lagging search need not look the memory up to hide the index's version of
+    /// it (search/tail.rs). `false` is always correct, only slower.
+    pub creates: bool,
     /// The int8 code of the embedding, made by the first search that scans this change while
     /// it is queued (search/tail.rs), then shared by every later one.
     pub tail_code: OnceLock<Box<TailCode>>,
 }
 
 impl IndexChange {
+    /// A change not known to be an insert ([`IndexChange::creates`] false).
     pub fn new(lsn: Lsn, key: Key, value: Option<Arc<Value>>) -> IndexChange {
         IndexChange {
             lsn,
             key,
             value,
+            creates: false,
             tail_code: OnceLock::new(),
+        }
+    }
+
+    /// A change that writes `value` where the key had no live version just before it.
+    pub fn insert(lsn: Lsn, key: Key, value: Arc<Value>) -> IndexChange {
+        IndexChange {
+            creates: true,
+            ..IndexChange::new(lsn, key, Some(value))
         }
     }
 
@@ -325,10 +340,11 @@ impl NamespaceIndex {
     /// change (the tail's version replaces it) and matches `filter`: the admission check of a
     /// filtered search or one with a tail (the others need only the node's validity).
     fn admits(&self, node: u32, at: Lsn, filter: Option<&Map<String, serde_json::Value>>, tail: &TailView) -> bool {
-        self.node_validity[node as usize].valid_at(at)
+        let validity = self.node_validity[node as usize];
+        validity.valid_at(at)
             && self.entries[self.node_entry[node as usize] as usize]
                 .memory()
-                .is_some_and(|m| !tail.changed(&m.id) && filter::matches(filter, &m.metadata))
+                .is_some_and(|m| !tail.replaces(validity.created_lsn, &m.id) && filter::matches(filter, &m.metadata))
     }
 
     /// The `k` nearest versions valid at `at` that match `filter` and whose memory `tail` did
@@ -359,6 +375,14 @@ impl NamespaceIndex {
             // so the traversal never touches the version table or the memories.
             let validity = &self.node_validity;
             self.graph_or_exact_search(graph, &query, k, ef, &|node: u32| validity[node as usize].valid_at(at))
+        } else if filter.is_none() && !tail.replaces_by_id() {
+            // A tail of inserts: it replaces only the versions created above the indexed LSN,
+            // which validity tells apart as well, without the version table or the memories.
+            let (validity, indexed_lsn) = (&self.node_validity, tail.indexed_lsn());
+            self.graph_or_exact_search(graph, &query, k, ef, &|node: u32| {
+                let node = validity[node as usize];
+                node.valid_at(at) && node.created_lsn <= indexed_lsn
+            })
         } else {
             self.graph_or_exact_search(graph, &query, k, ef, &|node: u32| self.admits(node, at, filter, tail))
         };
@@ -441,7 +465,7 @@ impl NamespaceIndex {
     /// `tail` did not change.
     fn visible(&self, slot: u32, at: Lsn, tail: &TailView) -> bool {
         let entry = &self.entries[slot as usize];
-        entry.valid_at(at) && (tail.is_empty() || entry.memory().is_some_and(|m| !tail.changed(&m.id)))
+        entry.valid_at(at) && (tail.is_empty() || entry.memory().is_some_and(|m| !tail.replaces(entry.created_lsn, &m.id)))
     }
 
     /// BM25 inputs of the snapshot `at` from this index (see [`TailView`] for the rest): the
@@ -725,7 +749,9 @@ impl Indexes {
             let needed = queue.batches.iter().take_while(|b| b.lsn <= at).count() + 1;
             (indexed_lsn, queue.batches.iter().take(needed).map(|b| b.changes.clone()).collect())
         };
-        TailView::new(batches, |c| c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace)
+        TailView::new(batches, indexed_lsn, |c| {
+            c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace
+        })
     }
 
     /// Test hook: while paused the indexer applies nothing, so the tail grows.
@@ -1062,6 +1088,49 @@ pub(crate) mod tests {
 
     fn deletion(lsn: Lsn, id: &str) -> IndexChange {
         IndexChange::new(lsn, Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None)
+    }
+
+    /// A lagging search takes its tail, then reads the index, which the indexer may have
+    /// advanced meanwhile. The index's versions created above the tail's indexed LSN are the
+    /// tail's own and stay hidden, and so do the older versions of memories the tail updated,
+    /// on every path a search takes (a tail of inserts alone: by LSN; with a filter, or an
+    /// update in the tail: by id too), for vectors and for keyword statistics alike: no memory
+    /// is answered twice.
+    #[test]
+    fn the_index_hides_the_versions_its_lagging_tail_holds() {
+        let vector = |i: Lsn| -> Vec<f32> { (0..8).map(|d| ((i * 7 + d * 3) % 11) as f32 - 5.0).collect() };
+        let inserts: Vec<IndexChange> = (1..=300)
+            .map(|i| IndexChange {
+                creates: true,
+                ..memory_change(i, &format!("m{i}"), Some(vector(i)))
+            })
+            .collect();
+        let mut index = NamespaceIndex::new();
+        for change in &inserts {
+            index.apply(change, None);
+        }
+        let every_memory = Map::new();
+        let terms = ["text".to_string()];
+        let check = |tail: &TailView, at: Lsn, expected: usize, hidden_by_id: Option<Lsn>| {
+            for filter in [None, Some(&every_memory)] {
+                let hits = index.vector_search(&vector(7), at, 400, 400, filter, tail);
+                let created: Vec<Lsn> = hits.iter().map(|&(slot, _)| index.entries[slot as usize].created_lsn).collect();
+                assert_eq!(hits.len(), expected, "filter {filter:?}: {created:?}");
+                assert!(created.iter().all(|&lsn| lsn <= 200 && Some(lsn) != hidden_by_id), "{created:?}");
+            }
+            assert_eq!(index.keyword_statistics(&terms, at, tail).documents, expected as u64);
+        };
+        // Taken when the index was complete up to 200; the indexer applied up to 300 since.
+        let tail = TailView::new(vec![Arc::from(&inserts[200..])], 200, |_| true);
+        assert!(!tail.replaces_by_id());
+        check(&tail, 300, 200, None);
+        // The tail also updated m5 at 301, which the index has not applied: its version of m5
+        // (created at 5, still valid at 301 as far as the index knows) is hidden by id.
+        let mut changes = inserts[200..].to_vec();
+        changes.push(memory_change(301, "m5", Some(vector(1_000))));
+        let tail = TailView::new(vec![Arc::from(changes)], 200, |_| true);
+        assert!(tail.replaces_by_id());
+        check(&tail, 301, 199, Some(5));
     }
 
     /// The backlog an open queues (the replayed log, or the store for a rebuild) is in the

@@ -39,20 +39,33 @@ pub(crate) enum Document {
 /// changes by place, so building it copies no id and takes no reference on any value: a search
 /// of a lagging namespace builds one over the whole tail, up to the queue's bound of some
 /// 175,000 one-memory commits (docs/search.md, *Back-pressure*).
+///
+/// The index may hold versions the tail replaces, which a search must hide: those the tail
+/// wrote itself (created above `indexed_lsn`: hidden by their LSN, the index having applied part
+/// of the tail meanwhile), and the earlier versions of memories the tail updated or deleted
+/// (hidden by id). An insert ([`IndexChange::creates`]) replaces no version the index holds at
+/// or below `indexed_lsn` (none is valid just before it), so only the other changes go into the
+/// id table: a tail of inserts, what agents mostly write, is taken without hashing an id, and a
+/// search admits the index's nodes by their LSNs alone.
 pub(crate) struct TailView {
     batches: Vec<Arc<[IndexChange]>>,
-    /// Per memory the tail changed, in order of its first change there: its last change up to
-    /// the snapshot (whose value is `None` if that change deleted it), as (batch, change). A
+    /// Per memory the tail changed: its last change up to the snapshot (whose value is `None`
+    /// if that change deleted it), as (batch, change). The memories the tail updated or deleted
+    /// first, in order of their first such change, then those it inserted, in LSN order: a
     /// fixed order, so ties break the same way every time.
     versions: Vec<ChangePlace>,
-    /// The places in `versions`, hashed by memory id (foldhash, seeded per process).
+    /// The places in `versions` of the memories the tail updated or deleted, hashed by memory id
+    /// (foldhash, seeded per process).
     changed: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
+    /// The index was complete up to this LSN when the tail was taken: the tail holds every
+    /// change above it.
+    indexed_lsn: Lsn,
     /// The namespace's metric if the tail sets it.
     pub metric: Option<Metric>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct ChangePlace {
     batch: u32,
     change: u32,
@@ -73,54 +86,57 @@ impl TailView {
             versions: Vec::new(),
             changed: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
+            indexed_lsn: Lsn::MAX,
             metric: None,
         }
     }
 
-    /// From queued batches in LSN order, keeping the changes `wanted` accepts (the last change
-    /// of a memory wins). A change id that is not UTF-8 names no memory and is skipped.
-    pub fn new(batches: Vec<Arc<[IndexChange]>>, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
-        // At most one place per change: reserved once, so the table never rehashes.
+    /// From queued batches in LSN order, holding every change above `indexed_lsn`, keeping the
+    /// changes `wanted` accepts (the last change of a memory wins). A change id that is not
+    /// UTF-8 names no memory and is skipped.
+    pub fn new(batches: Vec<Arc<[IndexChange]>>, indexed_lsn: Lsn, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
         let changes: usize = batches.iter().map(|b| b.len()).sum();
         let mut tail = TailView {
             batches,
-            versions: Vec::with_capacity(changes),
-            changed: HashTable::with_capacity(changes),
+            versions: Vec::new(),
+            indexed_lsn,
             ..TailView::empty()
         };
+        let mut inserts: Vec<ChangePlace> = Vec::with_capacity(changes);
         let TailView {
             batches,
             versions,
             changed,
             hasher,
             metric,
+            ..
         } = &mut tail;
         for (b, batch) in batches.iter().enumerate() {
             // Most batches are one commit of one memory, in allocations of their own: the
-            // loads of a change (its batch, then its id and namespace) are requested ahead,
-            // so that the misses of successive changes overlap instead of queueing.
+            // loads of a change (its batch, then its namespace) are requested ahead, so that
+            // the misses of successive changes overlap instead of queueing.
             if let Some(ahead) = batches.get(b + PREFETCH_BATCHES_AHEAD) {
                 super::vector::prefetch(&**ahead);
             }
             if let Some(change) = batches.get(b + PREFETCH_BATCHES_AHEAD / 2).and_then(|ahead| ahead.first()) {
-                super::vector::prefetch(change.key.id.as_slice());
                 super::vector::prefetch(change.key.namespace.as_str());
             }
             for (c, change) in batch.iter().enumerate() {
                 if !wanted(change) {
                     continue;
                 }
+                let place = ChangePlace {
+                    batch: b as u32,
+                    change: c as u32,
+                };
                 match change.key.space {
                     Space::Meta if change.key.id == METRIC_KEY => {
                         if let Some(found) = change.value.as_deref().and_then(super::index::metric_of) {
                             *metric = Some(found);
                         }
                     }
+                    Space::Memory if change.creates => inserts.push(place),
                     Space::Memory if std::str::from_utf8(&change.key.id).is_ok() => {
-                        let place = ChangePlace {
-                            batch: b as u32,
-                            change: c as u32,
-                        };
                         let id = change.key.id.as_slice();
                         let hash = hasher.hash_one(id);
                         match changed.find(hash, |&v| id_at(batches, versions, v) == id) {
@@ -135,6 +151,21 @@ impl TailView {
                 }
             }
         }
+        if changed.is_empty() {
+            *versions = inserts;
+            return tail;
+        }
+        // An insert is its memory's first change in the tail unless the tail deleted the memory
+        // before (and then re-created it): the later of the two is the memory's version.
+        versions.reserve(inserts.len());
+        for place in inserts {
+            let id = change_at(batches, place).key.id.as_slice();
+            match changed.find(hasher.hash_one(id), |&v| id_at(batches, versions, v) == id) {
+                Some(&v) if versions[v as usize] < place => versions[v as usize] = place,
+                Some(_) => {}
+                None => versions.push(place),
+            }
+        }
         tail
     }
 
@@ -142,17 +173,35 @@ impl TailView {
         self.versions.is_empty()
     }
 
-    /// Whether the tail changed the memory `id` (so the index's version of it is not the answer).
+    /// Whether the tail replaces the index's version of memory `id` created at `created_lsn`
+    /// (so that version is not the answer): a version created above the indexed LSN is the
+    /// tail's own, and an older one is replaced if the tail updated or deleted its memory.
     #[inline]
-    pub fn changed(&self, id: &str) -> bool {
+    pub fn replaces(&self, created_lsn: Lsn, id: &str) -> bool {
         if self.versions.is_empty() {
             return false;
         }
+        if created_lsn > self.indexed_lsn {
+            return true;
+        }
+        if self.changed.is_empty() {
+            return false;
+        }
         let id = id.as_bytes();
-        let hash = self.hasher.hash_one(id);
         self.changed
-            .find(hash, |&v| id_at(&self.batches, &self.versions, v) == id)
+            .find(self.hasher.hash_one(id), |&v| id_at(&self.batches, &self.versions, v) == id)
             .is_some()
+    }
+
+    /// Whether the tail updated or deleted a memory (so the index's versions must be looked up
+    /// by id, not only by LSN, to hide the ones it replaced).
+    pub fn replaces_by_id(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// The LSN up to which the index was complete when the tail was taken.
+    pub fn indexed_lsn(&self) -> Lsn {
+        self.indexed_lsn
     }
 
     /// The value of the memory at `place` at the snapshot (`None`: the tail deleted it).
@@ -638,13 +687,96 @@ mod tests {
             };
             // Every seventh batch holds two commits' worth: the memory and an update of an
             // earlier one.
-            let mut batch = vec![memory_change(lsn, &format!("m{i}"), Some(embedding))];
+            let mut batch = vec![inserted(memory_change(lsn, &format!("m{i}"), Some(embedding)))];
             if i % 7 == 6 {
                 batch.push(memory_change(lsn, &format!("m{}", i / 2), Some(near(i + 1, &mut floats))));
             }
             batches.push(Arc::from(batch));
         }
-        (TailView::new(batches, |_| true), query)
+        (TailView::new(batches, 0, |_| true), query)
+    }
+
+    fn inserted(change: IndexChange) -> IndexChange {
+        IndexChange { creates: true, ..change }
+    }
+
+    fn ids_and_lsns(tail: &TailView) -> Vec<(String, Lsn)> {
+        (0..tail.versions.len() as u32)
+            .map(|place| {
+                let change = change_at(&tail.batches, tail.versions[place as usize]);
+                (String::from_utf8(change.key.id.clone()).unwrap(), change.lsn)
+            })
+            .collect()
+    }
+
+    /// Each memory the tail changed appears once, as its last change up to the snapshot,
+    /// whichever mix of inserts, updates, deletions and re-inserts (after a deletion, in a later
+    /// commit or the same one) made it; and the tail replaces exactly the index's versions it
+    /// must: those created above the indexed LSN, and older ones of the memories it updated or
+    /// deleted, but not those of memories it only inserted.
+    #[test]
+    fn a_tail_keeps_each_memory_last_change_and_replaces_only_what_it_changed() {
+        let batch = |changes: Vec<IndexChange>| -> Arc<[IndexChange]> { Arc::from(changes) };
+        let insert = |lsn: Lsn, id: &str| inserted(memory_change(lsn, id, Some(vec![1.0, lsn as f32])));
+        let update = |lsn: Lsn, id: &str| memory_change(lsn, id, Some(vec![2.0, lsn as f32]));
+        let delete = |lsn: Lsn, id: &str| IndexChange::new(lsn, crate::model::Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None);
+        // Only inserts: no id table, versions in LSN order.
+        let inserts = TailView::new(vec![batch(vec![insert(11, "a")]), batch(vec![insert(12, "b")])], 10, |_| true);
+        assert!(!inserts.replaces_by_id());
+        assert_eq!(ids_and_lsns(&inserts), [("a".to_string(), 11), ("b".to_string(), 12)]);
+        assert!(inserts.replaces(11, "a") && inserts.replaces(12, "zzz"), "the tail's own versions");
+        assert!(
+            !inserts.replaces(10, "a"),
+            "an insert replaces no version at or below the indexed LSN"
+        );
+        let batches = vec![
+            batch(vec![insert(11, "new"), update(11, "old")]),
+            batch(vec![insert(12, "gone"), delete(12, "deleted")]),
+            batch(vec![delete(13, "gone"), insert(14, "again")]),
+            batch(vec![delete(15, "again"), insert(15, "again")]),
+            batch(vec![delete(16, "twice")]),
+            batch(vec![insert(17, "twice")]),
+            batch(vec![update(18, "new")]),
+            batch(vec![insert(19, "late")]),
+        ];
+        let tail = TailView::new(batches.clone(), 10, |c| c.lsn <= 18);
+        assert!(tail.replaces_by_id());
+        let mut versions = ids_and_lsns(&tail);
+        versions.sort();
+        let expected: Vec<(String, Lsn)> = [
+            ("again", 15),
+            ("deleted", 12),
+            ("gone", 13),
+            ("new", 18),
+            ("old", 11),
+            ("twice", 17),
+        ]
+        .iter()
+        .map(|(id, lsn)| (id.to_string(), *lsn))
+        .collect();
+        assert_eq!(versions, expected);
+        assert_eq!(
+            tail.memory(tail.versions.iter().position(|&p| change_at(&tail.batches, p).lsn == 13).unwrap() as u32),
+            None,
+            "deleted"
+        );
+        for id in ["old", "deleted", "gone", "again", "twice", "new"] {
+            assert!(tail.replaces(5, id), "{id}: an index version from before the tail");
+        }
+        assert!(
+            !tail.replaces(5, "other") && !tail.replaces(5, "late"),
+            "not changed up to the snapshot"
+        );
+        assert!(tail.replaces(19, "late"), "above the indexed LSN");
+        // The same changes, an older snapshot: the last change up to it.
+        let older = TailView::new(batches, 10, |c| c.lsn <= 14);
+        let mut versions = ids_and_lsns(&older);
+        versions.sort();
+        let expected: Vec<(String, Lsn)> = [("again", 14), ("deleted", 12), ("gone", 13), ("new", 11), ("old", 11)]
+            .iter()
+            .map(|(id, lsn)| (id.to_string(), *lsn))
+            .collect();
+        assert_eq!(versions, expected);
     }
 
     /// The coded scan keeps exactly the exact scan's answer (documents and scores, bit for bit)

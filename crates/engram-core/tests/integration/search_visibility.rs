@@ -38,12 +38,40 @@ fn random_metadata(rng: &mut Rng) -> Map<String, Json> {
 /// each.
 fn random_history(db: &Database, rng: &mut Rng, state: &mut State, steps: usize) -> Vec<(Lsn, State)> {
     let mut snapshots = Vec::new();
+    // Ids deleted in this history, which an import may write again.
+    let mut deleted: Vec<String> = Vec::new();
     for _ in 0..steps {
         let mut txn = db.begin();
         let mut next = state.clone();
         for _ in 0..1 + rng.below(3) {
             let ids: Vec<String> = next.keys().cloned().collect();
-            match rng.below(10) {
+            match rng.below(12) {
+                // An import (`restore_memory`): a deleted id written again (maybe in the commit
+                // that deleted it), or a live one replaced.
+                10..=11 if !deleted.is_empty() || !ids.is_empty() => {
+                    let id = if rng.below(2) == 0 && !deleted.is_empty() {
+                        deleted.swap_remove(rng.below(deleted.len()))
+                    } else if !ids.is_empty() {
+                        ids[rng.below(ids.len())].clone()
+                    } else {
+                        deleted.swap_remove(rng.below(deleted.len()))
+                    };
+                    let m = ModelMemory {
+                        text: random_text(rng),
+                        vector: rng.vector(DIMENSION),
+                        metadata: random_metadata(rng),
+                    };
+                    let memory = Memory {
+                        id: id.clone(),
+                        text: m.text.clone(),
+                        embedding: Some(m.vector.clone().into()),
+                        metadata: Metadata::from(m.metadata.clone()),
+                        created_ms: 1,
+                        updated_ms: 2,
+                    };
+                    txn.restore_memory("ns", memory).unwrap();
+                    next.insert(id, m);
+                }
                 0..=4 => {
                     let m = ModelMemory {
                         text: random_text(rng),
@@ -78,6 +106,7 @@ fn random_history(db: &Database, rng: &mut Rng, state: &mut State, steps: usize)
                     let id = &ids[rng.below(ids.len())];
                     txn.delete_memory("ns", id).unwrap();
                     next.remove(id);
+                    deleted.push(id.clone());
                 }
                 _ => {}
             }
