@@ -12,6 +12,7 @@ use super::filter;
 use super::hnsw::{Hnsw, InsertPlan};
 use super::keyword::InvertedIndex;
 use super::planning::{plan_insertions, PlannedInsertion, MIN_PLANNED_INSERTIONS, PLANNED_GROUP_CHANGES};
+use super::queue::{ChangeQueue, QueuedBatch};
 use super::tail::{KeywordStatistics, TailCode, TailView};
 use super::vector::{prefetch, Metric, Scored, TopK};
 use crate::error::{CoreError, Result};
@@ -19,7 +20,7 @@ use crate::model::{Key, Memory, Space, Value};
 use crate::store::Store;
 use engram_wal::Lsn;
 use serde_json::Map;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::task::{Poll, Waker};
@@ -506,23 +507,11 @@ impl NamespaceIndex {
     }
 }
 
-/// The changes of the commits up to `lsn` (every change of a commit at or below `lsn` is in
-/// this batch or an earlier one).
-struct QueuedBatch {
-    lsn: Lsn,
-    changes: Arc<[IndexChange]>,
-    vector_bytes: usize,
-    /// Queued by the open (the log replayed after the checkpoint, or the store when the
-    /// indexes are rebuilt): owed already, so it does not count toward the bound that holds
-    /// new commits (`over_bound`).
-    at_open: bool,
-}
-
 struct Queue {
     /// Every batch not yet indexed, in LSN order; a batch leaves only when `indexed_lsn` passes
     /// it (both under this lock), so `indexed_lsn` and these batches always cover every commit:
     /// the tail a search merges (search/tail.rs).
-    batches: VecDeque<QueuedBatch>,
+    changes: ChangeQueue,
     /// Test hook: the indexer applies nothing while set (until stopped).
     paused: bool,
     stop: bool,
@@ -599,7 +588,7 @@ impl Indexes {
         Indexes {
             namespaces: RwLock::new(namespaces),
             queue: Mutex::new(Queue {
-                batches: VecDeque::new(),
+                changes: ChangeQueue::default(),
                 paused: false,
                 stop: false,
             }),
@@ -726,30 +715,24 @@ impl Indexes {
             self.open_backlog_changes.fetch_add(changes.len(), Ordering::AcqRel);
             self.open_backlog_vector_bytes.fetch_add(vector_bytes, Ordering::AcqRel);
         }
-        queue.batches.push_back(QueuedBatch {
-            lsn,
-            changes: changes.into(),
-            vector_bytes,
-            at_open,
-        });
+        queue.changes.push(lsn, changes, vector_bytes, at_open);
         self.work.notify_one();
     }
 
     /// The changes of the commits in `(indexed_lsn, at]` to namespace `namespace`, taken with
     /// `indexed_lsn` under one lock: what a search at `at` merges with the index.
     pub fn tail(&self, namespace: &str, at: Lsn) -> TailView {
-        let (indexed_lsn, batches): (Lsn, Vec<Arc<[IndexChange]>>) = {
-            let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (indexed_lsn, chunks): (Lsn, Vec<Arc<[IndexChange]>>) = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let indexed_lsn = self.indexed_lsn();
             if at <= indexed_lsn {
                 return TailView::empty();
             }
-            // Batches are in LSN order; a batch's changes may reach past `at` only in the last
-            // one needed, filtered below.
-            let needed = queue.batches.iter().take_while(|b| b.lsn <= at).count() + 1;
-            (indexed_lsn, queue.batches.iter().take(needed).map(|b| b.changes.clone()).collect())
+            // The chunks may also hold changes already applied and changes above `at`: filtered
+            // below.
+            (indexed_lsn, queue.changes.chunks_through(at))
         };
-        TailView::new(batches, indexed_lsn, |c| {
+        TailView::new(chunks, indexed_lsn, |c| {
             c.lsn > indexed_lsn && c.lsn <= at && c.key.namespace == namespace
         })
     }
@@ -798,39 +781,29 @@ impl Indexes {
     /// publishes the last one's LSN and removes them from the queue in one step (under the
     /// queue lock), so a search always sees the index and the tail together covering every
     /// commit. One group rather than one batch at a time, so that the vector insertions of
-    /// many small commits are planned together (search/planning.rs).
-    fn apply_batches(&self, batches: &[QueuedBatch]) {
+    /// many small commits are planned together (search/planning.rs). `changes` are the
+    /// batches' changes, in order.
+    fn apply_batches(&self, batches: &[QueuedBatch], changes: &[&IndexChange]) {
         let Some(last) = batches.last() else { return };
         let indexed = self.indexed_lsn();
         // Applying a change twice is harmless (`NamespaceIndex::apply` skips a known version);
         // the changes at or below the indexed LSN (only in a batch straddling a catch-up) are
         // left out. No key is copied.
-        self.apply_changes(
-            batches
-                .iter()
-                .filter(|b| b.lsn > indexed)
-                .flat_map(|b| b.changes.iter())
-                .filter(|c| c.lsn > indexed),
-        );
+        self.apply_changes(changes.iter().copied().filter(|c| c.lsn > indexed));
         {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            for batch in batches {
-                if queue.batches.front().is_some_and(|b| b.lsn == batch.lsn) {
-                    queue.batches.pop_front();
-                }
-            }
+            queue.changes.pop_applied(batches);
             self.indexed_lsn.fetch_max(last.lsn, Ordering::AcqRel);
         }
-        let changes: usize = batches.iter().map(|b| b.changes.len()).sum();
         let vector_bytes: usize = batches.iter().map(|b| b.vector_bytes).sum();
         let opens = batches.iter().filter(|b| b.at_open);
-        let (open_changes, open_vector_bytes) = opens.fold((0, 0), |(c, v), b| (c + b.changes.len(), v + b.vector_bytes));
+        let (open_changes, open_vector_bytes) = opens.fold((0, 0), |(c, v), b| (c + b.changes, v + b.vector_bytes));
         // The open's share before the totals: `over_bound` reads the totals first, so a check
         // racing with this can only count too many new changes for a moment (a held writer
         // checks again at the next progress), never admit a commit past the bound.
         self.open_backlog_changes.fetch_sub(open_changes, Ordering::AcqRel);
         self.open_backlog_vector_bytes.fetch_sub(open_vector_bytes, Ordering::AcqRel);
-        self.queued_changes.fetch_sub(changes, Ordering::AcqRel);
+        self.queued_changes.fetch_sub(changes.len(), Ordering::AcqRel);
         self.queued_vector_bytes.fetch_sub(vector_bytes, Ordering::AcqRel);
         self.notify_progress();
     }
@@ -952,7 +925,7 @@ impl Indexes {
 
     pub fn stats(&self, visible_lsn: Lsn) -> IndexStats {
         let indexed_lsn = self.indexed_lsn();
-        let queued_batches = self.queue.lock().unwrap_or_else(|p| p.into_inner()).batches.len();
+        let queued_batches = self.queue.lock().unwrap_or_else(|p| p.into_inner()).changes.len();
         let queued_vector_bytes = self.queued_vector_bytes.load(Ordering::Acquire);
         let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
         let (mut versions, mut vectors, mut heap_bytes) = (0, 0, 0);
@@ -981,9 +954,9 @@ impl Indexes {
     fn run(&self) {
         loop {
             // The batches stay queued (they are the searches' tail) until applied.
-            let batches: Vec<QueuedBatch> = {
+            let snapshot = {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                while (queue.batches.is_empty() || queue.paused) && !queue.stop {
+                while (queue.changes.is_empty() || queue.paused) && !queue.stop {
                     queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
                 if queue.stop {
@@ -992,18 +965,11 @@ impl Indexes {
                     // it now would only delay the close.
                     return;
                 }
-                queue
-                    .batches
-                    .iter()
-                    .map(|b| QueuedBatch {
-                        lsn: b.lsn,
-                        changes: b.changes.clone(),
-                        vector_bytes: b.vector_bytes,
-                        at_open: b.at_open,
-                    })
-                    .collect()
+                queue.changes.snapshot()
             };
-            let mut rest = &batches[..];
+            let mut changes = snapshot.changes();
+            let mut rest = &snapshot.batches[..];
+            let mut group_changes: Vec<&IndexChange> = Vec::with_capacity(PLANNED_GROUP_CHANGES);
             while !rest.is_empty() {
                 {
                     let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -1013,15 +979,17 @@ impl Indexes {
                 }
                 // As many whole batches as fit in one group (at least one, however large).
                 let mut group = 1;
-                let mut changes = rest[0].changes.len();
+                let mut count = rest[0].changes;
                 while let Some(next) = rest.get(group) {
-                    if changes + next.changes.len() > PLANNED_GROUP_CHANGES {
+                    if count + next.changes > PLANNED_GROUP_CHANGES {
                         break;
                     }
-                    changes += next.changes.len();
+                    count += next.changes;
                     group += 1;
                 }
-                self.apply_batches(&rest[..group]);
+                group_changes.clear();
+                group_changes.extend(changes.by_ref().take(count));
+                self.apply_batches(&rest[..group], &group_changes);
                 rest = &rest[group..];
             }
         }

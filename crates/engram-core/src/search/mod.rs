@@ -18,6 +18,7 @@ pub(crate) mod keyword;
 pub(crate) mod neighbours;
 pub(crate) mod persist;
 pub(crate) mod planning;
+pub(crate) mod queue;
 pub(crate) mod tail;
 pub(crate) mod vector;
 

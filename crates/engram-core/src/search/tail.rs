@@ -35,10 +35,10 @@ pub(crate) enum Document {
 
 /// The tail of one namespace as of a snapshot.
 ///
-/// It holds the queued batches it was built from (shared with the queue) and refers to their
-/// changes by place, so building it copies no id and takes no reference on any value: a search
-/// of a lagging namespace builds one over the whole tail, up to the queue's bound of some
-/// 175,000 one-memory commits (docs/search.md, *Back-pressure*).
+/// It holds the chunks of queued changes it was built from (shared with the queue,
+/// search/queue.rs) and refers to their changes by place, so building it copies no id and takes
+/// no reference on any value: a search of a lagging namespace builds one over the whole tail,
+/// up to the queue's bound of some 175,000 one-memory commits (docs/search.md, *Back-pressure*).
 ///
 /// The index may hold versions the tail replaces, which a search must hide: those the tail
 /// wrote itself (created above `indexed_lsn`: hidden by their LSN, the index having applied part
@@ -48,9 +48,9 @@ pub(crate) enum Document {
 /// id table: a tail of inserts, what agents mostly write, is taken without hashing an id, and a
 /// search admits the index's nodes by their LSNs alone.
 pub(crate) struct TailView {
-    batches: Vec<Arc<[IndexChange]>>,
+    chunks: Vec<Arc<[IndexChange]>>,
     /// Per memory the tail changed: its last change up to the snapshot (whose value is `None`
-    /// if that change deleted it), as (batch, change). The memories the tail updated or deleted
+    /// if that change deleted it), as (chunk, change). The memories the tail updated or deleted
     /// first, in order of their first such change, then those it inserted, in LSN order: a
     /// fixed order, so ties break the same way every time.
     versions: Vec<ChangePlace>,
@@ -67,7 +67,7 @@ pub(crate) struct TailView {
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct ChangePlace {
-    batch: u32,
+    chunk: u32,
     change: u32,
 }
 
@@ -82,7 +82,7 @@ pub(crate) struct KeywordStatistics {
 impl TailView {
     pub fn empty() -> TailView {
         TailView {
-            batches: Vec::new(),
+            chunks: Vec::new(),
             versions: Vec::new(),
             changed: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
@@ -91,42 +91,39 @@ impl TailView {
         }
     }
 
-    /// From queued batches in LSN order, holding every change above `indexed_lsn`, keeping the
-    /// changes `wanted` accepts (the last change of a memory wins). A change id that is not
-    /// UTF-8 names no memory and is skipped.
-    pub fn new(batches: Vec<Arc<[IndexChange]>>, indexed_lsn: Lsn, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
-        let changes: usize = batches.iter().map(|b| b.len()).sum();
+    /// From chunks of queued changes in LSN order, holding every change above `indexed_lsn`,
+    /// keeping the changes `wanted` accepts (the last change of a memory wins). A change id that
+    /// is not UTF-8 names no memory and is skipped.
+    pub fn new(chunks: Vec<Arc<[IndexChange]>>, indexed_lsn: Lsn, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
+        let changes: usize = chunks.iter().map(|c| c.len()).sum();
         let mut tail = TailView {
-            batches,
+            chunks,
             versions: Vec::new(),
             indexed_lsn,
             ..TailView::empty()
         };
         let mut inserts: Vec<ChangePlace> = Vec::with_capacity(changes);
         let TailView {
-            batches,
+            chunks,
             versions,
             changed,
             hasher,
             metric,
             ..
         } = &mut tail;
-        for (b, batch) in batches.iter().enumerate() {
-            // Most batches are one commit of one memory, in allocations of their own: the
-            // loads of a change (its batch, then its namespace) are requested ahead, so that
-            // the misses of successive changes overlap instead of queueing.
-            if let Some(ahead) = batches.get(b + PREFETCH_BATCHES_AHEAD) {
-                super::vector::prefetch(&**ahead);
-            }
-            if let Some(change) = batches.get(b + PREFETCH_BATCHES_AHEAD / 2).and_then(|ahead| ahead.first()) {
-                super::vector::prefetch(change.key.namespace.as_str());
-            }
-            for (c, change) in batch.iter().enumerate() {
+        for (b, chunk) in chunks.iter().enumerate() {
+            for (c, change) in chunk.iter().enumerate() {
+                // The changes lie in order in memory, but each names its namespace in an
+                // allocation of its own: requested a few changes ahead, so that the misses of
+                // successive changes overlap instead of queueing.
+                if let Some(ahead) = chunk.get(c + PREFETCH_CHANGES_AHEAD) {
+                    super::vector::prefetch(ahead.key.namespace.as_str());
+                }
                 if !wanted(change) {
                     continue;
                 }
                 let place = ChangePlace {
-                    batch: b as u32,
+                    chunk: b as u32,
                     change: c as u32,
                 };
                 match change.key.space {
@@ -139,10 +136,10 @@ impl TailView {
                     Space::Memory if std::str::from_utf8(&change.key.id).is_ok() => {
                         let id = change.key.id.as_slice();
                         let hash = hasher.hash_one(id);
-                        match changed.find(hash, |&v| id_at(batches, versions, v) == id) {
+                        match changed.find(hash, |&v| id_at(chunks, versions, v) == id) {
                             Some(&v) => versions[v as usize] = place,
                             None => {
-                                changed.insert_unique(hash, versions.len() as u32, |&v| hasher.hash_one(id_at(batches, versions, v)));
+                                changed.insert_unique(hash, versions.len() as u32, |&v| hasher.hash_one(id_at(chunks, versions, v)));
                                 versions.push(place);
                             }
                         }
@@ -159,8 +156,8 @@ impl TailView {
         // before (and then re-created it): the later of the two is the memory's version.
         versions.reserve(inserts.len());
         for place in inserts {
-            let id = change_at(batches, place).key.id.as_slice();
-            match changed.find(hasher.hash_one(id), |&v| id_at(batches, versions, v) == id) {
+            let id = change_at(chunks, place).key.id.as_slice();
+            match changed.find(hasher.hash_one(id), |&v| id_at(chunks, versions, v) == id) {
                 Some(&v) if versions[v as usize] < place => versions[v as usize] = place,
                 Some(_) => {}
                 None => versions.push(place),
@@ -189,7 +186,7 @@ impl TailView {
         }
         let id = id.as_bytes();
         self.changed
-            .find(self.hasher.hash_one(id), |&v| id_at(&self.batches, &self.versions, v) == id)
+            .find(self.hasher.hash_one(id), |&v| id_at(&self.chunks, &self.versions, v) == id)
             .is_some()
     }
 
@@ -207,7 +204,7 @@ impl TailView {
     /// The value of the memory at `place` at the snapshot (`None`: the tail deleted it).
     fn value(&self, place: u32) -> Option<&Arc<Value>> {
         let at = *self.versions.get(place as usize)?;
-        change_at(&self.batches, at).value.as_ref()
+        change_at(&self.chunks, at).value.as_ref()
     }
 
     pub fn memory(&self, place: u32) -> Option<&Memory> {
@@ -228,15 +225,15 @@ impl TailView {
             // As in `new`: the change a few places ahead, and the value of the one half as far.
             let ahead = |distance: usize| {
                 let at = *self.versions.get(place as usize + distance)?;
-                Some(change_at(&self.batches, at))
+                Some(change_at(&self.chunks, at))
             };
-            if let Some(change) = ahead(PREFETCH_BATCHES_AHEAD) {
+            if let Some(change) = ahead(PREFETCH_CHANGES_AHEAD) {
                 super::vector::prefetch(change);
             }
-            if let Some(value) = ahead(PREFETCH_BATCHES_AHEAD / 2).and_then(|c| c.value.as_deref()) {
+            if let Some(value) = ahead(PREFETCH_CHANGES_AHEAD / 2).and_then(|c| c.value.as_deref()) {
                 super::vector::prefetch(value);
             }
-            let change = change_at(&self.batches, self.versions[place as usize]);
+            let change = change_at(&self.chunks, self.versions[place as usize]);
             match change.value.as_deref() {
                 Some(Value::Memory(m)) => Some((place, change, m)),
                 _ => None,
@@ -383,16 +380,16 @@ fn rescore_threshold(upper_bounds: &mut [f64], k: usize, metric: Metric) -> f64 
     kth + (kth.abs() + 1.0) * 1e-6
 }
 
-/// Places only ever point at changes of the view's own batches.
+/// Places only ever point at changes of the view's own chunks.
 #[inline]
-fn change_at(batches: &[Arc<[IndexChange]>], place: ChangePlace) -> &IndexChange {
-    &batches[place.batch as usize][place.change as usize]
+fn change_at(chunks: &[Arc<[IndexChange]>], place: ChangePlace) -> &IndexChange {
+    &chunks[place.chunk as usize][place.change as usize]
 }
 
 /// The memory id of entry `v` of `versions` (what the id table hashes and compares).
 #[inline]
-fn id_at<'a>(batches: &'a [Arc<[IndexChange]>], versions: &[ChangePlace], v: u32) -> &'a [u8] {
-    &change_at(batches, versions[v as usize]).key.id
+fn id_at<'a>(chunks: &'a [Arc<[IndexChange]>], versions: &[ChangePlace], v: u32) -> &'a [u8] {
+    &change_at(chunks, versions[v as usize]).key.id
 }
 
 /// The stored value (a memory) behind a document, shared with the store.
@@ -411,9 +408,10 @@ pub(crate) fn memory_of<'a>(index: Option<&'a NamespaceIndex>, tail: &'a TailVie
     }
 }
 
-/// How many queued batches (or tail memories) ahead a walk over them requests the next one's
-/// change; the loads that depend on it are requested half as far ahead.
-const PREFETCH_BATCHES_AHEAD: usize = 16;
+/// How many queued changes (or tail memories) ahead a walk over them requests the next one's
+/// first load (its namespace, or its change); the loads that depend on it are requested half
+/// as far ahead.
+const PREFETCH_CHANGES_AHEAD: usize = 16;
 
 /// How many embeddings ahead the tail scan requests the next one's first lines.
 const SCAN_PREFETCH_DISTANCE: usize = 4;
@@ -703,7 +701,7 @@ mod tests {
     fn ids_and_lsns(tail: &TailView) -> Vec<(String, Lsn)> {
         (0..tail.versions.len() as u32)
             .map(|place| {
-                let change = change_at(&tail.batches, tail.versions[place as usize]);
+                let change = change_at(&tail.chunks, tail.versions[place as usize]);
                 (String::from_utf8(change.key.id.clone()).unwrap(), change.lsn)
             })
             .collect()
@@ -756,7 +754,7 @@ mod tests {
         .collect();
         assert_eq!(versions, expected);
         assert_eq!(
-            tail.memory(tail.versions.iter().position(|&p| change_at(&tail.batches, p).lsn == 13).unwrap() as u32),
+            tail.memory(tail.versions.iter().position(|&p| change_at(&tail.chunks, p).lsn == 13).unwrap() as u32),
             None,
             "deleted"
         );
