@@ -659,8 +659,16 @@ impl Indexes {
             }
         });
         store.visit_space(Space::Memory, |key, chain| {
+            // The index starts empty and takes only these versions, so a version whose
+            // predecessor in the chain is a deletion, or that has none retained, replaces no
+            // version the index can hold: for a lagging search it is an insert.
+            let mut live_before = false;
             for v in &chain.versions {
-                let change = IndexChange::new(v.lsn, key.clone(), v.value.clone());
+                let change = match &v.value {
+                    Some(value) if !live_before => IndexChange::insert(v.lsn, key.clone(), value.clone()),
+                    value => IndexChange::new(v.lsn, key.clone(), value.clone()),
+                };
+                live_before = v.value.is_some();
                 versions.push((v.lsn, v.op_index, change));
             }
         });
