@@ -423,7 +423,7 @@ def main():
                 queued = f"{o['index_queued_at_open']:,}" if "index_queued_at_open" in o else "-"
                 caught_up = f"{o['index_caught_up_s']:.1f}" if "index_caught_up_s" in o else "-"
                 out.append(f"| {case} | {o['cache']} | {o['open_s']:.2f} | {o['log_bytes_scanned'] / 1e6:,.0f} | {o['replayed_records']:,} | {mb / o['open_s']:,.0f} | {queued} | {caught_up} |")
-        out += ["", "MB/s for the checkpoint case counts the checkpoint file and the log together. The open returns before the search index has taken in the replayed memories (searches meanwhile scan what it has not reached exactly, paying about 0.16 µs per queued change once the first search has made their int8 codes, docs/search.md); *index caught up* is when it had, counted from the start of the open."]
+        out += ["", "MB/s for the checkpoint case counts the checkpoint file and the log together. The open returns before the search index has taken in the replayed memories (searches meanwhile scan what it has not reached exactly, paying about 0.08 µs per queued change once the first search has made their int8 codes, docs/search.md); *index caught up* is when it had, counted from the start of the open."]
     if vectors:
         out += vector_section(vectors)
     if reads:
