@@ -92,8 +92,9 @@ impl TailView {
     }
 
     /// From chunks of queued changes in LSN order, holding every change above `indexed_lsn`,
-    /// keeping the changes `wanted` accepts (the last change of a memory wins). A change id that
-    /// is not UTF-8 names no memory and is skipped.
+    /// keeping the changes `wanted` accepts (the last change of a memory wins). An update or
+    /// deletion whose id is not UTF-8 names no memory and is skipped; an insert's id is not read
+    /// here (its value is the memory, and no lookup by id can match it).
     pub fn new(chunks: Vec<Arc<[IndexChange]>>, indexed_lsn: Lsn, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
         let changes: usize = chunks.iter().map(|c| c.len()).sum();
         let mut tail = TailView {
