@@ -1,8 +1,9 @@
-//! Visibility and as-of: a random history of inserts, updates and deletes; at every snapshot of
-//! it, vector, filtered, keyword and hybrid search equal exact search over a model of that
-//! snapshot, before and after a checkpoint and reopen, after more commits replayed from the
-//! log on top of the checkpoint, and while the indexer lags (paused, then racing): searches
-//! never wait for it, and stay exact.
+//! Visibility and as-of: a random history of inserts, updates, deletes and imports (deleted ids
+//! written again, live ones replaced); at every snapshot of it, vector, filtered, keyword and
+//! hybrid search equal exact search over a model of that snapshot, before and after a
+//! checkpoint and reopen, after more commits replayed from the log on top of the checkpoint,
+//! after a reopen that rebuilds the indexes, and while the indexer lags (paused, then racing):
+//! searches never wait for it, and stay exact.
 
 use crate::search_support;
 
