@@ -418,15 +418,15 @@ impl NamespaceIndex {
     }
 
     /// The `k` nearest of `nodes` to the prepared `query` by the exact distance from their
-    /// embeddings, nearest first (ties by node). The distances are computed as the tail's
-    /// (search/tail.rs) and the exact scan's are, so a memory scores the same bits whichever
-    /// path finds it. Each candidate is three dependent loads away (entry, value, embedding):
+    /// embeddings, nearest first (ties by node). The distances are computed by the function the
+    /// tail's scan uses (`Metric::distance_to_unprepared`, search/tail.rs), so a memory scores
+    /// the same bits whether a search finds it in the index or in the queued tail: a snapshot's
+    /// answer does not depend on how far the indexer got. Each candidate is three dependent loads away (entry, value, embedding):
     /// the candidates go through them in blocks, each load of a block prefetched for all of
     /// them before the next, so the misses overlap.
     fn rescore(&self, metric: Metric, query: &[f32], nodes: impl Iterator<Item = u32>, k: usize) -> Vec<Scored> {
         const BLOCK: usize = 16;
         let mut top = TopK::new(k);
-        let mut prepared = Vec::new();
         let mut block: Vec<u32> = Vec::with_capacity(BLOCK);
         let mut nodes = nodes.peekable();
         while nodes.peek().is_some() {
@@ -448,14 +448,7 @@ impl NamespaceIndex {
                 let Some(embedding) = self.node_embedding(node).filter(|e| e.len() == query.len()) else {
                     continue;
                 };
-                let distance = match metric {
-                    Metric::Cosine => {
-                        metric.prepare_into(embedding, &mut prepared);
-                        metric.distance(query, &prepared)
-                    }
-                    // Prepared as stored: no copy.
-                    Metric::Dot | Metric::L2 => metric.distance(query, embedding),
-                };
+                let distance = metric.distance_to_unprepared(query, embedding);
                 top.push(Scored { distance, node });
             }
         }
@@ -1064,6 +1057,54 @@ pub(crate) mod tests {
 
     fn deletion(lsn: Lsn, id: &str) -> IndexChange {
         IndexChange::new(lsn, Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None)
+    }
+
+    /// A memory scores the same bits whether a search finds it in the queued tail or in the
+    /// index: the same snapshot answers the same before and after the indexer catches up.
+    #[test]
+    fn a_memory_scores_the_same_in_the_tail_and_in_the_index() {
+        let mut state = 3u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        };
+        for dimension in [3, 17, 384] {
+            let changes: Vec<IndexChange> = (1..=200)
+                .map(|i| IndexChange {
+                    creates: true,
+                    ..memory_change(i, &format!("m{i}"), Some((0..dimension).map(|_| next()).collect()))
+                })
+                .collect();
+            let query: Vec<f32> = (0..dimension).map(|_| next()).collect();
+            for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+                let mut index = NamespaceIndex::new();
+                index.metric = metric;
+                for change in &changes {
+                    index.apply(change, None);
+                }
+                let from_index: Vec<(String, u32)> = index
+                    .vector_search(&query, 200, 200, 256, None, &TailView::empty())
+                    .into_iter()
+                    .map(|(slot, score)| (index.entries[slot as usize].memory().unwrap().id.clone(), score.to_bits()))
+                    .collect();
+                let mut empty = NamespaceIndex::new();
+                empty.metric = metric;
+                let tail = TailView::new(vec![Arc::from(changes.clone())], 0, |_| true);
+                let mut from_tail: Vec<(String, u32)> =
+                    crate::search::tail::vector_search(Some(&empty), &tail, &query, 200, 200, 256, None)
+                        .into_iter()
+                        .map(|(document, score)| {
+                            let memory = crate::search::tail::memory_of(Some(&empty), &tail, document).unwrap();
+                            (memory.id.clone(), score.to_bits())
+                        })
+                        .collect();
+                let mut from_index = from_index;
+                from_index.sort();
+                from_tail.sort();
+                assert_eq!(from_index.len(), 200, "{metric:?} {dimension}");
+                assert_eq!(from_index, from_tail, "{metric:?} {dimension}");
+            }
+        }
     }
 
     /// A lagging search takes its tail, then reads the index, which the indexer may have

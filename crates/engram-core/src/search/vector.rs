@@ -70,8 +70,9 @@ impl Metric {
 
     /// [`Metric::distance`] from a prepared query to a vector that was not prepared, without
     /// preparing it: for cosine, the inner product and the vector's norm in one pass (equal to
-    /// the distance to the normalised vector up to rounding). What the exact scan of the
-    /// queued tail uses, where each vector is seen once per search.
+    /// the distance to the normalised vector up to rounding). What every exact score uses: the
+    /// scan of the queued tail, where each vector is seen once per search, and the index's
+    /// re-scoring, so that both give a memory the same bits.
     #[inline]
     pub(crate) fn distance_to_unprepared(self, prepared_query: &[f32], vector: &[f32]) -> f32 {
         match self {
@@ -83,8 +84,8 @@ impl Metric {
                     1.0 - inner
                 }
             }
-            Metric::Dot => -dot(prepared_query, vector),
-            Metric::L2 => squared_l2(prepared_query, vector),
+            // Dot and L2 prepare a vector as it is stored.
+            Metric::Dot | Metric::L2 => self.distance(prepared_query, vector),
         }
     }
 
