@@ -1063,19 +1063,15 @@ pub(crate) mod tests {
     /// index: the same snapshot answers the same before and after the indexer catches up.
     #[test]
     fn a_memory_scores_the_same_in_the_tail_and_in_the_index() {
-        let mut state = 3u64;
-        let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        };
+        let mut floats = crate::search::tail::tests::Floats(3);
         for dimension in [3, 17, 384] {
             let changes: Vec<IndexChange> = (1..=200)
                 .map(|i| IndexChange {
                     creates: true,
-                    ..memory_change(i, &format!("m{i}"), Some((0..dimension).map(|_| next()).collect()))
+                    ..memory_change(i, &format!("m{i}"), Some(floats.vector(dimension)))
                 })
                 .collect();
-            let query: Vec<f32> = (0..dimension).map(|_| next()).collect();
+            let query = floats.vector(dimension);
             for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
                 let mut index = NamespaceIndex::new();
                 index.metric = metric;

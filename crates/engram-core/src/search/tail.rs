@@ -609,21 +609,22 @@ pub(crate) fn keyword_search(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{Key, KvValue};
     use crate::search::index::tests::memory_change;
 
     /// A seeded generator of floats in [-0.5, 0.5).
-    struct Floats(u64);
+    /// Reproducible floats in [-0.5, 0.5) from a seed (also used by index.rs's tests).
+    pub(crate) struct Floats(pub u64);
 
     impl Floats {
-        fn next(&mut self) -> f32 {
+        pub(crate) fn next(&mut self) -> f32 {
             self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         }
 
-        fn vector(&mut self, dimension: usize) -> Vec<f32> {
+        pub(crate) fn vector(&mut self, dimension: usize) -> Vec<f32> {
             (0..dimension).map(|_| self.next()).collect()
         }
     }

@@ -286,9 +286,9 @@ mod kernel_tests {
         }
     }
 
-    /// The tail scan's distance to a vector it does not prepare is, up to rounding, the
-    /// distance to the prepared vector that the index computes, for every metric, including
-    /// the zero vector (which cosine leaves as it is).
+    /// The distance to a vector that is not prepared (every exact score) is, up to rounding,
+    /// the distance to the prepared vector, for every metric, including the zero vector (which
+    /// cosine leaves as it is).
     #[test]
     fn distance_to_an_unprepared_vector_is_the_distance_to_the_prepared_one() {
         use super::Metric;
