@@ -421,9 +421,9 @@ impl NamespaceIndex {
     /// embeddings, nearest first (ties by node). The distances are computed by the function the
     /// tail's scan uses (`Metric::distance_to_unprepared`, search/tail.rs), so a memory scores
     /// the same bits whether a search finds it in the index or in the queued tail: a snapshot's
-    /// answer does not depend on how far the indexer got. Each candidate is three dependent loads away (entry, value, embedding):
-    /// the candidates go through them in blocks, each load of a block prefetched for all of
-    /// them before the next, so the misses overlap.
+    /// answer does not depend on how far the indexer got. Each candidate is three dependent
+    /// loads away (entry, value, embedding): the candidates go through them in blocks, each
+    /// load of a block prefetched for all of them before the next, so the misses overlap.
     fn rescore(&self, metric: Metric, query: &[f32], nodes: impl Iterator<Item = u32>, k: usize) -> Vec<Scored> {
         const BLOCK: usize = 16;
         let mut top = TopK::new(k);
@@ -1055,6 +1055,14 @@ pub(crate) mod tests {
         )
     }
 
+    /// [`memory_change`] as an insert ([`IndexChange::creates`]): the memory's first version.
+    pub(crate) fn memory_insert(lsn: Lsn, id: &str, embedding: Option<Vec<f32>>) -> IndexChange {
+        IndexChange {
+            creates: true,
+            ..memory_change(lsn, id, embedding)
+        }
+    }
+
     fn deletion(lsn: Lsn, id: &str) -> IndexChange {
         IndexChange::new(lsn, Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None)
     }
@@ -1066,10 +1074,7 @@ pub(crate) mod tests {
         let mut floats = crate::search::tail::tests::Floats(3);
         for dimension in [3, 17, 384] {
             let changes: Vec<IndexChange> = (1..=200)
-                .map(|i| IndexChange {
-                    creates: true,
-                    ..memory_change(i, &format!("m{i}"), Some(floats.vector(dimension)))
-                })
+                .map(|i| memory_insert(i, &format!("m{i}"), Some(floats.vector(dimension))))
                 .collect();
             let query = floats.vector(dimension);
             for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
@@ -1078,7 +1083,7 @@ pub(crate) mod tests {
                 for change in &changes {
                     index.apply(change, None);
                 }
-                let from_index: Vec<(String, u32)> = index
+                let mut from_index: Vec<(String, u32)> = index
                     .vector_search(&query, 200, 200, 256, None, &TailView::empty())
                     .into_iter()
                     .map(|(slot, score)| (index.entries[slot as usize].memory().unwrap().id.clone(), score.to_bits()))
@@ -1094,7 +1099,6 @@ pub(crate) mod tests {
                             (memory.id.clone(), score.to_bits())
                         })
                         .collect();
-                let mut from_index = from_index;
                 from_index.sort();
                 from_tail.sort();
                 assert_eq!(from_index.len(), 200, "{metric:?} {dimension}");
@@ -1112,12 +1116,7 @@ pub(crate) mod tests {
     #[test]
     fn the_index_hides_the_versions_its_lagging_tail_holds() {
         let vector = |i: Lsn| -> Vec<f32> { (0..8).map(|d| ((i * 7 + d * 3) % 11) as f32 - 5.0).collect() };
-        let inserts: Vec<IndexChange> = (1..=300)
-            .map(|i| IndexChange {
-                creates: true,
-                ..memory_change(i, &format!("m{i}"), Some(vector(i)))
-            })
-            .collect();
+        let inserts: Vec<IndexChange> = (1..=300).map(|i| memory_insert(i, &format!("m{i}"), Some(vector(i)))).collect();
         let mut index = NamespaceIndex::new();
         for change in &inserts {
             index.apply(change, None);

@@ -612,7 +612,7 @@ pub(crate) fn keyword_search(
 pub(crate) mod tests {
     use super::*;
     use crate::model::{Key, KvValue};
-    use crate::search::index::tests::memory_change;
+    use crate::search::index::tests::{memory_change, memory_insert};
 
     /// A seeded generator of floats in [-0.5, 0.5).
     /// Reproducible floats in [-0.5, 0.5) from a seed (also used by index.rs's tests).
@@ -687,17 +687,13 @@ pub(crate) mod tests {
             };
             // Every seventh batch holds two commits' worth: the memory and an update of an
             // earlier one.
-            let mut batch = vec![inserted(memory_change(lsn, &format!("m{i}"), Some(embedding)))];
+            let mut batch = vec![memory_insert(lsn, &format!("m{i}"), Some(embedding))];
             if i % 7 == 6 {
                 batch.push(memory_change(lsn, &format!("m{}", i / 2), Some(near(i + 1, &mut floats))));
             }
             batches.push(Arc::from(batch));
         }
         (TailView::new(batches, 0, |_| true), query)
-    }
-
-    fn inserted(change: IndexChange) -> IndexChange {
-        IndexChange { creates: true, ..change }
     }
 
     fn ids_and_lsns(tail: &TailView) -> Vec<(String, Lsn)> {
@@ -717,7 +713,7 @@ pub(crate) mod tests {
     #[test]
     fn a_tail_keeps_each_memory_last_change_and_replaces_only_what_it_changed() {
         let batch = |changes: Vec<IndexChange>| -> Arc<[IndexChange]> { Arc::from(changes) };
-        let insert = |lsn: Lsn, id: &str| inserted(memory_change(lsn, id, Some(vec![1.0, lsn as f32])));
+        let insert = |lsn: Lsn, id: &str| memory_insert(lsn, id, Some(vec![1.0, lsn as f32]));
         let update = |lsn: Lsn, id: &str| memory_change(lsn, id, Some(vec![2.0, lsn as f32]));
         let delete = |lsn: Lsn, id: &str| IndexChange::new(lsn, crate::model::Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None);
         // Only inserts: no id table, versions in LSN order.
