@@ -12,7 +12,7 @@ use super::filter;
 use super::hnsw::{Hnsw, InsertPlan};
 use super::keyword::InvertedIndex;
 use super::planning::{plan_insertions, PlannedInsertion, MIN_PLANNED_INSERTIONS, PLANNED_GROUP_CHANGES};
-use super::queue::{ChangeQueue, QueuedBatch};
+use super::queue::{ChangeQueue, Chunk, QueuedBatch};
 use super::tail::{KeywordStatistics, TailCode, TailView};
 use super::vector::{prefetch, Metric, Scored, TopK};
 use crate::error::{CoreError, Result};
@@ -723,7 +723,7 @@ impl Indexes {
     /// The changes of the commits in `(indexed_lsn, at]` to namespace `namespace`, taken with
     /// `indexed_lsn` under one lock: what a search at `at` merges with the index.
     pub fn tail(&self, namespace: &str, at: Lsn) -> TailView {
-        let (indexed_lsn, chunks): (Lsn, Vec<Arc<[IndexChange]>>) = {
+        let (indexed_lsn, chunks): (Lsn, Vec<Chunk>) = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let indexed_lsn = self.indexed_lsn();
             if at <= indexed_lsn {
@@ -953,10 +953,12 @@ impl Indexes {
     }
 
     fn run(&self) {
+        let mut spare_buffers = Vec::new();
         loop {
             // The batches stay queued (they are the searches' tail) until applied.
             let snapshot = {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.changes.recycle(std::mem::take(&mut spare_buffers));
                 while (queue.changes.is_empty() || queue.paused) && !queue.stop {
                     queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
@@ -993,6 +995,8 @@ impl Indexes {
                 self.apply_batches(&rest[..group], &group_changes);
                 rest = &rest[group..];
             }
+            drop((changes, group_changes));
+            spare_buffers = snapshot.into_spare_buffers();
         }
     }
 }
@@ -1090,7 +1094,7 @@ pub(crate) mod tests {
                     .collect();
                 let mut empty = NamespaceIndex::new();
                 empty.metric = metric;
-                let tail = TailView::new(vec![Arc::from(changes.clone())], 0, |_| true);
+                let tail = TailView::new(vec![Arc::new(changes.clone())], 0, |_| true);
                 let mut from_tail: Vec<(String, u32)> =
                     crate::search::tail::vector_search(Some(&empty), &tail, &query, 200, 200, 256, None)
                         .into_iter()
@@ -1133,14 +1137,14 @@ pub(crate) mod tests {
             assert_eq!(index.keyword_statistics(&terms, at, tail).documents, expected as u64);
         };
         // Taken when the index was complete up to 200; the indexer applied up to 300 since.
-        let tail = TailView::new(vec![Arc::from(&inserts[200..])], 200, |_| true);
+        let tail = TailView::new(vec![Arc::new(inserts[200..].to_vec())], 200, |_| true);
         assert!(!tail.replaces_by_id());
         check(&tail, 300, 200, None);
         // The tail also updated m5 at 301, which the index has not applied: its version of m5
         // (created at 5, still valid at 301 as far as the index knows) is hidden by id.
         let mut changes = inserts[200..].to_vec();
         changes.push(memory_change(301, "m5", Some(vector(1_000))));
-        let tail = TailView::new(vec![Arc::from(changes)], 200, |_| true);
+        let tail = TailView::new(vec![Arc::new(changes)], 200, |_| true);
         assert!(tail.replaces_by_id());
         check(&tail, 301, 199, Some(5));
     }

@@ -17,6 +17,7 @@
 
 use super::index::{IndexChange, NamespaceIndex, METRIC_KEY};
 use super::keyword::{bm25_idf, bm25_term, term_counts, tokenize};
+use super::queue::Chunk;
 use super::vector::Metric;
 use crate::model::{Memory, Space, Value};
 use engram_wal::Lsn;
@@ -48,7 +49,7 @@ pub(crate) enum Document {
 /// id table: a tail of inserts, what agents mostly write, is taken without hashing an id, and a
 /// search admits the index's nodes by their LSNs alone.
 pub(crate) struct TailView {
-    chunks: Vec<Arc<[IndexChange]>>,
+    chunks: Vec<Chunk>,
     /// Per memory the tail changed: its last change up to the snapshot (whose value is `None`
     /// if that change deleted it), as (chunk, change). The memories the tail updated or deleted
     /// first, in order of their first such change, then those it inserted, in LSN order: a
@@ -95,7 +96,7 @@ impl TailView {
     /// keeping the changes `wanted` accepts (the last change of a memory wins). An update or
     /// deletion whose id is not UTF-8 names no memory and is skipped; an insert's id is not read
     /// here (its value is the memory, and no lookup by id can match it).
-    pub fn new(chunks: Vec<Arc<[IndexChange]>>, indexed_lsn: Lsn, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
+    pub fn new(chunks: Vec<Chunk>, indexed_lsn: Lsn, wanted: impl Fn(&IndexChange) -> bool) -> TailView {
         let changes: usize = chunks.iter().map(|c| c.len()).sum();
         let mut tail = TailView {
             chunks,
@@ -383,13 +384,13 @@ fn rescore_threshold(upper_bounds: &mut [f64], k: usize, metric: Metric) -> f64 
 
 /// Places only ever point at changes of the view's own chunks.
 #[inline]
-fn change_at(chunks: &[Arc<[IndexChange]>], place: ChangePlace) -> &IndexChange {
+fn change_at(chunks: &[Chunk], place: ChangePlace) -> &IndexChange {
     &chunks[place.chunk as usize][place.change as usize]
 }
 
 /// The memory id of entry `v` of `versions` (what the id table hashes and compares).
 #[inline]
-fn id_at<'a>(chunks: &'a [Arc<[IndexChange]>], versions: &[ChangePlace], v: u32) -> &'a [u8] {
+fn id_at<'a>(chunks: &'a [Chunk], versions: &[ChangePlace], v: u32) -> &'a [u8] {
     &change_at(chunks, versions[v as usize]).key.id
 }
 
@@ -670,7 +671,7 @@ pub(crate) mod tests {
                 .collect()
         };
         let query = near(1, &mut floats);
-        let mut batches: Vec<Arc<[IndexChange]>> = vec![Arc::from(vec![metric_change(1, metric)])];
+        let mut batches: Vec<Chunk> = vec![Arc::new(vec![metric_change(1, metric)])];
         for i in 0..count {
             let lsn = 2 + i as Lsn;
             let embedding = match i % 11 {
@@ -691,7 +692,7 @@ pub(crate) mod tests {
             if i % 7 == 6 {
                 batch.push(memory_change(lsn, &format!("m{}", i / 2), Some(near(i + 1, &mut floats))));
             }
-            batches.push(Arc::from(batch));
+            batches.push(Arc::new(batch));
         }
         (TailView::new(batches, 0, |_| true), query)
     }
@@ -712,7 +713,7 @@ pub(crate) mod tests {
     /// deleted, but not those of memories it only inserted.
     #[test]
     fn a_tail_keeps_each_memory_last_change_and_replaces_only_what_it_changed() {
-        let batch = |changes: Vec<IndexChange>| -> Arc<[IndexChange]> { Arc::from(changes) };
+        let batch = |changes: Vec<IndexChange>| -> Chunk { Arc::new(changes) };
         let insert = |lsn: Lsn, id: &str| memory_insert(lsn, id, Some(vec![1.0, lsn as f32]));
         let update = |lsn: Lsn, id: &str| memory_change(lsn, id, Some(vec![2.0, lsn as f32]));
         let delete = |lsn: Lsn, id: &str| IndexChange::new(lsn, crate::model::Key::new("ns", Space::Memory, id.as_bytes().to_vec()), None);
