@@ -33,9 +33,10 @@ pub(crate) const MAX_OPEN_CHANGES: usize = 1024;
 /// mostly empty buffer per search.
 const MIN_MOVED_CHANGES: usize = MAX_OPEN_CHANGES / 8;
 
-/// Emptied buffers kept for the next open chunks: the indexer's applied chunks come back a
-/// few at a time.
-const SPARE_BUFFERS: usize = 4;
+/// Emptied buffers kept for the next open chunks. The indexer gives back the buffers of a
+/// whole round at once, which during a vector backlog is tens of chunks; at about 100 bytes a
+/// change, 16 spare buffers are 1.6 MB.
+const SPARE_BUFFERS: usize = 16;
 
 /// A sealed run of consecutive queued changes, shared by the queue, the indexer and searches.
 /// A `Vec` rather than a slice, so that its buffer can be reused once nobody holds it.
