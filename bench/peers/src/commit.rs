@@ -21,7 +21,7 @@ fn engram_record_bytes(dir: &Path, variant: Variant) -> Result<usize, String> {
     let before = engram.db.wal_stats().appended_bytes;
     engram
         .db
-        .run(1, |t| t.insert_memory(peers::ENGRAM_NAMESPACE, memory(variant, 0, 0).to_engram()))
+        .run(1, |t| t.insert_memory(peers::ENGRAM_NAMESPACE, memory(variant, 0, 0).into_engram()))
         .map_err(|e| e.to_string())?;
     Ok((engram.db.wal_stats().appended_bytes - before) as usize)
 }
@@ -65,7 +65,7 @@ pub fn run(scratch: &Path, round: u32) -> Result<serde_json::Value, String> {
                     continue;
                 };
                 peer.settle();
-                let figures = drive(writers, timing, |w, seq| peer.commit(w, &memory(variant, w, seq)));
+                let figures = drive(writers, timing, |w, seq| peer.commit(w, memory(variant, w, seq)));
                 let owed = peer.owed_after_point();
                 eprintln!(
                     "round {round} {:<6} {:>2} writers {:<15} {:>9.0} commits/s  p50 {:>8.1} us  p99 {:>9.1} us{}{}",

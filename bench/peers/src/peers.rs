@@ -9,7 +9,9 @@ use std::sync::Mutex;
 
 pub trait Peer: Sync {
     /// Commits one memory; returns once the peer reports it durable.
-    fn commit(&self, writer: usize, memory: &Memory) -> Result<(), String>;
+    /// Commits one memory, handed over as an application would hand it: the peer may move its
+    /// parts into its own structures.
+    fn commit(&self, writer: usize, memory: Memory) -> Result<(), String>;
 
     /// Waits until work the peer starts at open is done, so it does not compete with the
     /// measured commits (Engram's log zero-fills its spare segments in the background).
@@ -179,7 +181,7 @@ impl FloorAppend {
 }
 
 impl Peer for FloorAppend {
-    fn commit(&self, _writer: usize, _memory: &Memory) -> Result<(), String> {
+    fn commit(&self, _writer: usize, _memory: Memory) -> Result<(), String> {
         use std::io::Write;
         let mut file = self.file.lock().unwrap();
         file.write_all(&self.record).map_err(text_err)?;
@@ -217,7 +219,7 @@ impl FloorOverwrite {
 }
 
 impl Peer for FloorOverwrite {
-    fn commit(&self, _writer: usize, _memory: &Memory) -> Result<(), String> {
+    fn commit(&self, _writer: usize, _memory: Memory) -> Result<(), String> {
         let mut state = self.state.lock().unwrap();
         let (file, offset) = &mut *state;
         if *offset + self.record.len() as u64 > OVERWRITE_FILE_BYTES {
@@ -247,7 +249,7 @@ impl WalGroup {
 }
 
 impl Peer for WalGroup {
-    fn commit(&self, _writer: usize, _memory: &Memory) -> Result<(), String> {
+    fn commit(&self, _writer: usize, _memory: Memory) -> Result<(), String> {
         self.wal
             .append_with(1, &self.record, engram_wal::SyncPolicy::Always)
             .map(|_| ())
@@ -291,11 +293,13 @@ impl Engram {
 }
 
 impl Peer for Engram {
-    fn commit(&self, _writer: usize, memory: &Memory) -> Result<(), String> {
-        self.db
-            .run(10, |t| t.insert_memory(ENGRAM_NAMESPACE, memory.to_engram()))
-            .map(|_| ())
-            .map_err(text_err)
+    fn commit(&self, _writer: usize, memory: Memory) -> Result<(), String> {
+        // One attempt, without `Database::run`: an insert's generated id cannot conflict, so
+        // run's retry (which would need a copy of the memory for each attempt) is never needed,
+        // and the memory moves into the transaction.
+        let mut txn = self.db.begin();
+        txn.insert_memory(ENGRAM_NAMESPACE, memory.into_engram()).map_err(text_err)?;
+        txn.commit().map(|_| ()).map_err(text_err)
     }
 
     fn settle(&self) {
@@ -341,7 +345,7 @@ impl Sqlite {
 }
 
 impl Peer for Sqlite {
-    fn commit(&self, writer: usize, memory: &Memory) -> Result<(), String> {
+    fn commit(&self, writer: usize, memory: Memory) -> Result<(), String> {
         let mut conn = self.connections[writer].lock().unwrap();
         let txn = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -373,7 +377,7 @@ impl Rocksdb {
 }
 
 impl Peer for Rocksdb {
-    fn commit(&self, _writer: usize, memory: &Memory) -> Result<(), String> {
+    fn commit(&self, _writer: usize, memory: Memory) -> Result<(), String> {
         let mut batch = rocksdb::WriteBatch::default();
         batch.put(memory.id.as_bytes(), memory.encode_value());
         self.db.write_opt(batch, &self.sync).map_err(text_err)
@@ -394,7 +398,7 @@ impl Redb {
 }
 
 impl Peer for Redb {
-    fn commit(&self, _writer: usize, memory: &Memory) -> Result<(), String> {
+    fn commit(&self, _writer: usize, memory: Memory) -> Result<(), String> {
         let mut txn = self.db.begin_write().map_err(text_err)?;
         txn.set_durability(redb::Durability::Immediate);
         {
@@ -423,7 +427,7 @@ impl Fjall {
 }
 
 impl Peer for Fjall {
-    fn commit(&self, _writer: usize, memory: &Memory) -> Result<(), String> {
+    fn commit(&self, _writer: usize, memory: Memory) -> Result<(), String> {
         let mut batch = self.keyspace.batch().durability(Some(fjall::PersistMode::SyncData));
         batch.insert(&self.partition, memory.id.as_bytes(), memory.encode_value());
         batch.commit().map_err(text_err)
@@ -462,7 +466,7 @@ impl Postgres {
 }
 
 impl Peer for Postgres {
-    fn commit(&self, writer: usize, memory: &Memory) -> Result<(), String> {
+    fn commit(&self, writer: usize, memory: Memory) -> Result<(), String> {
         let mut client = self.clients[writer].lock().unwrap();
         let metadata = memory.metadata.to_string();
         client

@@ -35,7 +35,7 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
         txn.set_durability(SyncPolicy::Always);
         for i in 0..500 {
             ids.push(
-                txn.insert_memory(ENGRAM_NAMESPACE, memory(Variant::Vector, 999, chunk * 500 + i).to_engram())
+                txn.insert_memory(ENGRAM_NAMESPACE, memory(Variant::Vector, 999, chunk * 500 + i).into_engram())
                     .map_err(text_err)?,
             );
         }
@@ -88,7 +88,7 @@ fn case(scratch: &Path, with_checkpoints: bool, timing: Timing) -> Result<serde_
                 })
                 .expect("spawn the checkpoint thread");
         }
-        let figures = drive(WRITERS, timing, |w, seq| engram.commit(w, &memory(Variant::Vector, w, seq)));
+        let figures = drive(WRITERS, timing, |w, seq| engram.commit(w, memory(Variant::Vector, w, seq)));
         stop.store(true, Ordering::Relaxed);
         // Timed here, not after the scope: the scope then waits for the checkpoint under way,
         // which may wait up to SEARCH_INDEX_WAIT for the indexer, with no reader running.

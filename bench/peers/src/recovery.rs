@@ -43,7 +43,7 @@ fn fill(db: &Database, first_seq: u64, log_bytes: u64) -> Result<u64, String> {
         for _ in 0..MEMORIES_PER_TRANSACTION {
             txn.insert_memory(
                 ENGRAM_NAMESPACE,
-                memory(Variant::Vector, 0, seq).to_engram(),
+                memory(Variant::Vector, 0, seq).into_engram(),
             )
             .map_err(text_err)?;
             seq += 1;

@@ -108,11 +108,11 @@ impl Memory {
         out
     }
 
-    pub fn to_engram(&self) -> engram_core::NewMemory {
+    pub fn into_engram(self) -> engram_core::NewMemory {
         engram_core::NewMemory {
-            text: self.text.clone(),
-            embedding: self.embedding.clone(),
-            metadata: self.metadata.clone(),
+            text: self.text,
+            embedding: self.embedding,
+            metadata: self.metadata,
         }
     }
 }
