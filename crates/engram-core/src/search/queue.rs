@@ -134,7 +134,7 @@ impl ChangeQueue {
             if self.open.len() + count > MAX_OPEN_CHANGES {
                 self.seal();
             }
-            if self.open.capacity() < MAX_OPEN_CHANGES {
+            if self.open.is_empty() && self.open.capacity() < MAX_OPEN_CHANGES {
                 self.open = self.spare_buffer();
             }
             self.open.append(&mut changes);
