@@ -8,9 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub trait Peer: Sync {
-    /// Commits one memory; returns once the peer reports it durable.
-    /// Commits one memory, handed over as an application would hand it: the peer may move its
-    /// parts into its own structures.
+    /// Commits one memory, handed over as an application would hand it (the peer may move its
+    /// parts into its own structures); returns once the peer reports it durable.
     fn commit(&self, writer: usize, memory: Memory) -> Result<(), String>;
 
     /// Waits until work the peer starts at open is done, so it does not compete with the
