@@ -41,11 +41,8 @@ fn fill(db: &Database, first_seq: u64, log_bytes: u64) -> Result<u64, String> {
         let mut txn = db.begin();
         txn.set_durability(SyncPolicy::Never);
         for _ in 0..MEMORIES_PER_TRANSACTION {
-            txn.insert_memory(
-                ENGRAM_NAMESPACE,
-                memory(Variant::Vector, 0, seq).into_engram(),
-            )
-            .map_err(text_err)?;
+            txn.insert_memory(ENGRAM_NAMESPACE, memory(Variant::Vector, 0, seq).into_engram())
+                .map_err(text_err)?;
             seq += 1;
         }
         txn.commit().map_err(text_err)?;
