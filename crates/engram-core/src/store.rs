@@ -544,9 +544,9 @@ impl Store {
                 };
                 let stored = compact_key::encode(&key);
                 if is_indexed(&key) {
-                    changes.push(match (&version.value, creates) {
-                        (Some(value), true) => IndexChange::insert(lsn, key, value.clone()),
-                        (value, _) => IndexChange::new(lsn, key, value.clone()),
+                    changes.push(IndexChange {
+                        creates,
+                        ..IndexChange::new(lsn, key, version.value.clone())
                     });
                 }
                 versions.push((stored, version));

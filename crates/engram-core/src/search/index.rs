@@ -119,14 +119,6 @@ impl IndexChange {
         }
     }
 
-    /// A change that writes `value` where the key had no live version just before it.
-    pub fn insert(lsn: Lsn, key: Key, value: Arc<Value>) -> IndexChange {
-        IndexChange {
-            creates: true,
-            ..IndexChange::new(lsn, key, Some(value))
-        }
-    }
-
     /// Bytes of the embedding this change adds (0 for deletions and metrics).
     fn vector_bytes(&self) -> usize {
         match self.value.as_deref() {
@@ -657,9 +649,9 @@ impl Indexes {
             // version the index can hold: for a lagging search it is an insert.
             let mut live_before = false;
             for v in &chain.versions {
-                let change = match &v.value {
-                    Some(value) if !live_before => IndexChange::insert(v.lsn, key.clone(), value.clone()),
-                    value => IndexChange::new(v.lsn, key.clone(), value.clone()),
+                let change = IndexChange {
+                    creates: v.value.is_some() && !live_before,
+                    ..IndexChange::new(v.lsn, key.clone(), v.value.clone())
                 };
                 live_before = v.value.is_some();
                 versions.push((v.lsn, v.op_index, change));

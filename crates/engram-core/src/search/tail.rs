@@ -100,7 +100,6 @@ impl TailView {
         let changes: usize = chunks.iter().map(|c| c.len()).sum();
         let mut tail = TailView {
             chunks,
-            versions: Vec::new(),
             indexed_lsn,
             ..TailView::empty()
         };
@@ -224,7 +223,8 @@ impl TailView {
     /// [`TailView::memories`] with the queued change each comes from.
     fn memory_changes(&self) -> impl Iterator<Item = (u32, &IndexChange, &Memory)> {
         (0..self.versions.len() as u32).filter_map(|place| {
-            // As in `new`: the change a few places ahead, and the value of the one half as far.
+            // The change a few places ahead, and the value of the one half as far, requested
+            // early so that the misses of successive memories overlap.
             let ahead = |distance: usize| {
                 let at = *self.versions.get(place as usize + distance)?;
                 Some(change_at(&self.chunks, at))
@@ -615,7 +615,6 @@ pub(crate) mod tests {
     use crate::model::{Key, KvValue};
     use crate::search::index::tests::{memory_change, memory_insert};
 
-    /// A seeded generator of floats in [-0.5, 0.5).
     /// Reproducible floats in [-0.5, 0.5) from a seed (also used by index.rs's tests).
     pub(crate) struct Floats(pub u64);
 
